@@ -1,0 +1,27 @@
+# One command runs the default job, one runs the tests; each sets itself up.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup test leaderboard clean
+
+help:
+	@echo "make test         install into .venv (if needed) and run the test suite"
+	@echo "make leaderboard  install into .venv (if needed) and run the default pipeline"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

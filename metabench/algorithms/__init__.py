@@ -1,0 +1,36 @@
+"""The algorithm registry: ``list_algorithms()`` and ``get_algorithm(name)``.
+
+Adding an algorithm is one module (a subclass of ``Algorithm`` with a ``Hyper`` dataclass)
+plus one line in ``REGISTRY`` below.
+"""
+
+from __future__ import annotations
+
+from metabench import MetabenchError
+from metabench.algorithms.base import Algorithm, TaskShape, make_hyper
+from metabench.algorithms.maml import FOMAML, MAML
+from metabench.algorithms.protonet import ProtoNet
+
+REGISTRY: dict[str, type[Algorithm]] = {
+    "protonet": ProtoNet,
+    "maml": MAML,
+    "fomaml": FOMAML,
+}
+
+
+def list_algorithms() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    if name not in REGISTRY:
+        raise MetabenchError(f"unknown algorithm {name!r}; choose one of {', '.join(list_algorithms())}")
+    return REGISTRY[name]
+
+
+def build_algorithm(name: str, hyper: dict | None, task: TaskShape, device) -> Algorithm:
+    cls = get_algorithm(name)
+    return cls(make_hyper(cls.Hyper, hyper, name), task, device)
+
+
+__all__ = ["Algorithm", "REGISTRY", "TaskShape", "build_algorithm", "get_algorithm", "list_algorithms"]

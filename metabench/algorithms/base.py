@@ -1,0 +1,105 @@
+"""The protocol every algorithm follows, so one trainer and one evaluator serve them all.
+
+An algorithm owns its networks and optimiser. The trainer only calls:
+
+* ``meta_train_step(batch)``: one outer update from a batch of training episodes, returning
+  scalar metrics (``loss`` at least);
+* ``predict(support_x, support_y, query_x, ways)``: logits for one episode's queries;
+* ``state_dict()`` / ``load_state_dict()``: everything needed to resume or to predict later.
+
+Hyper-parameters are a dataclass per algorithm (``Hyper``), filled from params.yaml by
+``make_hyper``, which rejects unknown names and wrong types with a one-line error.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from metabench import MetabenchError
+from metabench.episodes import Episode
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    """What an algorithm is built for: image shape and the episode sizes it trains and tests on."""
+
+    channels: int
+    image_size: int
+    train_ways: int
+    test_ways: int
+
+
+class Algorithm(abc.ABC):
+    name: ClassVar[str]
+    paper: ClassVar[str]  # citation of the method
+    adapts: ClassVar[str]  # one line: what changes at test time
+    transductive: ClassVar[bool]  # does a query's prediction depend on the other queries?
+    fixed_ways: ClassVar[bool] = False  # True when the model has a head of exactly test_ways outputs
+    Hyper: ClassVar[type]
+
+    def __init__(self, hyper: Any, task: TaskShape, device: torch.device):
+        self.hyper = hyper
+        self.task = task
+        self.device = device
+
+    @property
+    def episodes_per_step(self) -> int:
+        """How many training episodes one ``meta_train_step`` consumes (the meta-batch)."""
+        return getattr(self.hyper, "meta_batch", 1)
+
+    @abc.abstractmethod
+    def meta_train_step(self, batch: Episode) -> dict[str, float]:
+        """One outer update from a batch of episodes (tensors with a leading episode axis)."""
+
+    @abc.abstractmethod
+    def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, ways: int) -> torch.Tensor:
+        """Logits (n_query, ways) for one episode."""
+
+    @abc.abstractmethod
+    def modules(self) -> dict[str, torch.nn.Module | torch.optim.Optimizer]:
+        """The stateful parts (networks, optimisers, schedulers) saved in checkpoints."""
+
+    def train(self, mode: bool = True) -> None:
+        for part in self.modules().values():
+            if isinstance(part, torch.nn.Module):
+                part.train(mode)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: part.state_dict() for key, part in self.modules().items()}
+
+    def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
+        for key, part in self.modules().items():
+            if weights_only and not isinstance(part, torch.nn.Module):
+                continue
+            part.load_state_dict(state[key])
+
+
+def make_hyper(cls: type, values: dict[str, Any] | None, algorithm: str) -> Any:
+    """Build ``cls`` (a dataclass) from ``values``, with a clear error for unknown or mistyped keys."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise MetabenchError(
+            f"{algorithm} has no hyper-parameter {', '.join(unknown)}; valid: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        expected = hints[key]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif expected in (int, float, bool, str) and type(value) is not expected:
+            raise MetabenchError(
+                f"{algorithm}.{key} must be {expected.__name__}, got {value!r} ({type(value).__name__})"
+            )
+    hyper = cls(**values)
+    check = getattr(hyper, "validate", None)
+    if check:
+        check()
+    return hyper

@@ -1,0 +1,88 @@
+"""Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017).
+
+Each class is represented by the mean embedding of its support images (its prototype); a
+query's logits are the negative squared Euclidean distances to the prototypes. Nothing is
+adapted at test time. Training follows the paper: Adam, learning rate 1e-3 halved every 2,000
+episodes, one episode per update, often with more ways than at test time (60-way for Omniglot,
+Table 1 / Section 3.1), which the run config sets with ``train_ways``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from metabench import MetabenchError
+from metabench.algorithms.base import Algorithm
+from metabench.episodes import Episode
+from metabench.models import build_backbone
+
+
+@dataclass
+class ProtoNetHyper:
+    lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
+    lr_halve_every: int = 2000  # halve the learning rate every this many updates (paper: 2,000)
+    meta_batch: int = 1  # episodes per update (paper: 1)
+    train_ways: int = 0  # ways of training episodes; 0: same as test (paper, Omniglot: 60)
+    backbone: str = "conv4"
+    hidden: int = 64  # channels of each conv block
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.meta_batch < 1 or self.lr_halve_every < 1 or self.train_ways < 0:
+            raise MetabenchError("protonet needs lr > 0, meta_batch >= 1, lr_halve_every >= 1 and train_ways >= 0")
+
+
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Mean embedding per class: (ways, D)."""
+    one_hot = F.one_hot(labels, ways).to(embeddings.dtype)
+    return (one_hot.T @ embeddings) / one_hot.sum(0, keepdim=True).T
+
+
+def prototype_logits(support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int) -> torch.Tensor:
+    """Negative squared Euclidean distance from each query embedding to each prototype."""
+    centres = prototypes(support, support_y, ways)
+    return -torch.cdist(query, centres).pow(2)
+
+
+class ProtoNet(Algorithm):
+    name = "protonet"
+    paper = "Snell et al. 2017, Prototypical Networks for Few-shot Learning"
+    adapts = "nothing: class prototypes are support-set means in a learned embedding"
+    transductive = False
+    Hyper = ProtoNetHyper
+
+    def __init__(self, hyper: ProtoNetHyper, task, device):
+        super().__init__(hyper, task, device)
+        self.body = build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=True).to(device)
+        self.optimizer = torch.optim.Adam(self.body.parameters(), lr=hyper.lr)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=hyper.lr_halve_every, gamma=0.5)
+
+    def modules(self):
+        return {"body": self.body, "optimizer": self.optimizer, "scheduler": self.scheduler}
+
+    def meta_train_step(self, batch: Episode) -> dict[str, float]:
+        self.body.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, accuracies = [], []
+        for i in range(len(batch.support_x)):
+            n_support = len(batch.support_x[i])
+            embedded = self.body(torch.cat([batch.support_x[i], batch.query_x[i]]))
+            logits = prototype_logits(embedded[:n_support], batch.support_y[i], embedded[n_support:], batch.ways)
+            loss = F.cross_entropy(logits, batch.query_y[i])
+            (loss / len(batch.support_x)).backward()
+            losses.append(loss.detach())
+            accuracies.append((logits.argmax(1) == batch.query_y[i]).float().mean())
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": torch.stack(losses).mean().item(), "accuracy": torch.stack(accuracies).mean().item()}
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        self.body.eval()
+        return self.body(x)
+
+    @torch.no_grad()
+    def predict(self, support_x, support_y, query_x, ways):
+        return prototype_logits(self.embed(support_x), support_y, self.embed(query_x), ways)

@@ -1,0 +1,209 @@
+"""The ``metabench`` command line: fetch data, train, evaluate, predict.
+
+Every command only parses options and calls library code; settings come from params.yaml
+(sections ``data``, ``run`` and ``algorithms``) and command-line options override them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from metabench import MetabenchError
+
+app = typer.Typer(
+    help="Reproducible few-shot meta-learning benchmarks.\n\n"
+    "Typical use: `metabench fetch glyphs`, then `metabench train --algorithm protonet`, "
+    "then `metabench evaluate --algorithm protonet`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="YAML file with data/run/algorithms sections.")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise MetabenchError(f"--hp expects key=value, got {pair!r}")
+        values[key] = yaml.safe_load(raw)
+    return values
+
+
+def _run_config(params_path: Path, overrides: dict, hp: list[str]):
+    from metabench.config import RunConfig, load_params
+
+    params = load_params(params_path)
+    values = dict(params.get("run", {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    algorithm = values.get("algorithm", RunConfig.algorithm)
+    hyper = dict((params.get("algorithms") or {}).get(algorithm) or {})
+    hyper.update(_parse_overrides(hp))
+    values["hyper"] = hyper
+    valid = set(RunConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise MetabenchError(f"{params_path}: run has no setting {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    return RunConfig(**values)
+
+
+@app.command()
+def fetch(
+    source: str = typer.Argument(..., help="Dataset source: glyphs (embedded, no download) or omniglot."),
+    params: Path = PARAMS,
+    data_dir: Path = typer.Option(Path("data"), help="Where datasets are stored."),
+    location: Optional[str] = typer.Option(None, "--from", help="Omniglot: URL prefix or local folder holding the zips."),
+    split: Optional[str] = typer.Option(None, help="Omniglot: 'lake' (background/evaluation) or 'vinyals'."),
+    rotations: Optional[bool] = typer.Option(None, "--rotations/--no-rotations", help="Omniglot: add rotated classes."),
+) -> None:
+    """Download (or generate) a dataset, verify it and convert it into the dataset store."""
+    from metabench.config import load_params
+    from metabench.data import fetch as fetch_dataset
+
+    options = dict(((load_params(params).get("data") or {}).get(source)) or {})
+    for key, value in (("source", location), ("split", split), ("rotations", rotations)):
+        if value is not None:
+            options[key] = value
+    with _progress() as progress:
+        task = progress.add_task(f"fetch {source}", total=None)
+        dataset = fetch_dataset(source, options, data_dir, lambda *args: progress.advance(task, 1))
+    table = Table(title=f"{dataset.name} stored in {data_dir / dataset.name}")
+    for column in ("split", "classes", "images", "groups"):
+        table.add_column(column)
+    for name, part in dataset.splits.items():
+        table.add_row(name, str(part.n_classes), str(len(part.images)), str(len(set(part.groups))))
+    console.print(table)
+    console.print(f"checksum {dataset.checksum}")
+
+
+def _selection(algorithm, dataset, ways, shots, seed, iterations=None, device=None, runs_dir=None, data_dir=None):
+    return {"algorithm": algorithm, "dataset": dataset, "ways": ways, "shots": shots, "seed": seed,
+            "iterations": iterations, "device": device, "runs_dir": runs_dir, "data_dir": data_dir}
+
+
+@app.command()
+def train(
+    algorithm: Optional[str] = typer.Option(None, help="Registered algorithm, e.g. protonet, maml (see `metabench algorithms`)."),
+    dataset: Optional[str] = typer.Option(None, help="Stored dataset name, e.g. glyphs, omniglot."),
+    ways: Optional[int] = typer.Option(None, help="Classes per test episode."),
+    shots: Optional[int] = typer.Option(None, help="Support images per class."),
+    seed: Optional[int] = typer.Option(None, help="Seed of initialisation and training episodes."),
+    iterations: Optional[int] = typer.Option(None, help="Outer updates to run."),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA if present), cpu or cuda."),
+    data_dir: Optional[str] = typer.Option(None, help="Dataset store directory."),
+    runs_dir: Optional[str] = typer.Option(None, help="Where run outputs go."),
+    hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
+    params: Path = PARAMS,
+) -> None:
+    """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy."""
+    from metabench.runner import train_run
+
+    config = _run_config(params, _selection(algorithm, dataset, ways, shots, seed, iterations, device, runs_dir, data_dir), hp)
+    with _progress() as progress:
+        task = progress.add_task(f"train {config.run_id}", total=config.iterations)
+        summary = train_run(config, lambda phase, done, total: progress.update(task, completed=done))
+    console.print_json(json.dumps(summary))
+
+
+@app.command()
+def evaluate(
+    algorithm: Optional[str] = typer.Option(None, help="Registered algorithm of the run."),
+    dataset: Optional[str] = typer.Option(None, help="Stored dataset name."),
+    ways: Optional[int] = typer.Option(None, help="Classes per test episode."),
+    shots: Optional[int] = typer.Option(None, help="Support images per class."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the run to evaluate."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    data_dir: Optional[str] = typer.Option(None, help="Dataset store directory."),
+    runs_dir: Optional[str] = typer.Option(None, help="Where run outputs are."),
+    hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
+    params: Path = PARAMS,
+) -> None:
+    """Score a trained run on the fixed test episodes: mean accuracy and 95% interval."""
+    from metabench.runner import evaluate_run
+
+    config = _run_config(params, _selection(algorithm, dataset, ways, shots, seed, None, device, runs_dir, data_dir), hp)
+    with _progress() as progress:
+        task = progress.add_task(f"evaluate {config.run_id}", total=config.test_episodes)
+        metrics = evaluate_run(config, lambda phase, done, total: progress.update(task, completed=done))
+    console.print(
+        f"{config.run_id}: {100 * metrics['accuracy']:.2f} ± {100 * metrics['ci95']:.2f} % "
+        f"(95% interval, {metrics['episodes']} episodes)"
+    )
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Option(..., help="A run's checkpoint.pt."),
+    support: Path = typer.Option(..., help="Folder with one sub-folder of images per class."),
+    query: Path = typer.Option(..., help="Folder of images to classify."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Classify your own images: prints `image,predicted_class` CSV rows to standard output."""
+    import torch
+
+    from metabench.config import resolve_device
+    from metabench.predict import load_queries, load_support
+    from metabench.runner import load_trained
+
+    target = resolve_device(device)
+    algorithm, saved = load_trained(checkpoint, target)
+    height, _, channels = saved["dataset"]["image_shape"]
+    support_x, support_y, class_names = load_support(support, channels, height)
+    if algorithm.fixed_ways and len(class_names) != algorithm.task.test_ways:
+        raise MetabenchError(
+            f"this {saved['algorithm']} checkpoint is {algorithm.task.test_ways}-way but {support} has "
+            f"{len(class_names)} classes; give {algorithm.task.test_ways} class folders"
+        )
+    query_x, query_names = load_queries(query, channels, height)
+    logits = algorithm.predict(support_x.to(target), support_y.to(target), query_x.to(target), len(class_names))
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["image", "predicted_class"])
+    for name, label in zip(query_names, torch.as_tensor(logits).argmax(1).tolist()):
+        writer.writerow([name, class_names[label]])
+
+
+@app.command("algorithms")
+def algorithms_command() -> None:
+    """List every registered algorithm with its paper and what it adapts."""
+    from metabench.algorithms import REGISTRY
+
+    table = Table(title="registered algorithms")
+    for column in ("name", "paper", "adapts at test time", "transductive"):
+        table.add_column(column)
+    for name, cls in sorted(REGISTRY.items()):
+        table.add_row(name, cls.paper, cls.adapts, "yes" if cls.transductive else "no")
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except MetabenchError as error:
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: run the same command again to resume")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

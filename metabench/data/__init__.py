@@ -1,0 +1,37 @@
+"""Datasets: every source converts into the one store format (``metabench.data.store``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metabench import MetabenchError
+from metabench.data import store
+
+SOURCES = ("glyphs", "omniglot")
+
+
+def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=None) -> store.Dataset:
+    """Build dataset ``source`` with ``options`` (its params.yaml section) into ``data_dir``."""
+    options = dict(options or {})
+    if source == "glyphs":
+        from metabench.data import glyphs
+
+        config = _configure(glyphs.GlyphsConfig, options, source)
+        return glyphs.generate(config, Path(data_dir), progress)
+    if source == "omniglot":
+        from metabench.data import omniglot
+
+        config = _configure(omniglot.OmniglotConfig, options, source)
+        return omniglot.build(config, Path(data_dir) / "raw" / "omniglot", Path(data_dir), progress)
+    raise MetabenchError(f"unknown dataset source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def _configure(cls, options: dict[str, Any], source: str):
+    import dataclasses
+
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise MetabenchError(f"data.{source} has no option {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    return cls(**options)

@@ -1,0 +1,126 @@
+"""Fetching source files from a URL or a local path, verified by checksum.
+
+Every source file is named by a location (``https://...``, ``http://...``, ``file://...`` or a
+plain filesystem path) and a checksum ``"<algorithm>:<hex>"`` (``md5`` or ``sha256``). The file
+is streamed into ``<dest>.part`` beside its destination, hashed on the way, and moved into place
+only when the checksum matches, so a failed or corrupt download leaves nothing behind and never
+replaces a good file already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from metabench import MetabenchError
+
+ProgressCallback = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
+
+
+def parse_checksum(checksum: str) -> tuple[str, str]:
+    """Split ``"md5:abc..."`` into ``("md5", "abc...")`` with a clear error for bad forms."""
+    algorithm, _, digest = checksum.partition(":")
+    if algorithm not in ("md5", "sha256") or not digest:
+        raise MetabenchError(f"checksum {checksum!r} must look like 'md5:<hex>' or 'sha256:<hex>'")
+    return algorithm, digest.lower()
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_url(location: str) -> bool:
+    return location.split("://", 1)[0] in ("http", "https", "file") and "://" in location
+
+
+def _open(location: str, timeout: float):
+    """Open ``location`` for reading; return (stream, total size or None)."""
+    if not is_url(location):
+        path = Path(location).expanduser()
+        if not path.is_file():
+            raise MetabenchError(f"{path} does not exist; give the path of the downloaded file or a URL")
+        return open(path, "rb"), path.stat().st_size
+    request = urllib.request.Request(location, headers={"User-Agent": "metabench"})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        raise MetabenchError(
+            f"download of {location} failed: HTTP {error.code} {error.reason}; "
+            "check the URL in params.yaml or point the source at a local copy"
+        ) from error
+    except (urllib.error.URLError, socket.timeout, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise MetabenchError(
+            f"cannot reach {location} ({reason}); check your network, or point the source at a local copy"
+        ) from error
+    length = response.headers.get("Content-Length")
+    return response, int(length) if length else None
+
+
+def fetch_file(
+    location: str,
+    dest: Path,
+    checksum: str | None,
+    progress: ProgressCallback | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Copy ``location`` to ``dest`` and verify it; skip the copy if ``dest`` already verifies.
+
+    Raises MetabenchError (one line, with what to do) on a missing file, an HTTP error, an
+    unreachable host or a checksum mismatch; in every case ``dest`` is left as it was.
+    """
+    dest = Path(dest)
+    algorithm, expected = parse_checksum(checksum) if checksum else ("sha256", None)
+    if dest.is_file() and expected and file_digest(dest, algorithm) == expected:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    digest = hashlib.new(algorithm)
+    stream, total = _open(location, timeout)
+    done = 0
+    try:
+        with stream, open(partial, "wb") as out:
+            while True:
+                try:
+                    block = stream.read(1 << 20)
+                except (OSError, socket.timeout) as error:
+                    raise MetabenchError(f"download of {location} broke off ({error}); run the command again") from error
+                if not block:
+                    break
+                out.write(block)
+                digest.update(block)
+                done += len(block)
+                if progress:
+                    progress(done, total)
+        if total is not None and done != total:
+            raise MetabenchError(f"download of {location} stopped at {done} of {total} bytes; run the command again")
+        if expected and digest.hexdigest() != expected:
+            raise MetabenchError(
+                f"{location} has {algorithm} {digest.hexdigest()}, expected {expected}: the file is corrupt "
+                "or a different version; delete nothing, re-download, or set the matching checksum in params.yaml"
+            )
+        os.replace(partial, dest)
+    except OSError as error:
+        raise MetabenchError(f"cannot write {dest} ({error.strerror}); free disk space or choose another data dir") from error
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return dest
+
+
+def copy_tree_atomic(source: Path, dest: Path) -> None:
+    """Copy a directory so that ``dest`` appears complete or not at all."""
+    staging = dest.with_name(dest.name + ".part")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    os.replace(staging, dest)

@@ -1,0 +1,165 @@
+"""The one on-disk format every dataset is converted into.
+
+A dataset lives in ``<root>/<name>/`` as, for each split (``train``, ``val``, ``test``):
+
+* ``<split>.images.npy``: uint8 array ``(n_images, H, W, C)``, images of one class contiguous;
+* ``<split>.offsets.npy``: int64 array ``(n_classes + 1,)``; class ``c`` owns images
+  ``offsets[c]:offsets[c + 1]`` (this index covers ragged sets as well as dense ones);
+
+plus one ``meta.json`` with class names, their group (alphabet or superclass), the source and
+the sha256 of every array file. Loaders for each source only convert into this format, so the
+rest of the suite never knows where data came from.
+
+Writes are atomic: files are written into a temporary sibling directory that replaces the old
+one only when complete, so an interrupted conversion never destroys a dataset already stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from metabench import MetabenchError
+
+SPLITS = ("train", "val", "test")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so large archives need little memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Split:
+    """One split of a dataset: images grouped by class."""
+
+    images: np.ndarray  # (n_images, H, W, C) uint8
+    offsets: np.ndarray  # (n_classes + 1,) int64
+    class_names: list[str]
+    groups: list[str]  # alphabet / superclass of each class
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (n, H, W, C), got {self.images.dtype} {self.images.shape}")
+        if len(self.offsets) != len(self.class_names) + 1 or len(self.groups) != len(self.class_names):
+            raise ValueError("offsets, class_names and groups disagree on the number of classes")
+        if self.offsets[0] != 0 or self.offsets[-1] != len(self.images) or np.any(np.diff(self.offsets) <= 0):
+            raise ValueError("offsets must start at 0, end at n_images and give every class an image")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def class_sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def labels(self) -> np.ndarray:
+        """Class index of every image."""
+        return np.repeat(np.arange(self.n_classes), self.class_sizes)
+
+
+@dataclass
+class Dataset:
+    """A stored dataset: its splits and the metadata that identifies it."""
+
+    name: str
+    splits: dict[str, Split]
+    info: dict = field(default_factory=dict)  # source, preprocessing, checksums
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every image."""
+        return tuple(next(iter(self.splits.values())).images.shape[1:])
+
+    @property
+    def checksum(self) -> str:
+        """sha256 over every split's arrays: identifies the exact data a result came from."""
+        return self.info["checksum"]
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise MetabenchError(f"dataset {self.name!r} has no split {name!r}; it has {sorted(self.splits)}")
+        return self.splits[name]
+
+
+def save(dataset: Dataset, root: Path) -> Path:
+    """Write ``dataset`` under ``root/<name>`` atomically and return that directory."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / dataset.name
+    staging = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.", dir=root))
+    try:
+        files = {}
+        split_meta = {}
+        for split_name, split in dataset.splits.items():
+            for part, array in (("images", split.images), ("offsets", split.offsets.astype(np.int64))):
+                filename = f"{split_name}.{part}.npy"
+                np.save(staging / filename, array)
+                files[filename] = sha256_file(staging / filename)
+            split_meta[split_name] = {
+                "n_classes": split.n_classes,
+                "n_images": int(len(split.images)),
+                "class_names": split.class_names,
+                "groups": split.groups,
+            }
+        overall = hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(files.items())).encode()).hexdigest()
+        info = dict(dataset.info, checksum=overall, files=files)
+        meta = {"name": dataset.name, "image_shape": list(dataset.image_shape), "splits": split_meta, "info": info}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        dataset.info = info
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.old.", dir=root))
+            os.replace(final, trash / "old")
+            os.replace(staging, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def exists(name: str, root: Path) -> bool:
+    return (Path(root) / name / "meta.json").is_file()
+
+
+def load(name: str, root: Path, verify: bool = False) -> Dataset:
+    """Load a stored dataset (memory-mapped); ``verify`` re-checks every file's sha256."""
+    directory = Path(root) / name
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        raise MetabenchError(
+            f"dataset {name!r} is not in {Path(root)}; run `metabench fetch {name}` first"
+        )
+    meta = json.loads(meta_path.read_text())
+    files = meta["info"]["files"]
+    if verify:
+        for filename, expected in files.items():
+            if sha256_file(directory / filename) != expected:
+                raise MetabenchError(
+                    f"{directory / filename} is corrupt (checksum mismatch); run `metabench fetch {name} --force`"
+                )
+    splits = {}
+    for split_name, split_meta in meta["splits"].items():
+        try:
+            images = np.load(directory / f"{split_name}.images.npy", mmap_mode="r")
+            offsets = np.load(directory / f"{split_name}.offsets.npy")
+        except (OSError, ValueError) as error:
+            raise MetabenchError(
+                f"{directory} is damaged ({error}); run `metabench fetch {name} --force`"
+            ) from error
+        splits[split_name] = Split(np.asarray(images), offsets, split_meta["class_names"], split_meta["groups"])
+    return Dataset(name=meta["name"], splits=splits, info=meta["info"])

@@ -1,0 +1,156 @@
+"""N-way K-shot episodes: sampling with an explicit generator, and fixed evaluation sets.
+
+How episodes are drawn (stated in every report): each episode picks ``ways`` distinct classes
+uniformly at random, then ``shots + queries`` distinct images of each class; the support and
+query sets of one episode never share an image. Episodes are drawn independently of each other,
+so two episodes may share classes or images (sampling *with* replacement across episodes, the
+common practice; Laffay et al., TMLR 2024, show this understates the width of intervals).
+
+Labels inside an episode are ``0..ways-1`` in the order the classes were drawn, so the label a
+class receives is itself random.
+
+Evaluation episodes are generated once per (dataset checksum, split, ways, shots, queries,
+seed) and saved as ``.npz``, so every algorithm is scored on identical episodes; this is what
+makes paired comparisons between algorithms valid.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metabench import MetabenchError
+from metabench.data.store import Split
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    ways: int
+    shots: int
+    queries: int
+
+    def check(self, split: Split, split_name: str = "split") -> None:
+        """Raise a clear error if ``split`` cannot supply such episodes."""
+        if min(self.ways, self.shots, self.queries) < 1:
+            raise MetabenchError(f"ways, shots and queries must all be at least 1, got {self}")
+        if self.ways > split.n_classes:
+            raise MetabenchError(
+                f"{self.ways}-way episodes need {self.ways} classes but the {split_name} split has "
+                f"{split.n_classes}; lower ways"
+            )
+        needed = self.shots + self.queries
+        smallest = int(split.class_sizes.min())
+        if needed > smallest:
+            raise MetabenchError(
+                f"{self.shots} shots + {self.queries} queries need {needed} images per class but the smallest "
+                f"class of the {split_name} split has {smallest}; lower shots or queries"
+            )
+
+
+@dataclass
+class EpisodeIndices:
+    """Image indices (into one split) of a batch of episodes."""
+
+    support: np.ndarray  # (E, ways, shots) int64
+    query: np.ndarray  # (E, ways, queries) int64
+    classes: np.ndarray  # (E, ways) int64
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, item) -> "EpisodeIndices":
+        return EpisodeIndices(self.support[item], self.query[item], self.classes[item])
+
+
+def sample_indices(split: Split, spec: EpisodeSpec, count: int, rng: np.random.Generator) -> EpisodeIndices:
+    """Draw ``count`` episodes from ``split`` using only ``rng`` for randomness."""
+    spec.check(split)
+    sizes = split.class_sizes
+    per_class = spec.shots + spec.queries
+    classes = np.empty((count, spec.ways), dtype=np.int64)
+    chosen = np.empty((count, spec.ways, per_class), dtype=np.int64)
+    for episode in range(count):
+        classes[episode] = rng.choice(split.n_classes, spec.ways, replace=False)
+        for way, cls in enumerate(classes[episode]):
+            chosen[episode, way] = split.offsets[cls] + rng.choice(sizes[cls], per_class, replace=False)
+    return EpisodeIndices(chosen[:, :, : spec.shots], chosen[:, :, spec.shots :], classes)
+
+
+@dataclass
+class Episode:
+    """Tensors of one or a batch of episodes; images float in [0, 1], (…, C, H, W)."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    ways: int
+
+    def to(self, device) -> "Episode":
+        return Episode(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)), self.ways)
+
+
+class ImageBank:
+    """A split's images as one uint8 tensor on the device, turned into float batches on demand."""
+
+    def __init__(self, split: Split, device: torch.device | str = "cpu"):
+        images = torch.from_numpy(np.array(split.images)).permute(0, 3, 1, 2).contiguous()
+        self.images = images.to(device)
+        self.device = torch.device(device)
+
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        """Float images in [0, 1] of shape ``indices.shape + (C, H, W)``."""
+        flat = torch.from_numpy(np.asarray(indices).reshape(-1)).to(self.device)
+        images = self.images.index_select(0, flat).float().div_(255.0)
+        return images.reshape(*np.shape(indices), *images.shape[1:])
+
+    def episodes(self, indices: EpisodeIndices) -> Episode:
+        """A batch of episodes: support (E, ways*shots, C, H, W), labels (E, ways*shots), etc."""
+        count, ways, shots = indices.support.shape
+        queries = indices.query.shape[2]
+        support_x = self.batch(indices.support.reshape(count, ways * shots))
+        query_x = self.batch(indices.query.reshape(count, ways * queries))
+        labels = torch.arange(ways, device=self.device)
+        support_y = labels.repeat_interleave(shots).expand(count, -1).contiguous()
+        query_y = labels.repeat_interleave(queries).expand(count, -1).contiguous()
+        return Episode(support_x, support_y, query_x, query_y, ways)
+
+
+def fixed_episodes(
+    split: Split,
+    spec: EpisodeSpec,
+    count: int,
+    seed: int,
+    cache_dir: Path,
+    key: str,
+) -> EpisodeIndices:
+    """The evaluation episodes for (``key``, spec, count, seed), generated once and reused.
+
+    ``key`` identifies the data (dataset name, split and checksum); the file name carries every
+    other parameter, so different requests never collide.
+    """
+    spec.check(split)
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"{key}_{spec.ways}w{spec.shots}s{spec.queries}q_n{count}_seed{seed}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as saved:
+                return EpisodeIndices(saved["support"], saved["query"], saved["classes"])
+        except (OSError, ValueError, KeyError) as error:
+            raise MetabenchError(f"episode file {path} is damaged ({error}); delete it to regenerate") from error
+    indices = sample_indices(split, spec, count, np.random.default_rng(seed))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".npz.part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, support=indices.support, query=indices.query, classes=indices.classes)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return indices

@@ -1,0 +1,61 @@
+"""Conv-4: the standard few-shot backbone (Vinyals et al. 2016; Snell et al. 2017; Finn et al. 2017).
+
+Four blocks of [3×3 conv, batch norm, ReLU, 2×2 max-pool]; the output is flattened
+(64 features for 28×28 inputs, 1,600 for 84×84). Every parameter is an ordinary
+``nn.Parameter``, so MAML-family code can run the network functionally with
+``torch.func.functional_call(model, params, x)``.
+
+``track_running_stats=False`` makes batch norm always use the statistics of the batch it sees,
+in training and evaluation alike. MAML-family algorithms need this (running-stat updates are
+in-place and break ``torch.func.grad``; the MAML paper also normalises with batch statistics),
+and it makes their evaluation transductive: a query's prediction depends on the other images
+of its episode. Metric methods keep running statistics, so their embeddings are per image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_block(in_channels: int, out_channels: int, track_running_stats: bool) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """Conv-4 body; ``out_features(image_size)`` tells the flattened width."""
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, depth: int = 4, track_running_stats: bool = True):
+        super().__init__()
+        channels = [in_channels] + [hidden] * depth
+        self.blocks = nn.Sequential(
+            *(conv_block(channels[i], channels[i + 1], track_running_stats) for i in range(depth))
+        )
+        self.hidden = hidden
+        self.depth = depth
+
+    def out_features(self, image_size: int) -> int:
+        size = image_size
+        for _ in range(self.depth):
+            size //= 2
+        return self.hidden * size * size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x).flatten(1)
+
+
+class Classifier(nn.Module):
+    """A body followed by a linear head: the network MAML-family algorithms adapt."""
+
+    def __init__(self, body: nn.Module, features: int, ways: int):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(features, ways)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))

@@ -1,0 +1,179 @@
+"""One run, start to finish: meta-train with validation-based checkpoint selection, then test.
+
+Files in ``runs/<run_id>/``:
+
+* ``state.pt``: everything needed to resume (algorithm, optimiser, RNG states, history), written
+  atomically at every validation; a run started again with the same config continues from it;
+* ``checkpoint.pt``: the weights with the best validation accuracy, plus the config, hyper-
+  parameters and dataset identity needed to use them (``metabench evaluate``/``predict``);
+* ``train_log.csv``: per-update training metrics and validation accuracies;
+* ``episodes.csv`` and ``metrics.json``: test accuracy per episode and its summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from metabench import MetabenchError, checkpoint
+from metabench.algorithms import TaskShape, build_algorithm, get_algorithm, make_hyper
+from metabench.config import RunConfig, resolve_device
+from metabench.data import store
+from metabench.episodes import EpisodeSpec, ImageBank, fixed_episodes, sample_indices
+from metabench.evaluation import episode_accuracies, write_results
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def _episode_key(dataset: store.Dataset, split: str) -> str:
+    return f"{dataset.name}-{split}-{dataset.checksum[:12]}"
+
+
+def task_shape(config: RunConfig, dataset: store.Dataset, hyper) -> TaskShape:
+    height, width, channels = dataset.image_shape
+    if height != width:
+        raise MetabenchError(f"dataset {dataset.name!r} has {height}x{width} images; backbones expect square images")
+    train_ways = getattr(hyper, "train_ways", 0) or config.ways
+    return TaskShape(channels=channels, image_size=height, train_ways=train_ways, test_ways=config.ways)
+
+
+def _fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
+    """What must match for a saved state to be resumed."""
+    keep = {k: v for k, v in config.to_dict().items() if k not in ("device", "data_dir", "runs_dir", "test_episodes")}
+    return {"config": keep, "dataset": dataset.checksum}
+
+
+def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
+    """Meta-train one run (resuming if a matching ``state.pt`` exists); return its summary."""
+    device = resolve_device(config.device)
+    dataset = store.load(config.dataset, Path(config.data_dir))
+    algorithm_cls = get_algorithm(config.algorithm)
+    hyper = make_hyper(algorithm_cls.Hyper, config.hyper, config.algorithm)
+    task = task_shape(config, dataset, hyper)
+    train_split, val_split = dataset.split("train"), dataset.split("val")
+    train_spec = EpisodeSpec(task.train_ways, config.shots, config.queries)
+    train_spec.check(train_split, "train")
+    val_spec = EpisodeSpec(config.ways, config.shots, config.queries)
+    val_episodes = fixed_episodes(
+        val_split, val_spec, config.val_episodes, config.episode_seed,
+        Path(config.data_dir) / "episodes", _episode_key(dataset, "val"),
+    )
+
+    torch.manual_seed(config.seed)
+    algorithm = build_algorithm(config.algorithm, config.hyper, task, device)
+    rng = np.random.default_rng(config.seed)
+    train_bank, val_bank = ImageBank(train_split, device), ImageBank(val_split, device)
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path, best_path = run_dir / "state.pt", run_dir / "checkpoint.pt"
+    fingerprint = _fingerprint(config, dataset)
+
+    start, history, validations = 0, [], []
+    best = {"val_accuracy": -1.0, "iteration": 0}
+    elapsed = 0.0
+    if state_path.is_file():
+        saved = checkpoint.load(state_path)
+        if saved["fingerprint"] == fingerprint:
+            algorithm.load_state_dict(saved["algorithm"])
+            rng.bit_generator.state = saved["numpy_rng"]
+            torch.set_rng_state(saved["torch_rng"])
+            start, history, validations, best = saved["iteration"], saved["history"], saved["validations"], saved["best"]
+            elapsed = saved["elapsed"]
+        else:
+            raise MetabenchError(
+                f"{run_dir} holds a run with a different config; delete {state_path} or choose another runs dir"
+            )
+
+    meta = {
+        "algorithm": config.algorithm,
+        "hyper": dataclasses.asdict(hyper),
+        "task": dataclasses.asdict(task),
+        "config": config.to_dict(),
+        "dataset": {"name": dataset.name, "checksum": dataset.checksum, "image_shape": list(dataset.image_shape),
+                    "preprocessing": dataset.info.get("preprocessing", "")},
+    }
+    clock = time.perf_counter()
+    for iteration in range(start + 1, config.iterations + 1):
+        indices = sample_indices(train_split, train_spec, algorithm.episodes_per_step, rng)
+        metrics = algorithm.meta_train_step(train_bank.episodes(indices))
+        if not math.isfinite(metrics["loss"]):
+            raise MetabenchError(
+                f"training loss became {metrics['loss']} at iteration {iteration}; lower the learning rate "
+                f"(the best checkpoint so far is kept in {best_path})"
+            )
+        history.append({"iteration": iteration, **metrics})
+        if progress:
+            progress("train", iteration, config.iterations)
+        if iteration % config.val_every == 0 or iteration == config.iterations:
+            val_accuracy = float(episode_accuracies(algorithm, val_bank, val_episodes).mean())
+            validations.append({"iteration": iteration, "val_accuracy": val_accuracy})
+            if val_accuracy > best["val_accuracy"]:
+                best = {"val_accuracy": val_accuracy, "iteration": iteration}
+                checkpoint.save_atomic({**meta, **best, "weights": algorithm.state_dict()}, best_path)
+            now = time.perf_counter()
+            elapsed += now - clock
+            clock = now
+            checkpoint.save_atomic(
+                {"fingerprint": fingerprint, "algorithm": algorithm.state_dict(), "numpy_rng": rng.bit_generator.state,
+                 "torch_rng": torch.get_rng_state(), "iteration": iteration, "history": history,
+                 "validations": validations, "best": best, "elapsed": elapsed},
+                state_path,
+            )
+    log = pd.DataFrame(history).merge(pd.DataFrame(validations), on="iteration", how="left") if history else pd.DataFrame()
+    log.to_csv(run_dir / "train_log.csv", index=False)
+    summary = {"run_id": config.run_id, "best_iteration": best["iteration"], "best_val_accuracy": best["val_accuracy"],
+               "train_seconds": round(elapsed, 3), "device": str(device)}
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def load_trained(checkpoint_path: Path, device: torch.device):
+    """Rebuild an algorithm from ``checkpoint.pt`` with its best weights; return (algorithm, meta)."""
+    saved = checkpoint.load(checkpoint_path)
+    task = TaskShape(**saved["task"])
+    algorithm = build_algorithm(saved["algorithm"], saved["hyper"], task, device)
+    algorithm.load_state_dict(saved["weights"], weights_only=True)
+    algorithm.train(False)
+    return algorithm, saved
+
+
+def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
+    """Score the run's best checkpoint on the shared fixed test episodes."""
+    device = resolve_device(config.device)
+    dataset = store.load(config.dataset, Path(config.data_dir))
+    algorithm, saved = load_trained(config.run_dir / "checkpoint.pt", device)
+    if saved["dataset"]["checksum"] != dataset.checksum:
+        raise MetabenchError(
+            f"{config.run_dir} was trained on different {dataset.name!r} data; retrain it (metabench train)"
+        )
+    test_split = dataset.split("test")
+    spec = EpisodeSpec(config.ways, config.shots, config.queries)
+    episodes = fixed_episodes(
+        test_split, spec, config.test_episodes, config.episode_seed,
+        Path(config.data_dir) / "episodes", _episode_key(dataset, "test"),
+    )
+    bank = ImageBank(test_split, device)
+    done = [0]
+
+    def tick(n):
+        done[0] += n
+        if progress:
+            progress("evaluate", done[0], len(episodes))
+
+    start = time.perf_counter()
+    accuracies = episode_accuracies(algorithm, bank, episodes, tick)
+    extra = {
+        "run_id": config.run_id, "algorithm": config.algorithm, "dataset": dataset.name, "ways": config.ways,
+        "shots": config.shots, "queries": config.queries, "seed": config.seed, "episode_seed": config.episode_seed,
+        "best_iteration": saved["iteration"], "val_accuracy": saved["val_accuracy"],
+        "transductive": type(algorithm).transductive, "eval_seconds": round(time.perf_counter() - start, 3),
+    }
+    return write_results(config.run_dir, accuracies, extra)
