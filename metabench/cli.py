@@ -95,9 +95,11 @@ def fetch(
     console.print(f"checksum {dataset.checksum}")
 
 
-def _selection(algorithm, dataset, ways, shots, seed, iterations=None, device=None, runs_dir=None, data_dir=None):
+def _selection(algorithm, dataset, ways, shots, seed, iterations=None, device=None, runs_dir=None, data_dir=None,
+               train_queries=None):
     return {"algorithm": algorithm, "dataset": dataset, "ways": ways, "shots": shots, "seed": seed,
-            "iterations": iterations, "device": device, "runs_dir": runs_dir, "data_dir": data_dir}
+            "iterations": iterations, "device": device, "runs_dir": runs_dir, "data_dir": data_dir,
+            "train_queries": train_queries}
 
 
 @app.command()
@@ -108,6 +110,7 @@ def train(
     shots: Optional[int] = typer.Option(None, help="Support images per class."),
     seed: Optional[int] = typer.Option(None, help="Seed of initialisation and training episodes."),
     iterations: Optional[int] = typer.Option(None, help="Outer updates to run."),
+    train_queries: Optional[int] = typer.Option(None, help="Query images per class in training episodes."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA if present), cpu or cuda."),
     data_dir: Optional[str] = typer.Option(None, help="Dataset store directory."),
     runs_dir: Optional[str] = typer.Option(None, help="Where run outputs go."),
@@ -117,7 +120,7 @@ def train(
     """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy."""
     from metabench.runner import train_run
 
-    config = _run_config(params, _selection(algorithm, dataset, ways, shots, seed, iterations, device, runs_dir, data_dir), hp)
+    config = _run_config(params, _selection(algorithm, dataset, ways, shots, seed, iterations, device, runs_dir, data_dir, train_queries), hp)
     with _progress() as progress:
         task = progress.add_task(f"train {config.run_id}", total=config.iterations)
         summary = train_run(config, lambda phase, done, total: progress.update(task, completed=done))

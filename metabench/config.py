@@ -23,7 +23,8 @@ class RunConfig:
     algorithm: str = "protonet"  # a registered algorithm (see `metabench algorithms`)
     ways: int = 5  # classes per test episode
     shots: int = 1  # support images per class
-    queries: int = 15  # query images per class (train, validation and test)
+    queries: int = 15  # query images per class in validation and test episodes
+    train_queries: int = 0  # query images per class in training episodes; 0: same as queries
     seed: int = 0  # initialisation and training-episode seed
     iterations: int = 1000  # outer updates; budgets are in iterations, never seconds
     val_every: int = 100  # validate (and maybe checkpoint) every this many updates
@@ -35,7 +36,13 @@ class RunConfig:
     runs_dir: str = "runs"
     hyper: dict[str, Any] = field(default_factory=dict)  # the algorithm's hyper-parameters
 
+    @property
+    def queries_in_training(self) -> int:
+        return self.train_queries or self.queries
+
     def __post_init__(self) -> None:
+        if self.train_queries < 0:
+            raise MetabenchError(f"train_queries must be 0 (same as queries) or more, got {self.train_queries}")
         for name in ("ways", "shots", "queries", "iterations", "val_every", "val_episodes", "test_episodes"):
             if getattr(self, name) < 1:
                 raise MetabenchError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -59,7 +59,7 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     hyper = make_hyper(algorithm_cls.Hyper, config.hyper, config.algorithm)
     task = task_shape(config, dataset, hyper)
     train_split, val_split = dataset.split("train"), dataset.split("val")
-    train_spec = EpisodeSpec(task.train_ways, config.shots, config.queries)
+    train_spec = EpisodeSpec(task.train_ways, config.shots, config.queries_in_training)
     train_spec.check(train_split, "train")
     val_spec = EpisodeSpec(config.ways, config.shots, config.queries)
     val_episodes = fixed_episodes(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -106,8 +105,8 @@ def fetch_file(
             raise MetabenchError(f"download of {location} stopped at {done} of {total} bytes; run the command again")
         if expected and digest.hexdigest() != expected:
             raise MetabenchError(
-                f"{location} has {algorithm} {digest.hexdigest()}, expected {expected}: the file is corrupt "
-                "or a different version; delete nothing, re-download, or set the matching checksum in params.yaml"
+                f"{location} has {algorithm} {digest.hexdigest()}, expected {expected}: the download is corrupt or "
+                "a different file; run again, or set the checksum that belongs to this source in params.yaml"
             )
         os.replace(partial, dest)
     except OSError as error:
@@ -116,11 +115,3 @@ def fetch_file(
         if partial.exists():
             partial.unlink()
     return dest
-
-
-def copy_tree_atomic(source: Path, dest: Path) -> None:
-    """Copy a directory so that ``dest`` appears complete or not at all."""
-    staging = dest.with_name(dest.name + ".part")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    os.replace(staging, dest)
