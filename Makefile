@@ -25,3 +25,16 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+METABENCH := MLFLOW_DISABLE_TELEMETRY=true $(BIN)/metabench
+ALGORITHMS ?= protonet maml
+SHOTS ?= 1 5
+
+# The default job: embedded glyphs data, every algorithm, 5-way 1- and 5-shot, budgets from params.yaml.
+leaderboard: $(STAMP)
+	$(METABENCH) fetch glyphs
+	set -e; for algorithm in $(ALGORITHMS); do for shots in $(SHOTS); do \
+		$(METABENCH) train --algorithm $$algorithm --shots $$shots; \
+		$(METABENCH) evaluate --algorithm $$algorithm --shots $$shots; \
+	done; done
+	$(METABENCH) summary

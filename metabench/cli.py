@@ -1,7 +1,9 @@
 """The ``metabench`` command line: fetch data, train, evaluate, predict.
 
-Every command only parses options and calls library code; settings come from params.yaml
-(sections ``data``, ``run`` and ``algorithms``) and command-line options override them.
+Every command only parses options and calls library code. Settings come from params.yaml:
+``data.<source>`` (fetch options), ``run`` (defaults of every run), and
+``algorithms.<name>.run`` / ``algorithms.<name>.hyper`` (one algorithm's run settings and
+hyper-parameters). Command-line options override them.
 """
 
 from __future__ import annotations
@@ -53,10 +55,15 @@ def _run_config(params_path: Path, overrides: dict, hp: list[str]):
     from metabench.config import RunConfig, load_params
 
     params = load_params(params_path)
-    values = dict(params.get("run", {}))
+    values = dict(params.get("run") or {})
+    algorithm = overrides.get("algorithm") or values.get("algorithm", RunConfig.algorithm)
+    section = dict((params.get("algorithms") or {}).get(algorithm) or {})
+    unknown_keys = sorted(set(section) - {"run", "hyper"})
+    if unknown_keys:
+        raise MetabenchError(f"{params_path}: algorithms.{algorithm} may only hold 'run' and 'hyper', not {', '.join(unknown_keys)}")
+    values.update(section.get("run") or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
-    algorithm = values.get("algorithm", RunConfig.algorithm)
-    hyper = dict((params.get("algorithms") or {}).get(algorithm) or {})
+    hyper = dict(section.get("hyper") or {})
     hyper.update(_parse_overrides(hp))
     values["hyper"] = hyper
     valid = set(RunConfig.__dataclass_fields__)
@@ -184,6 +191,27 @@ def predict(
         writer.writerow([name, class_names[label]])
 
 
+@app.command()
+def summary(
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run outputs are."),
+    data_dir: Path = typer.Option(Path("data"), help="Dataset store directory."),
+) -> None:
+    """Table of every evaluated run (accuracy ± 95% interval) beside pixel nearest-neighbour."""
+    from metabench.summary import table as results_table
+
+    results = results_table(runs_dir, data_dir)
+    if results.empty:
+        raise MetabenchError(f"no evaluated runs in {runs_dir}; run `metabench train` and `metabench evaluate` first")
+    out = Table(title=f"results in {runs_dir} (95% interval over the shared test episodes)")
+    for column in ("dataset", "ways", "shots", "algorithm", "seed", "accuracy %", "episodes", "transductive"):
+        out.add_column(column)
+    for row in results.itertuples():
+        seed = "" if row.seed is None or row.seed != row.seed else str(int(row.seed))
+        out.add_row(row.dataset, str(row.ways), str(row.shots), row.algorithm, seed,
+                    f"{100 * row.accuracy:.2f} ± {100 * row.ci95:.2f}", str(row.episodes), "yes" if row.transductive else "no")
+    Console(width=max(Console().width, 120)).print(out)
+
+
 @app.command("algorithms")
 def algorithms_command() -> None:
     """List every registered algorithm with its paper and what it adapts."""
@@ -194,7 +222,7 @@ def algorithms_command() -> None:
         table.add_column(column)
     for name, cls in sorted(REGISTRY.items()):
         table.add_row(name, cls.paper, cls.adapts, "yes" if cls.transductive else "no")
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)
 
 
 def main() -> None:

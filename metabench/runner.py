@@ -46,8 +46,9 @@ def task_shape(config: RunConfig, dataset: store.Dataset, hyper) -> TaskShape:
 
 
 def _fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
-    """What must match for a saved state to be resumed."""
-    keep = {k: v for k, v in config.to_dict().items() if k not in ("device", "data_dir", "runs_dir", "test_episodes")}
+    """What must match for a saved state to be resumed (a larger ``iterations`` extends a run)."""
+    ignored = ("device", "data_dir", "runs_dir", "test_episodes", "iterations")
+    keep = {k: v for k, v in config.to_dict().items() if k not in ignored}
     return {"config": keep, "dataset": dataset.checksum}
 
 
@@ -81,6 +82,11 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     elapsed = 0.0
     if state_path.is_file():
         saved = checkpoint.load(state_path)
+        if saved["fingerprint"] == fingerprint and saved["iteration"] > config.iterations:
+            raise MetabenchError(
+                f"{run_dir} already trained {saved['iteration']} iterations, more than the {config.iterations} asked; "
+                f"delete {state_path} to start over or ask for at least {saved['iteration']}"
+            )
         if saved["fingerprint"] == fingerprint:
             algorithm.load_state_dict(saved["algorithm"])
             rng.bit_generator.state = saved["numpy_rng"]
@@ -174,6 +180,9 @@ def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
         "run_id": config.run_id, "algorithm": config.algorithm, "dataset": dataset.name, "ways": config.ways,
         "shots": config.shots, "queries": config.queries, "seed": config.seed, "episode_seed": config.episode_seed,
         "best_iteration": saved["iteration"], "val_accuracy": saved["val_accuracy"],
-        "transductive": type(algorithm).transductive, "eval_seconds": round(time.perf_counter() - start, 3),
+        "transductive": type(algorithm).transductive,
     }
+    timing = {"eval_seconds": round(time.perf_counter() - start, 3), "episodes_per_second": None}
+    timing["episodes_per_second"] = round(len(episodes) / max(timing["eval_seconds"], 1e-9), 3)
+    (config.run_dir / "eval_timing.json").write_text(json.dumps(timing, indent=1) + "\n")
     return write_results(config.run_dir, accuracies, extra)

@@ -1,0 +1,158 @@
+"""fetch → train → evaluate → predict through the real CLI on the embedded glyphs data."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from metabench.cli import app
+from metabench.config import RunConfig
+from metabench.runner import evaluate_run, train_run
+
+runner = CliRunner()
+QUICK = {"iterations": 24, "val_every": 12, "val_episodes": 20, "test_episodes": 40, "queries": 5}
+
+
+def run_cli(*args):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+@pytest.fixture
+def workdir(tmp_path, glyphs_dir):
+    shutil.copytree(glyphs_dir / "glyphs", tmp_path / "data" / "glyphs")
+    (tmp_path / "params.yaml").write_text(
+        "run:\n" + "".join(f"  {k}: {v}\n" for k, v in QUICK.items())
+        + "algorithms:\n  maml:\n    hyper:\n      meta_batch: 2\n      hidden: 16\n"
+        + "  protonet:\n    hyper:\n      hidden: 32\n"
+    )
+    return tmp_path
+
+
+def cli_in(workdir, *args):
+    common = ["--params", str(workdir / "params.yaml"), "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs")]
+    return run_cli(*args, *common)
+
+
+@pytest.mark.parametrize("algorithm", ["protonet", "maml"])
+def test_train_then_evaluate_writes_metrics_above_chance(workdir, algorithm):
+    cli_in(workdir, "train", "--algorithm", algorithm, "--seed", "0")
+    cli_in(workdir, "evaluate", "--algorithm", algorithm, "--seed", "0")
+    run_dir = workdir / "runs" / f"glyphs-{algorithm}-5w1s-seed0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    per_episode = np.loadtxt(run_dir / "episodes.csv", delimiter=",", skiprows=1)[:, 1]
+    assert metrics["episodes"] == 40 == len(per_episode)
+    assert metrics["accuracy"] == pytest.approx(per_episode.mean())
+    assert metrics["accuracy"] > 0.35  # chance is 0.2
+    assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "train_log.csv").is_file()
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_differs(workdir):
+    results = []
+    for seed, runs in ((0, "a"), (0, "b"), (1, "c")):
+        config = RunConfig(algorithm="protonet", seed=seed, data_dir=str(workdir / "data"),
+                           runs_dir=str(workdir / runs), hyper={"hidden": 32}, **QUICK)
+        train_run(config)
+        results.append(evaluate_run(config))
+    assert results[0] == results[1]
+    assert (workdir / "a" / results[0]["run_id"] / "episodes.csv").read_bytes() == \
+        (workdir / "b" / results[1]["run_id"] / "episodes.csv").read_bytes()
+    assert results[2]["accuracy"] != results[0]["accuracy"]
+
+
+def test_interrupted_training_resumes_to_the_same_result(workdir, monkeypatch):
+    base = dict(algorithm="protonet", seed=3, data_dir=str(workdir / "data"), hyper={"hidden": 32}, **QUICK)
+    straight = RunConfig(runs_dir=str(workdir / "straight"), **base)
+    train_run(straight)
+    expected = evaluate_run(straight)
+
+    resumed = RunConfig(runs_dir=str(workdir / "resumed"), **base)
+    from metabench.algorithms.protonet import ProtoNet
+
+    original_step, calls = ProtoNet.meta_train_step, {"n": 0}
+
+    def interrupt_after_17(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 17:
+            raise KeyboardInterrupt
+        return original_step(self, batch)
+
+    monkeypatch.setattr(ProtoNet, "meta_train_step", interrupt_after_17)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(resumed)
+    monkeypatch.setattr(ProtoNet, "meta_train_step", original_step)
+    train_run(resumed)  # continues from the state saved at iteration 12
+    assert evaluate_run(resumed) == expected
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_best_checkpoint(workdir, monkeypatch):
+    from metabench import MetabenchError
+    from metabench.algorithms.protonet import ProtoNet
+
+    original_step = ProtoNet.meta_train_step
+
+    def nan_after_15(self, batch):
+        metrics = original_step(self, batch)
+        if self.scheduler.last_epoch > 15:
+            metrics["loss"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(ProtoNet, "meta_train_step", nan_after_15)
+    config = RunConfig(algorithm="protonet", data_dir=str(workdir / "data"), runs_dir=str(workdir / "runs"),
+                       hyper={"hidden": 32}, **QUICK)
+    with pytest.raises(MetabenchError, match="lower the learning rate"):
+        train_run(config)
+    assert (config.run_dir / "checkpoint.pt").is_file()
+
+
+def test_predict_classifies_a_users_folders_of_any_size_and_mode(workdir, glyphs_dir):
+    cli_in(workdir, "train", "--algorithm", "protonet", "--seed", "0")
+    from metabench.data import store
+
+    test = store.load("glyphs", glyphs_dir).split("test")
+    support, query = workdir / "support", workdir / "query"
+    truth = {}
+    for way, cls in enumerate([0, 7, 21, 40, 90]):
+        name = f"class_{way}"
+        (support / name).mkdir(parents=True)
+        images = test.images[test.offsets[cls] : test.offsets[cls + 1], :, :, 0]
+        Image.fromarray(images[0]).convert("RGB").resize((64, 64)).save(support / name / "shot.jpg")
+        for q in range(1, 4):
+            filename = f"{name}_q{q}.png"
+            Image.fromarray(images[q]).resize((50, 50)).convert("RGBA").save((query.mkdir(exist_ok=True), query / filename)[1])
+            truth[filename] = name
+    result = run_cli("predict", "--checkpoint", str(workdir / "runs" / "glyphs-protonet-5w1s-seed0" / "checkpoint.pt"),
+                     "--support", str(support), "--query", str(query))
+    rows = [line.split(",") for line in result.stdout.strip().splitlines()]
+    assert rows[0] == ["image", "predicted_class"]
+    predictions = dict(rows[1:])
+    assert set(predictions) == set(truth)
+    assert sum(predictions[f] == truth[f] for f in truth) >= 9  # of 15; chance is 3
+
+
+def test_bad_input_gives_a_one_line_error_through_the_real_command(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "metabench", "train", "--data-dir", str(tmp_path), "--params", str(tmp_path / "none.yaml")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: dataset 'glyphs' is not in {tmp_path}; run `metabench fetch glyphs` first"]
+
+
+def test_unknown_hyper_parameter_and_algorithm_are_named(workdir):
+    from metabench import MetabenchError
+
+    with pytest.raises(MetabenchError, match="valid: .*inner_lr"):
+        runner.invoke(app, ["train", "--algorithm", "maml", "--hp", "innr_lr=0.1",
+                                          "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs"),
+                                          "--params", str(workdir / "params.yaml")], catch_exceptions=False)
+    with pytest.raises(MetabenchError, match="choose one of .*protonet"):
+        runner.invoke(app, ["train", "--algorithm", "mamll", "--data-dir", str(workdir / "data"),
+                            "--params", str(workdir / "params.yaml")], catch_exceptions=False)
