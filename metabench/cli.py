@@ -130,7 +130,13 @@ def train(
     config = _run_config(params, _selection(algorithm, dataset, ways, shots, seed, iterations, device, runs_dir, data_dir, train_queries), hp)
     with _progress() as progress:
         task = progress.add_task(f"train {config.run_id}", total=config.iterations)
-        summary = train_run(config, lambda phase, done, total: progress.update(task, completed=done))
+
+        def show(phase: str, done: int, total: int) -> None:
+            if phase.startswith("val"):
+                progress.update(task, description=f"train {config.run_id} ({phase})")
+            progress.update(task, completed=done)
+
+        summary = train_run(config, show)
     console.print_json(json.dumps(summary))
 
 

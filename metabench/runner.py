@@ -106,6 +106,7 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
         "dataset": {"name": dataset.name, "checksum": dataset.checksum, "image_shape": list(dataset.image_shape),
                     "preprocessing": dataset.info.get("preprocessing", "")},
     }
+    (run_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")  # the fully resolved settings
     clock = time.perf_counter()
     for iteration in range(start + 1, config.iterations + 1):
         indices = sample_indices(train_split, train_spec, algorithm.episodes_per_step, rng)
@@ -121,6 +122,8 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
         if iteration % config.val_every == 0 or iteration == config.iterations:
             val_accuracy = float(episode_accuracies(algorithm, val_bank, val_episodes).mean())
             validations.append({"iteration": iteration, "val_accuracy": val_accuracy})
+            if progress:
+                progress(f"val {100 * val_accuracy:.1f}%", iteration, config.iterations)
             if val_accuracy > best["val_accuracy"]:
                 best = {"val_accuracy": val_accuracy, "iteration": iteration}
                 checkpoint.save_atomic({**meta, **best, "weights": algorithm.state_dict()}, best_path)

@@ -40,7 +40,7 @@ def test_failed_save_keeps_the_previous_dataset(tiny_dataset, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(MetabenchError, match="free disk space"):
         store.save(dataset, root)
     monkeypatch.undo()
     assert store.load("tiny", root, verify=True).checksum == dataset.checksum

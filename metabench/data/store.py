@@ -126,6 +126,12 @@ def save(dataset: Dataset, root: Path) -> Path:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(staging, final)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise MetabenchError(
+            f"cannot write dataset {dataset.name!r} to {root} ({error.strerror}); free disk space or choose another "
+            "data dir (the previously stored copy, if any, is unchanged)"
+        ) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
