@@ -12,8 +12,11 @@ Files in ``runs/<run_id>/``:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import json
+import warnings
 import math
 import time
 from pathlib import Path
@@ -45,11 +48,21 @@ def task_shape(config: RunConfig, dataset: store.Dataset, hyper) -> TaskShape:
     return TaskShape(channels=channels, image_size=height, train_ways=train_ways, test_ways=config.ways)
 
 
+def code_version() -> str:
+    """sha256 over the package's source: a saved state from other code is never resumed."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def _fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
     """What must match for a saved state to be resumed (a larger ``iterations`` extends a run)."""
     ignored = ("device", "data_dir", "runs_dir", "test_episodes", "iterations")
     keep = {k: v for k, v in config.to_dict().items() if k not in ignored}
-    return {"config": keep, "dataset": dataset.checksum}
+    return {"config": keep, "dataset": dataset.checksum, "code": code_version()}
 
 
 def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
@@ -79,24 +92,24 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
 
     start, history, validations = 0, [], []
     best = {"val_accuracy": -1.0, "iteration": 0}
+    best_weights = None
     elapsed = 0.0
     if state_path.is_file():
         saved = checkpoint.load(state_path)
-        if saved["fingerprint"] == fingerprint and saved["iteration"] > config.iterations:
+        if saved["fingerprint"] != fingerprint:
+            warnings.warn(f"{state_path} belongs to another config, data or code version; training {config.run_id} from scratch",
+                          stacklevel=2)
+        elif saved["iteration"] > config.iterations:
             raise MetabenchError(
                 f"{run_dir} already trained {saved['iteration']} iterations, more than the {config.iterations} asked; "
                 f"delete {state_path} to start over or ask for at least {saved['iteration']}"
             )
-        if saved["fingerprint"] == fingerprint:
+        else:
             algorithm.load_state_dict(saved["algorithm"])
             rng.bit_generator.state = saved["numpy_rng"]
             torch.set_rng_state(saved["torch_rng"])
             start, history, validations, best = saved["iteration"], saved["history"], saved["validations"], saved["best"]
-            elapsed = saved["elapsed"]
-        else:
-            raise MetabenchError(
-                f"{run_dir} holds a run with a different config; delete {state_path} or choose another runs dir"
-            )
+            best_weights, elapsed = saved["best_weights"], saved["elapsed"]
 
     meta = {
         "algorithm": config.algorithm,
@@ -112,6 +125,8 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
         indices = sample_indices(train_split, train_spec, algorithm.episodes_per_step, rng)
         metrics = algorithm.meta_train_step(train_bank.episodes(indices))
         if not math.isfinite(metrics["loss"]):
+            if best_weights is not None:
+                checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
             raise MetabenchError(
                 f"training loss became {metrics['loss']} at iteration {iteration}; lower the learning rate "
                 f"(the best checkpoint so far is kept in {best_path})"
@@ -126,16 +141,17 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
                 progress(f"val {100 * val_accuracy:.1f}%", iteration, config.iterations)
             if val_accuracy > best["val_accuracy"]:
                 best = {"val_accuracy": val_accuracy, "iteration": iteration}
-                checkpoint.save_atomic({**meta, **best, "weights": algorithm.state_dict()}, best_path)
+                best_weights = copy.deepcopy(algorithm.state_dict())
             now = time.perf_counter()
             elapsed += now - clock
             clock = now
             checkpoint.save_atomic(
                 {"fingerprint": fingerprint, "algorithm": algorithm.state_dict(), "numpy_rng": rng.bit_generator.state,
                  "torch_rng": torch.get_rng_state(), "iteration": iteration, "history": history,
-                 "validations": validations, "best": best, "elapsed": elapsed},
+                 "validations": validations, "best": best, "best_weights": best_weights, "elapsed": elapsed},
                 state_path,
             )
+    checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
     log = pd.DataFrame(history).merge(pd.DataFrame(validations), on="iteration", how="left") if history else pd.DataFrame()
     log.to_csv(run_dir / "train_log.csv", index=False)
     summary = {"run_id": config.run_id, "best_iteration": best["iteration"], "best_val_accuracy": best["val_accuracy"],
