@@ -198,6 +198,29 @@ def predict(
 
 
 @app.command()
+def profile(
+    algorithm: Optional[str] = typer.Option(None, help="Registered algorithm."),
+    dataset: Optional[str] = typer.Option(None, help="Stored dataset name."),
+    ways: Optional[int] = typer.Option(None, help="Classes per test episode."),
+    shots: Optional[int] = typer.Option(None, help="Support images per class."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    data_dir: Optional[str] = typer.Option(None, help="Dataset store directory."),
+    out: Optional[Path] = typer.Option(None, help="JSON file to write (default profiles/<dataset>-<algorithm>-<W>w<K>s.json)."),
+    hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
+    params: Path = PARAMS,
+) -> None:
+    """Measure what a method costs: meta-train steps/s, adaptation tasks/s, GFLOP/s, peak memory."""
+    from metabench.profiling import profile_run, write_profile
+
+    config = _run_config(params, _selection(algorithm, dataset, ways, shots, 0, None, device, None, data_dir), hp)
+    with console.status(f"profiling {config.algorithm} on {config.dataset} {config.ways}-way {config.shots}-shot"):
+        result = profile_run(config)
+    path = out or Path("profiles") / f"{config.dataset}-{config.algorithm}-{config.ways}w{config.shots}s.json"
+    write_profile(result, path)
+    console.print_json(json.dumps(result))
+
+
+@app.command()
 def summary(
     runs_dir: Path = typer.Option(Path("runs"), help="Where run outputs are."),
     data_dir: Path = typer.Option(Path("data"), help="Dataset store directory."),
@@ -216,6 +239,35 @@ def summary(
         out.add_row(row.dataset, str(row.ways), str(row.shots), row.algorithm, seed,
                     f"{100 * row.accuracy:.2f} ± {100 * row.ci95:.2f}", str(row.episodes), "yes" if row.transductive else "no")
     Console(width=max(Console().width, 120)).print(out)
+
+
+@app.command()
+def report(
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run outputs are."),
+    profiles_dir: Path = typer.Option(Path("profiles"), help="Where profile JSON files are."),
+    out_dir: Path = typer.Option(Path("reports"), help="Where to write leaderboard.md/.html and figures."),
+    data_dir: Path = typer.Option(Path("data"), help="Dataset store (for the pixel nearest-neighbour reference)."),
+) -> None:
+    """Write the leaderboard (markdown, self-contained HTML, figures) from run outputs only."""
+    from metabench.report import build
+
+    headline = build(runs_dir, profiles_dir, out_dir, data_dir)
+    console.print(f"wrote {out_dir / 'leaderboard.md'} and {out_dir / 'leaderboard.html'}")
+    console.print_json(json.dumps(headline))
+
+
+@app.command()
+def track(run_dirs: list[Path] = typer.Argument(..., help="Run directories, e.g. runs/glyphs-maml-5w1s-seed0.")) -> None:
+    """Send runs to MLflow again from their local files (after the tracking server was unreachable)."""
+    from metabench.tracking import resend, tracking_uri
+
+    for run_dir in run_dirs:
+        if not (run_dir / "config.json").is_file():
+            raise MetabenchError(f"{run_dir} is not a trained run (no config.json); give a directory under runs/")
+        run_id = resend(run_dir)
+        if run_id is None:
+            raise MetabenchError(f"MLflow at {tracking_uri()} is still unreachable; {run_dir} is unchanged, try again later")
+        console.print(f"{run_dir} -> MLflow run {run_id} at {tracking_uri()}")
 
 
 @app.command("algorithms")

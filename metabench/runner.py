@@ -32,6 +32,7 @@ from metabench.config import RunConfig, resolve_device
 from metabench.data import store
 from metabench.episodes import EpisodeSpec, ImageBank, fixed_episodes, sample_indices
 from metabench.evaluation import episode_accuracies, write_results
+from metabench.tracking import Tracker, run_tags
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -120,6 +121,9 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
                     "preprocessing": dataset.info.get("preprocessing", "")},
     }
     (run_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")  # the fully resolved settings
+    tracker = Tracker(run_dir)
+    tracker.start(config.run_id, meta, run_tags(meta, dataset.checksum, str(device)), resume=start > 0)
+    logged = len(history)
     clock = time.perf_counter()
     for iteration in range(start + 1, config.iterations + 1):
         indices = sample_indices(train_split, train_spec, algorithm.episodes_per_step, rng)
@@ -139,6 +143,8 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
             validations.append({"iteration": iteration, "val_accuracy": val_accuracy})
             if progress:
                 progress(f"val {100 * val_accuracy:.1f}%", iteration, config.iterations)
+            tracker.log_rows(history[logged:] + [validations[-1]])
+            logged = len(history)
             if val_accuracy > best["val_accuracy"]:
                 best = {"val_accuracy": val_accuracy, "iteration": iteration}
                 best_weights = copy.deepcopy(algorithm.state_dict())
@@ -157,6 +163,9 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     summary = {"run_id": config.run_id, "best_iteration": best["iteration"], "best_val_accuracy": best["val_accuracy"],
                "train_seconds": round(elapsed, 3), "device": str(device)}
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    tracker.log_final({k: v for k, v in summary.items() if k != "run_id"})
+    tracker.log_artifacts([best_path, run_dir / "config.json", run_dir / "train_log.csv"])
+    tracker.finish()
     return summary
 
 
@@ -204,4 +213,10 @@ def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
     timing = {"eval_seconds": round(time.perf_counter() - start, 3), "episodes_per_second": None}
     timing["episodes_per_second"] = round(len(episodes) / max(timing["eval_seconds"], 1e-9), 3)
     (config.run_dir / "eval_timing.json").write_text(json.dumps(timing, indent=1) + "\n")
-    return write_results(config.run_dir, accuracies, extra)
+    metrics = write_results(config.run_dir, accuracies, extra)
+    tracker = Tracker(config.run_dir)
+    if tracker.attach():
+        tracker.log_final({**metrics, **timing}, prefix="test_")
+        tracker.log_artifacts([config.run_dir / "episodes.csv", config.run_dir / "metrics.json"])
+        tracker.finish()
+    return metrics

@@ -27,3 +27,32 @@ def seed_interval(seed_means, confidence: float = 0.95) -> tuple[float, float]:
         return float(values.mean()), float("nan")
     t = stats.t.ppf(0.5 + confidence / 2, df=len(values) - 1)
     return float(values.mean()), float(t * stats.sem(values))
+
+
+def paired_comparison(a, b, confidence: float = 0.95) -> dict[str, float]:
+    """Compare two algorithms scored on the same episodes (element i of ``a`` and ``b``).
+
+    Returns the mean difference ``a - b`` with its paired t-interval and the two-sided
+    p-value of the paired t-test (``scipy.stats.ttest_rel``).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples must have the same shape, got {a.shape} and {b.shape}")
+    difference = a - b
+    mean = float(difference.mean())
+    if len(difference) < 2 or np.all(difference == difference[0]):
+        return {"difference": mean, "ci95": 0.0, "p_value": 1.0 if mean == 0 else 0.0}
+    t = stats.t.ppf(0.5 + confidence / 2, df=len(difference) - 1)
+    return {
+        "difference": mean,
+        "ci95": float(t * stats.sem(difference)),
+        "p_value": float(stats.ttest_rel(a, b).pvalue),
+    }
+
+
+def adjust_p_values(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (``scipy.stats.false_discovery_control``)."""
+    p_values = np.asarray(p_values, dtype=np.float64)
+    if len(p_values) == 0:
+        return p_values
+    return stats.false_discovery_control(p_values, method="bh")

@@ -1,0 +1,339 @@
+"""The leaderboard: built only from run outputs (metrics.json, episodes.csv, train logs,
+profiles), never by re-training.
+
+Writes into ``reports/``: ``leaderboard.md`` (tables to paste into a paper),
+``leaderboard.html`` (self-contained: figures embedded as data URIs, no external requests),
+``figures/*.png`` and ``summary.json`` (headline numbers for ``dvc metrics show``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from metabench import MetabenchError, published, stats  # noqa: E402
+from metabench.algorithms import REGISTRY  # noqa: E402
+from metabench.summary import pixel_baseline  # noqa: E402
+
+FORMULAS = """\
+- **Per run**: accuracy of each test episode (its queries per class); mean ± 1.96·s/√n over the
+  n fixed test episodes (s: sample standard deviation).
+- **Per algorithm**: mean of the per-seed means ± t₀.₉₇₅,ₖ₋₁·s/√k over k seeds (s: standard
+  deviation of the seed means). With few seeds this interval is wide by design.
+- **Pairwise**: for each pair on the same episodes, the per-episode accuracy averaged over
+  seeds; the mean difference ± t₀.₉₇₅,ₙ₋₁·s_d/√n and a paired t-test
+  (`scipy.stats.ttest_rel`); p-values adjusted across all pairs of a setting by
+  Benjamini-Hochberg (`scipy.stats.false_discovery_control`).
+- **Episodes**: drawn once per (dataset checksum, split, ways, shots, queries, count, seed) and
+  shared by every algorithm and seed; each episode draws distinct classes and distinct images,
+  episodes independently of each other (with replacement across episodes, which understates
+  interval width; Laffay et al., TMLR 2024).
+- **Transductive**: MAML-family methods normalise with each episode's batch statistics, so a
+  query's prediction depends on the other queries; this is marked per algorithm.
+"""
+
+
+@dataclass
+class Runs:
+    metrics: pd.DataFrame  # one row per run
+    episodes: dict[str, np.ndarray]  # run_id -> per-episode accuracy
+    curves: pd.DataFrame  # run_id, algorithm, shots, seed, iteration, val_accuracy
+    profiles: pd.DataFrame
+
+
+def load_runs(runs_dir: Path, profiles_dir: Path) -> Runs:
+    rows, episodes, curves = [], {}, []
+    for metrics_path in sorted(Path(runs_dir).glob("*/metrics.json")):
+        run_dir = metrics_path.parent
+        metrics = json.loads(metrics_path.read_text())
+        summary_path = run_dir / "train_summary.json"
+        if summary_path.is_file():
+            metrics["train_seconds"] = json.loads(summary_path.read_text())["train_seconds"]
+        mlflow_path = run_dir / "mlflow_run.json"
+        metrics["mlflow_run_id"] = json.loads(mlflow_path.read_text())["run_id"] if mlflow_path.is_file() else ""
+        rows.append(metrics)
+        episodes[metrics["run_id"]] = pd.read_csv(run_dir / "episodes.csv")["accuracy"].to_numpy()
+        log_path = run_dir / "train_log.csv"
+        if log_path.is_file():
+            log = pd.read_csv(log_path)
+            if "val_accuracy" in log:
+                log = log.dropna(subset=["val_accuracy"])[["iteration", "val_accuracy"]]
+                curves.append(log.assign(run_id=metrics["run_id"], algorithm=metrics["algorithm"],
+                                         shots=metrics["shots"], seed=metrics["seed"], dataset=metrics["dataset"]))
+    if not rows:
+        raise MetabenchError(f"no evaluated runs in {runs_dir}; run the train and evaluate stages first")
+    profiles = [json.loads(p.read_text()) for p in sorted(Path(profiles_dir).glob("*.json"))]
+    return Runs(pd.DataFrame(rows), episodes, pd.concat(curves) if curves else pd.DataFrame(), pd.DataFrame(profiles))
+
+
+def aggregate(runs: Runs) -> pd.DataFrame:
+    """One row per (dataset, ways, shots, algorithm): seed statistics and costs."""
+    out = []
+    keys = ["dataset", "ways", "shots", "algorithm"]
+    for (dataset, ways, shots, algorithm), group in runs.metrics.groupby(keys):
+        mean, half = stats.seed_interval(group["accuracy"])
+        row = {
+            "dataset": dataset, "ways": ways, "shots": shots, "algorithm": algorithm,
+            "accuracy": mean, "seed_ci95": half, "seeds": len(group),
+            "episode_ci95": float(group["ci95"].mean()), "episodes": int(group["episodes"].iloc[0]),
+            "train_seconds": float(group["train_seconds"].mean()) if "train_seconds" in group else float("nan"),
+            "transductive": bool(group["transductive"].iloc[0]),
+            "mlflow_run_ids": " ".join(r[:8] for r in group["mlflow_run_id"] if r),
+            "seed_accuracies": list(group.sort_values("seed")["accuracy"]),
+        }
+        if not runs.profiles.empty:
+            match = runs.profiles[(runs.profiles["algorithm"] == algorithm) & (runs.profiles["shots"] == shots)
+                                  & (runs.profiles["dataset"] == dataset) & (runs.profiles["ways"] == ways)]
+            if not match.empty:
+                profile = match.iloc[0]
+                row.update({key: float(profile[key]) for key in (
+                    "adaptation_tasks_per_second", "meta_train_tasks_per_second", "achieved_gflops",
+                    "utilisation", "peak_rss_mb")})
+        entry = published.lookup(dataset, algorithm, ways, shots)
+        row["published"] = (f"{entry[0]}" + (f" ± {entry[1]}" if entry[1] is not None else "") + f" ({entry[2]})") if entry else ""
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def pairwise(runs: Runs) -> pd.DataFrame:
+    """Paired comparisons between every two algorithms of each (dataset, ways, shots)."""
+    rows = []
+    metrics = runs.metrics
+    for (dataset, ways, shots), group in metrics.groupby(["dataset", "ways", "shots"]):
+        pooled = {}
+        for algorithm, runs_of in group.groupby("algorithm"):
+            pooled[algorithm] = np.mean([runs.episodes[r] for r in runs_of["run_id"]], axis=0)
+        setting = []
+        for a, b in itertools.combinations(sorted(pooled), 2):
+            if len(pooled[a]) != len(pooled[b]):
+                continue
+            setting.append({"dataset": dataset, "ways": ways, "shots": shots, "a": a, "b": b,
+                            **stats.paired_comparison(pooled[a], pooled[b])})
+        if setting:
+            adjusted = stats.adjust_p_values([r["p_value"] for r in setting])
+            for row, p in zip(setting, adjusted):
+                row["p_adjusted"] = float(p)
+            rows += setting
+    return pd.DataFrame(rows)
+
+
+def _pct(value: float, half: float | None = None) -> str:
+    if value != value:
+        return "–"
+    return f"{100 * value:.2f}" + (f" ± {100 * half:.2f}" if half is not None and half == half else "")
+
+
+def _figure_accuracy(table: pd.DataFrame, path: Path) -> None:
+    shots = sorted(table["shots"].unique())
+    fig, axes = plt.subplots(1, len(shots), figsize=(4.5 * len(shots), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], shots):
+        part = table[table["shots"] == k].sort_values("accuracy")
+        ax.errorbar(100 * part["accuracy"], part["algorithm"], xerr=100 * part["seed_ci95"].fillna(0),
+                    fmt="o", capsize=4, color=sns.color_palette()[0], label="mean over seeds ± t-interval")
+        for _, row in part.iterrows():
+            ax.scatter([100 * a for a in row["seed_accuracies"]], [row["algorithm"]] * len(row["seed_accuracies"]),
+                       s=12, color="grey", alpha=0.7, zorder=3)
+        ax.set_title(f"{part['ways'].iloc[0]}-way {k}-shot")
+        ax.set_xlabel("test accuracy (%)")
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _figure_cost(table: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    if "adaptation_tasks_per_second" in table and table["adaptation_tasks_per_second"].notna().any():
+        data = table.assign(accuracy_pct=100 * table["accuracy"], shot=table["shots"].astype(str) + "-shot")
+        sns.scatterplot(data=data, x="adaptation_tasks_per_second", y="accuracy_pct", hue="algorithm", style="shot",
+                        s=80, ax=ax)
+        ax.set_xscale("log")
+        ax.set_xlabel("test-time adaptation throughput (tasks/s, log scale)")
+    else:
+        ax.text(0.5, 0.5, "no profiles yet (run the profile stage)", ha="center", va="center")
+    ax.set_ylabel("test accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _figure_curves(curves: pd.DataFrame, path: Path) -> None:
+    shots = sorted(curves["shots"].unique()) if not curves.empty else [1]
+    fig, axes = plt.subplots(1, len(shots), figsize=(4.5 * len(shots), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], shots):
+        part = curves[curves["shots"] == k] if not curves.empty else curves
+        if not part.empty:
+            sns.lineplot(data=part.assign(val=100 * part["val_accuracy"]), x="iteration", y="val",
+                         hue="algorithm", units="seed", estimator=None, alpha=0.8, ax=ax)
+        ax.set_title(f"validation accuracy, {k}-shot (one line per seed)")
+        ax.set_ylabel("validation accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _figure_pairs(pairs: pd.DataFrame, path: Path) -> None:
+    settings = sorted(pairs[["ways", "shots"]].drop_duplicates().itertuples(index=False)) if not pairs.empty else []
+    fig, axes = plt.subplots(1, max(len(settings), 1), figsize=(4.8 * max(len(settings), 1), 4), squeeze=False)
+    for ax, (ways, k) in zip(axes[0], settings):
+        part = pairs[(pairs["ways"] == ways) & (pairs["shots"] == k)]
+        names = sorted(set(part["a"]) | set(part["b"]))
+        grid = pd.DataFrame(0.0, index=names, columns=names)
+        labels = pd.DataFrame("", index=names, columns=names)
+        for _, row in part.iterrows():
+            for x, y, sign in ((row["a"], row["b"], 1), (row["b"], row["a"], -1)):
+                grid.loc[x, y] = sign * 100 * row["difference"]
+                star = "*" if row["p_adjusted"] < 0.05 else ""
+                labels.loc[x, y] = f"{sign * 100 * row['difference']:+.1f}{star}"
+        limit = max(1.0, float(np.abs(grid.to_numpy()).max()))
+        sns.heatmap(grid, annot=labels, fmt="", cmap="RdBu", vmin=-limit, vmax=limit, cbar=True, ax=ax,
+                    cbar_kws={"label": "row − column (points)"})
+        ax.set_title(f"{ways}-way {k}-shot (* adjusted p < 0.05)")
+    if not settings:
+        axes[0][0].text(0.5, 0.5, "one algorithm only: nothing to compare", ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def leaderboard_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The paste-into-a-paper table: one row per algorithm, one column per shot setting."""
+    rows = []
+    for (dataset, algorithm), group in table.groupby(["dataset", "algorithm"]):
+        row = {"dataset": dataset, "algorithm": algorithm}
+        for _, r in group.sort_values("shots").iterrows():
+            setting = f"{r['ways']}w{r['shots']}s"
+            row[f"{setting} acc % (seeds t-CI)"] = _pct(r["accuracy"], r["seed_ci95"])
+            row[f"{setting} episode CI"] = f"± {100 * r['episode_ci95']:.2f}"
+            row[f"{setting} published"] = r["published"] or "–"
+            row[f"{setting} train s"] = f"{r['train_seconds']:.0f}"
+            if "adaptation_tasks_per_second" in r and r["adaptation_tasks_per_second"] == r["adaptation_tasks_per_second"]:
+                row[f"{setting} adapt tasks/s"] = f"{r['adaptation_tasks_per_second']:.1f}"
+        row["seeds"] = int(group["seeds"].max())
+        row["transductive"] = "yes" if group["transductive"].iloc[0] else "no"
+        row["MLflow runs"] = " ".join(group["mlflow_run_ids"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, data_dir: Path | None = None) -> dict:
+    """Write the report; return the headline numbers (also written to summary.json)."""
+    runs = load_runs(runs_dir, profiles_dir)
+    table = aggregate(runs)
+    pairs = pairwise(runs)
+    out_dir = Path(out_dir)
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid", context="notebook")
+    paths = {
+        "accuracy": figures / "accuracy.png", "cost": figures / "accuracy_vs_cost.png",
+        "curves": figures / "learning_curves.png", "pairs": figures / "pairwise.png",
+    }
+    _figure_accuracy(table, paths["accuracy"])
+    _figure_cost(table, paths["cost"])
+    _figure_curves(runs.curves, paths["curves"])
+    _figure_pairs(pairs, paths["pairs"])
+
+    baselines = []
+    if data_dir is not None:
+        settings = runs.metrics[["dataset", "ways", "shots", "queries", "episodes", "episode_seed"]].drop_duplicates()
+        for s in settings.itertuples(index=False):
+            result = pixel_baseline(s.dataset, Path(data_dir), s.ways, s.shots, s.queries, s.episodes, s.episode_seed)
+            baselines.append({"dataset": s.dataset, "setting": f"{s.ways}w{s.shots}s",
+                              "pixel nearest-neighbour %": _pct(result["accuracy"], result["ci95"])})
+    board = leaderboard_table(table)
+    pair_table = pairs.assign(
+        setting=pairs["ways"].astype(str) + "w" + pairs["shots"].astype(str) + "s",
+        **{"difference % (a − b)": [_pct(d, c) for d, c in zip(pairs["difference"], pairs["ci95"])]},
+    )[["setting", "a", "b", "difference % (a − b)", "p_value", "p_adjusted"]] if not pairs.empty else pd.DataFrame()
+    hyper = {}
+    for metrics_path in sorted(Path(runs_dir).glob("*/config.json")):
+        config = json.loads(metrics_path.read_text())
+        hyper.setdefault(config["algorithm"], config["hyper"])
+
+    summary = {f"{r.algorithm}_{r.ways}w{r.shots}s": round(float(r.accuracy), 6) for r in table.itertuples()}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    _write_markdown(out_dir / "leaderboard.md", board, pair_table, baselines, table, hyper, runs)
+    _write_html(out_dir / "leaderboard.html", board, pair_table, baselines, hyper, paths, runs)
+    return summary
+
+
+def _notes(table: pd.DataFrame) -> list[str]:
+    notes = []
+    for dataset in sorted(table["dataset"].unique()):
+        protocol = published.PROTOCOLS.get(published.family(dataset))
+        if protocol:
+            notes.append(f"Published numbers for {dataset}: {protocol}.")
+    return notes
+
+
+def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs) -> None:
+    episodes = int(runs.metrics["episodes"].iloc[0])
+    lines = [
+        "# metabench leaderboard", "",
+        f"Generated from {len(runs.metrics)} runs (`runs/*/metrics.json`, `episodes.csv`); "
+        f"{episodes} fixed test episodes per run, shared by every algorithm and seed.", "",
+        board.to_markdown(index=False), "",
+        "*acc*: mean over seeds ± 95% t-interval over seeds; *episode CI*: mean per-run ± 1.96·s/√n over "
+        "episodes; *train s*: meta-training seconds per run on the machine that made the report; "
+        "*adapt tasks/s*: test-time episodes per second (profile stage).", "",
+    ]
+    if baselines:
+        lines += ["## Reference: pixel nearest-neighbour on the same episodes", "",
+                  pd.DataFrame(baselines).to_markdown(index=False), ""]
+    if not pairs.empty:
+        lines += ["## Pairwise comparisons (same episodes)", "", pairs.to_markdown(index=False, floatfmt=".3g"), ""]
+    lines += ["## How the numbers are computed", "", FORMULAS]
+    for note in _notes(table):
+        lines += [f"- {note}"]
+    lines += ["", "## Hyper-parameters (fully resolved, from each run's config.json)", ""]
+    for algorithm, values in sorted(hyper.items()):
+        transductive = "transductive" if REGISTRY.get(algorithm) and REGISTRY[algorithm].transductive else "not transductive"
+        lines += [f"- **{algorithm}** ({transductive}): `{json.dumps(values, sort_keys=True)}`"]
+    lines += ["", "Figures: `figures/accuracy.png`, `figures/accuracy_vs_cost.png`, `figures/learning_curves.png`, "
+              "`figures/pairwise.png` (all embedded in `leaderboard.html`).", ""]
+    Path(path).write_text("\n".join(lines))
+
+
+def _embed(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _write_html(path, board, pairs, baselines, hyper, figures: dict, runs: Runs) -> None:
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
+             "th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}code{font-size:12px}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>metabench leaderboard</title>"
+             f"<style>{style}</style></head><body>",
+             "<h1>metabench leaderboard</h1>",
+             f"<p>{len(runs.metrics)} runs; {int(runs.metrics['episodes'].iloc[0])} fixed test episodes per run, "
+             "shared by every algorithm and seed.</p>",
+             board.to_html(index=False, escape=True, border=0)]
+    captions = {"accuracy": "Accuracy per algorithm and shot: mean over seeds with its t-interval; grey dots are seeds.",
+                "cost": "Accuracy against test-time adaptation cost.",
+                "curves": "Validation accuracy during meta-training, one line per seed.",
+                "pairs": "Pairwise differences on shared episodes (row − column, points); * adjusted p < 0.05."}
+    for key, figure in figures.items():
+        parts.append(f"<figure><img alt='{key}' src='{_embed(figure)}'><figcaption>{html.escape(captions[key])}</figcaption></figure>")
+    if baselines:
+        parts += ["<h2>Reference: pixel nearest-neighbour</h2>", pd.DataFrame(baselines).to_html(index=False, border=0)]
+    if not pairs.empty:
+        parts += ["<h2>Pairwise comparisons</h2>", pairs.to_html(index=False, border=0, float_format=lambda v: f"{v:.3g}")]
+    formulas = "".join(f"<li>{html.escape(line[2:])}</li>" for line in FORMULAS.replace("\n  ", " ").splitlines() if line.startswith("- "))
+    parts += ["<h2>How the numbers are computed</h2>", f"<ul>{formulas}</ul>", "<h2>Hyper-parameters</h2><ul>"]
+    for algorithm, values in sorted(hyper.items()):
+        parts.append(f"<li><b>{html.escape(algorithm)}</b>: <code>{html.escape(json.dumps(values, sort_keys=True))}</code></li>")
+    parts.append("</ul></body></html>")
+    Path(path).write_text("\n".join(parts))

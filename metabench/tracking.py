@@ -1,0 +1,220 @@
+"""The one module that talks to MLflow; everything else calls it.
+
+Why it is careful: a tracking server is a convenience, the run's own files are the record.
+Every MLflow call goes through ``_safely``; the first failure (server down, network gone)
+disables tracking for the rest of the process, tells the user once, and marks the run
+``tracking_pending`` so ``metabench track`` can send it again later from the local files.
+Nothing the run computes depends on MLflow.
+
+Store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the working
+directory (the project root under DVC). Metrics are sent in batches (``log_batch``), never one
+by one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from rich.console import Console
+
+EXPERIMENT = "metabench"
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+RUN_FILE = "mlflow_run.json"
+PENDING_FILE = "tracking_pending"
+_console = Console(stderr=True)
+_warned = False
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+def _quiet_environment() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # fail fast on a dead server instead of retrying for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Tracker:
+    """Tracks one metabench run (one run directory) as one MLflow run."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled and os.environ.get("METABENCH_TRACKING", "on") != "off"
+        self.client = None
+        self.run_id: str | None = None
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _safely(self, action: str, function, *args, **kwargs):
+        global _warned
+        if not self.enabled:
+            return None
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # any failure of the tracking backend must not stop the run
+            self.enabled = False
+            (self.run_dir / PENDING_FILE).write_text(f"{action}: {type(error).__name__}: {error}\n")
+            if not _warned:
+                _warned = True
+                _console.print(
+                    f"[yellow]warning:[/yellow] MLflow at {tracking_uri()} failed while {action} "
+                    f"({type(error).__name__}); results stay in {self.run_dir}; "
+                    f"send them later with `metabench track {self.run_dir}`",
+                    soft_wrap=True,
+                )
+            return None
+
+    def _connect(self):
+        _quiet_environment()
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri())
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+        return client, experiment_id
+
+    # -- the API the runner uses ----------------------------------------------------------
+    def start(self, name: str, params: dict[str, Any], tags: dict[str, str], resume: bool) -> None:
+        """Open the run (reusing the recorded MLflow run when ``resume``), log params and tags."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        record = self.run_dir / RUN_FILE
+
+        def begin():
+            self.client, experiment_id = self._connect()
+            if resume and record.is_file():
+                self.run_id = json.loads(record.read_text())["run_id"]
+                self.client.get_run(self.run_id)  # raises if the store no longer has it
+                return
+            run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+            self.run_id = run.info.run_id
+            record.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": tracking_uri()}) + "\n")
+            self._log_params(params)
+
+        self._safely("starting the run", begin)
+
+    def attach(self) -> bool:
+        """Reopen the MLflow run recorded in the run directory (for evaluate/profile)."""
+        record = self.run_dir / RUN_FILE
+        if not record.is_file():
+            return False
+
+        def reopen():
+            self.client, _ = self._connect()
+            self.run_id = json.loads(record.read_text())["run_id"]
+            self.client.get_run(self.run_id)
+            return True
+
+        return bool(self._safely("reopening the run", reopen))
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, str(value)[:6000]) for key, value in flatten(params).items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_rows(self, rows: Iterable[dict[str, Any]], step_key: str = "iteration", prefix: str = "") -> None:
+        """Log rows of metrics (one dict per step) in batches."""
+        rows = list(rows)
+        if not rows or self.run_id is None:
+            return
+
+        def send():
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            metrics = [
+                Metric(prefix + key, float(value), now, int(row[step_key]))
+                for row in rows for key, value in row.items()
+                if key != step_key and isinstance(value, (int, float)) and value == value
+            ]
+            for start in range(0, len(metrics), BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH])
+
+        self._safely("logging metrics", send)
+
+    def log_final(self, metrics: dict[str, Any], prefix: str = "") -> None:
+        self.log_rows([{**{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                        "_step": 0}], step_key="_step", prefix=prefix)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.run_id is None:
+            return
+
+        def send():
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+        self._safely("setting tags", send)
+
+    def log_artifacts(self, paths: Iterable[Path], folder: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        for path in paths:
+            if Path(path).is_file():
+                self._safely(f"uploading {Path(path).name}", self.client.log_artifact, self.run_id, str(path), folder)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self._safely("closing the run", self.client.set_terminated, self.run_id, status)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def run_tags(config: dict[str, Any], dataset_checksum: str, device: str) -> dict[str, str]:
+    """Tags that identify where a run's numbers came from."""
+    import hashlib
+
+    params_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {
+        "git_commit": git_commit(), "params_hash": params_hash, "dataset_checksum": dataset_checksum,
+        "seed": str(config.get("config", {}).get("seed")), "device": device,
+        "algorithm": str(config.get("algorithm")), "dataset": str(config.get("dataset", {}).get("name")),
+    }
+
+
+def resend(run_dir: Path) -> str | None:
+    """Log a finished run again from its local files into a new MLflow run; return its id."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    tracker = Tracker(run_dir)
+    tags = run_tags(config, config["dataset"]["checksum"], "unknown")
+    tracker.start(run_dir.name, config, {**tags, "resent_from_files": "true"}, resume=False)
+    log = run_dir / "train_log.csv"
+    if log.is_file():
+        tracker.log_rows(pd.read_csv(log).to_dict("records"))
+    for name in ("train_summary.json", "metrics.json"):
+        if (run_dir / name).is_file():
+            tracker.log_final(json.loads((run_dir / name).read_text()), prefix="test_" if name == "metrics.json" else "")
+    tracker.log_artifacts([run_dir / n for n in ("checkpoint.pt", "config.json", "train_log.csv", "episodes.csv", "metrics.json")])
+    tracker.finish()
+    if tracker.enabled and tracker.run_id:
+        (run_dir / PENDING_FILE).unlink(missing_ok=True)
+        return tracker.run_id
+    return None
