@@ -247,11 +247,23 @@ def report(
     profiles_dir: Path = typer.Option(Path("profiles"), help="Where profile JSON files are."),
     out_dir: Path = typer.Option(Path("reports"), help="Where to write leaderboard.md/.html and figures."),
     data_dir: Path = typer.Option(Path("data"), help="Dataset store (for the pixel nearest-neighbour reference)."),
+    params: Path = PARAMS,
 ) -> None:
-    """Write the leaderboard (markdown, self-contained HTML, figures) from run outputs only."""
+    """Write the leaderboard (markdown, self-contained HTML, figures) from run outputs only.
+
+    With a `leaderboard` section in params.yaml, exactly its runs are reported; otherwise every
+    evaluated run in the runs directory.
+    """
+    from metabench.config import load_params
     from metabench.report import build
 
-    headline = build(runs_dir, profiles_dir, out_dir, data_dir)
+    settings = load_params(params)
+    run_ids = None
+    if settings.get("leaderboard"):
+        board, run = settings["leaderboard"], settings.get("run") or {}
+        dataset, ways = run.get("dataset", "glyphs"), run.get("ways", 5)
+        run_ids = [f"{dataset}-{a}-{ways}w{k}s-seed{s}" for a in board["algorithms"] for k in board["shots"] for s in board["seeds"]]
+    headline = build(runs_dir, profiles_dir, out_dir, data_dir, run_ids)
     console.print(f"wrote {out_dir / 'leaderboard.md'} and {out_dir / 'leaderboard.html'}")
     console.print_json(json.dumps(headline))
 

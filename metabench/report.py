@@ -53,9 +53,17 @@ class Runs:
     profiles: pd.DataFrame
 
 
-def load_runs(runs_dir: Path, profiles_dir: Path) -> Runs:
+def load_runs(runs_dir: Path, profiles_dir: Path, run_ids: list[str] | None = None) -> Runs:
+    """Read run outputs; with ``run_ids`` exactly those runs (a missing one is an error)."""
     rows, episodes, curves = [], {}, []
-    for metrics_path in sorted(Path(runs_dir).glob("*/metrics.json")):
+    if run_ids is None:
+        paths = sorted(Path(runs_dir).glob("*/metrics.json"))
+    else:
+        paths = [Path(runs_dir) / run_id / "metrics.json" for run_id in run_ids]
+        missing = [p.parent.name for p in paths if not p.is_file()]
+        if missing:
+            raise MetabenchError(f"runs {', '.join(missing)} have no metrics.json; run `dvc repro` (or train and evaluate them)")
+    for metrics_path in paths:
         run_dir = metrics_path.parent
         metrics = json.loads(metrics_path.read_text())
         summary_path = run_dir / "train_summary.json"
@@ -228,9 +236,10 @@ def leaderboard_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, data_dir: Path | None = None) -> dict:
+def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, data_dir: Path | None = None,
+          run_ids: list[str] | None = None) -> dict:
     """Write the report; return the headline numbers (also written to summary.json)."""
-    runs = load_runs(runs_dir, profiles_dir)
+    runs = load_runs(runs_dir, profiles_dir, run_ids)
     table = aggregate(runs)
     pairs = pairwise(runs)
     out_dir = Path(out_dir)

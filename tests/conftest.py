@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import torch
 from metabench.data import store
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# tests track into a throw-away store, never the project's mlflow.db
+_TRACKING_DIR = tempfile.mkdtemp(prefix="metabench-tests-mlflow-")
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_TRACKING_DIR}/mlflow.db"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
