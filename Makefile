@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test leaderboard clean
+.PHONY: help setup test leaderboard mlflow-ui clean
 
 help:
 	@echo "make test         install into .venv (if needed) and run the test suite"
-	@echo "make leaderboard  install into .venv (if needed) and run the default pipeline"
+	@echo "make leaderboard  install into .venv (if needed) and run the default pipeline (dvc repro)"
+	@echo "make mlflow-ui    browse tracked runs at http://127.0.0.1:5000"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,15 +27,14 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-METABENCH := MLFLOW_DISABLE_TELEMETRY=true $(BIN)/metabench
-ALGORITHMS ?= protonet maml
-SHOTS ?= 1 5
+RUN := PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_DISABLE_TELEMETRY=true
 
-# The default job: embedded glyphs data, every algorithm, 5-way 1- and 5-shot, budgets from params.yaml.
+# The default job: `dvc repro` over params.yaml (embedded glyphs data, every algorithm,
+# 5-way 1- and 5-shot, 3 seeds); writes reports/leaderboard.{md,html}. Re-running skips what is cached.
 leaderboard: $(STAMP)
-	$(METABENCH) fetch glyphs
-	set -e; for algorithm in $(ALGORITHMS); do for shots in $(SHOTS); do \
-		$(METABENCH) train --algorithm $$algorithm --shots $$shots; \
-		$(METABENCH) evaluate --algorithm $$algorithm --shots $$shots; \
-	done; done
-	$(METABENCH) summary
+	$(RUN) dvc repro
+	@sed -n '1,/^\*acc\*/p' reports/leaderboard.md
+
+# Browse every tracked run in the real MLflow UI at http://127.0.0.1:5000
+mlflow-ui: $(STAMP)
+	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -1,0 +1,75 @@
+"""A tiny profile through the real `dvc repro` in a temporary git repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "leaderboard": {"algorithms": ["protonet", "fomaml"], "shots": [1], "seeds": [0]},
+    "data": {"glyphs": {"seed": 0, "max_classes_per_alphabet": 10}},
+    "run": {"dataset": "glyphs", "ways": 5, "shots": 1, "queries": 5, "val_every": 5, "val_episodes": 10,
+            "test_episodes": 30, "episode_seed": 0, "device": "cpu"},
+    "algorithms": {
+        "protonet": {"run": {"iterations": 10}, "hyper": {"hidden": 16}},
+        "fomaml": {"run": {"iterations": 10, "train_queries": 1}, "hyper": {"hidden": 16, "meta_batch": 2}},
+    },
+}
+
+
+def sh(repo: Path, *command: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("pipeline")
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    shutil.copytree(ROOT / "metabench", repo / "metabench", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(TINY))
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "dvc", "config", "core.analytics", "false")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
+    return repo
+
+
+def test_repro_builds_a_report_whose_numbers_equal_the_episode_files(repo):
+    output = sh(repo, "dvc", "repro")
+    assert "Running stage 'report'" in output
+    summary = json.loads((repo / "reports" / "summary.json").read_text())
+    markdown = (repo / "reports" / "leaderboard.md").read_text()
+    for algorithm in ("protonet", "fomaml"):
+        episodes = pd.read_csv(repo / "runs" / f"glyphs-{algorithm}-5w1s-seed0" / "episodes.csv")["accuracy"]
+        assert len(episodes) == 30
+        assert summary[f"{algorithm}_5w1s"] == pytest.approx(episodes.mean(), abs=1e-6)
+        assert f"{100 * episodes.mean():.2f}" in markdown
+    assert (repo / "reports" / "leaderboard.html").is_file()
+    assert (repo / "profiles" / "glyphs-fomaml-5w1s.json").is_file()
+    shown = sh(repo, "dvc", "metrics", "show", "--json")
+    assert "fomaml_5w1s" in shown
+
+
+def test_second_repro_does_nothing(repo):
+    output = sh(repo, "dvc", "repro")
+    assert "Running stage" not in output
+
+
+def test_changing_one_algorithm_reruns_only_its_stages(repo):
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline results")
+    output = sh(repo, "dvc", "exp", "run", "-S", "algorithms.fomaml.hyper.inner_lr=0.2")
+    assert "Running stage 'train@fomaml-1-0'" in output
+    assert "Running stage 'profile@fomaml-1'" in output
+    assert "Running stage 'train@protonet" not in output and "Running stage 'evaluate@protonet" not in output
