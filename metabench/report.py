@@ -294,14 +294,14 @@ def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs) -> 
         "# metabench leaderboard", "",
         f"Generated from {len(runs.metrics)} runs (`runs/*/metrics.json`, `episodes.csv`); "
         f"{episodes} fixed test episodes per run, shared by every algorithm and seed.", "",
-        board.to_markdown(index=False), "",
+        board.to_markdown(index=False, disable_numparse=True), "",
         "*acc*: mean over seeds ± 95% t-interval over seeds; *episode CI*: mean per-run ± 1.96·s/√n over "
         "episodes; *train s*: meta-training seconds per run on the machine that made the report; "
         "*adapt tasks/s*: test-time episodes per second (profile stage).", "",
     ]
     if baselines:
         lines += ["## Reference: pixel nearest-neighbour on the same episodes", "",
-                  pd.DataFrame(baselines).to_markdown(index=False), ""]
+                  pd.DataFrame(baselines).to_markdown(index=False, disable_numparse=True), ""]
     if not pairs.empty:
         lines += ["## Pairwise comparisons (same episodes)", "", pairs.to_markdown(index=False, floatfmt=".3g"), ""]
     lines += ["## How the numbers are computed", "", FORMULAS]

@@ -69,7 +69,7 @@ def test_second_repro_does_nothing(repo):
 def test_changing_one_algorithm_reruns_only_its_stages(repo):
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline results")
-    output = sh(repo, "dvc", "exp", "run", "-S", "algorithms.fomaml.hyper.inner_lr=0.2")
+    output = sh(repo, "dvc", "exp", "run", "-S", "algorithms.fomaml.hyper.meta_batch=3")
     assert "Running stage 'train@fomaml-1-0'" in output
     assert "Running stage 'profile@fomaml-1'" in output
     assert "Running stage 'train@protonet" not in output and "Running stage 'evaluate@protonet" not in output
