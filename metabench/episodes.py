@@ -121,6 +121,11 @@ class ImageBank:
         return Episode(support_x, support_y, query_x, query_y, ways)
 
 
+def episode_key(dataset_name: str, split: str, checksum: str) -> str:
+    """The data part of a fixed-episode file name: one place, so every caller shares episodes."""
+    return f"{dataset_name}-{split}-{checksum[:12]}"
+
+
 def fixed_episodes(
     split: Split,
     spec: EpisodeSpec,

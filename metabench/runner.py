@@ -30,7 +30,7 @@ from metabench import MetabenchError, checkpoint
 from metabench.algorithms import TaskShape, build_algorithm, get_algorithm, make_hyper
 from metabench.config import RunConfig, resolve_device
 from metabench.data import store
-from metabench.episodes import EpisodeSpec, ImageBank, fixed_episodes, sample_indices
+from metabench.episodes import EpisodeSpec, ImageBank, episode_key, fixed_episodes, sample_indices
 from metabench.evaluation import episode_accuracies, write_results
 from metabench.tracking import Tracker, run_tags
 
@@ -38,7 +38,7 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
 def _episode_key(dataset: store.Dataset, split: str) -> str:
-    return f"{dataset.name}-{split}-{dataset.checksum[:12]}"
+    return episode_key(dataset.name, split, dataset.checksum)
 
 
 def task_shape(config: RunConfig, dataset: store.Dataset, hyper) -> TaskShape:

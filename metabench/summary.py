@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from metabench.data import store
-from metabench.episodes import EpisodeSpec, ImageBank, fixed_episodes
+from metabench.episodes import EpisodeSpec, ImageBank, episode_key, fixed_episodes
 from metabench.evaluation import pixel_nearest_neighbour, summarise
 
 
@@ -24,7 +24,7 @@ def collect(runs_dir: Path) -> pd.DataFrame:
 def pixel_baseline(dataset_name: str, data_dir: Path, ways: int, shots: int, queries: int, count: int, seed: int) -> dict:
     dataset = store.load(dataset_name, data_dir)
     split = dataset.split("test")
-    key = f"{dataset.name}-test-{dataset.checksum[:12]}"
+    key = episode_key(dataset.name, "test", dataset.checksum)
     episodes = fixed_episodes(split, EpisodeSpec(ways, shots, queries), count, seed, Path(data_dir) / "episodes", key)
     return summarise(pixel_nearest_neighbour(ImageBank(split), episodes))
 

@@ -22,7 +22,6 @@ with the reference in ``glyphs_reference.json`` is reported as a warning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import unicodedata
@@ -301,6 +300,3 @@ def write_reference(dataset: store.Dataset, config: GlyphsConfig) -> None:
     payload = {"generator": settings, "fonts": dataset.info["fonts"], "checksum": dataset.checksum}
     REFERENCE_FILE.write_text(json.dumps(payload, indent=1) + "\n")
 
-
-def output_digest(images: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
