@@ -90,9 +90,21 @@ class Episode:
     query_x: torch.Tensor
     query_y: torch.Tensor
     ways: int
+    classes: torch.Tensor | None = None  # split-level class id of each way, (…, ways)
 
     def to(self, device) -> "Episode":
-        return Episode(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)), self.ways)
+        tensors = (self.support_x, self.support_y, self.query_x, self.query_y)
+        classes = None if self.classes is None else self.classes.to(device)
+        return Episode(*(t.to(device) for t in tensors), self.ways, classes)
+
+    def __len__(self) -> int:
+        return len(self.support_x)
+
+    def task(self, index: int) -> "Episode":
+        """Episode ``index`` of a batch, without the leading episode axis."""
+        classes = None if self.classes is None else self.classes[index]
+        return Episode(self.support_x[index], self.support_y[index], self.query_x[index], self.query_y[index],
+                       self.ways, classes)
 
 
 class ImageBank:
@@ -118,7 +130,8 @@ class ImageBank:
         labels = torch.arange(ways, device=self.device)
         support_y = labels.repeat_interleave(shots).expand(count, -1).contiguous()
         query_y = labels.repeat_interleave(queries).expand(count, -1).contiguous()
-        return Episode(support_x, support_y, query_x, query_y, ways)
+        classes = torch.from_numpy(indices.classes).to(self.device)
+        return Episode(support_x, support_y, query_x, query_y, ways, classes)
 
 
 def episode_key(dataset_name: str, split: str, checksum: str) -> str:

@@ -46,7 +46,8 @@ def task_shape(config: RunConfig, dataset: store.Dataset, hyper) -> TaskShape:
     if height != width:
         raise MetabenchError(f"dataset {dataset.name!r} has {height}x{width} images; backbones expect square images")
     train_ways = getattr(hyper, "train_ways", 0) or config.ways
-    return TaskShape(channels=channels, image_size=height, train_ways=train_ways, test_ways=config.ways)
+    return TaskShape(channels=channels, image_size=height, train_ways=train_ways, test_ways=config.ways,
+                     train_classes=dataset.split("train").n_classes)
 
 
 def code_version() -> str:

@@ -7,14 +7,33 @@ plus one line in ``REGISTRY`` below.
 from __future__ import annotations
 
 from metabench import MetabenchError
+from metabench.algorithms.anil import ANIL
 from metabench.algorithms.base import Algorithm, TaskShape, make_hyper
+from metabench.algorithms.baseline import Baseline, BaselinePP
 from metabench.algorithms.maml import FOMAML, MAML
+from metabench.algorithms.matchingnet import MatchingNet
+from metabench.algorithms.metalstm import MetaLSTM
+from metabench.algorithms.metaoptnet import MetaOptNet
+from metabench.algorithms.metasgd import MetaSGD
 from metabench.algorithms.protonet import ProtoNet
+from metabench.algorithms.relationnet import RelationNet
+from metabench.algorithms.reptile import Reptile
+from metabench.algorithms.siamese import Siamese
 
 REGISTRY: dict[str, type[Algorithm]] = {
     "protonet": ProtoNet,
     "maml": MAML,
     "fomaml": FOMAML,
+    "reptile": Reptile,
+    "metasgd": MetaSGD,
+    "anil": ANIL,
+    "matchingnet": MatchingNet,
+    "relationnet": RelationNet,
+    "siamese": Siamese,
+    "baseline": Baseline,
+    "baselinepp": BaselinePP,
+    "metaoptnet": MetaOptNet,
+    "metalstm": MetaLSTM,
 }
 
 

@@ -3,7 +3,9 @@
 An algorithm owns its networks and optimiser. The trainer only calls:
 
 * ``meta_train_step(batch)``: one outer update from a batch of training episodes, returning
-  scalar metrics (``loss`` at least);
+  scalar metrics (``loss`` at least). Most algorithms only define ``episode_loss(task)`` and
+  inherit the step: the mean loss over the meta-batch, one ``self.optimizer`` step (and
+  ``self.scheduler`` step if present), each task's graph freed before the next is built;
 * ``predict(support_x, support_y, query_x, ways)``: logits for one episode's queries;
 * ``state_dict()`` / ``load_state_dict()``: everything needed to resume or to predict later.
 
@@ -33,6 +35,7 @@ class TaskShape:
     image_size: int
     train_ways: int
     test_ways: int
+    train_classes: int = 0  # classes in the training split (for methods that pre-train a global head)
 
 
 class Algorithm(abc.ABC):
@@ -53,9 +56,32 @@ class Algorithm(abc.ABC):
         """How many training episodes one ``meta_train_step`` consumes (the meta-batch)."""
         return getattr(self.hyper, "meta_batch", 1)
 
-    @abc.abstractmethod
+    clip_grad_norm: float = 0.0  # > 0: clip the meta-gradient's norm before the step
+
+    def episode_loss(self, task: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training loss of one episode and its query logits (used by the default step)."""
+        raise NotImplementedError(f"{self.name} defines neither episode_loss nor meta_train_step")
+
     def meta_train_step(self, batch: Episode) -> dict[str, float]:
         """One outer update from a batch of episodes (tensors with a leading episode axis)."""
+        self.train(True)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, accuracies = [], []
+        for index in range(len(batch)):
+            task = batch.task(index)
+            loss, logits = self.episode_loss(task)
+            (loss / len(batch)).backward()  # per task, so only one task's graph is alive at a time
+            losses.append(loss.detach())
+            accuracies.append((logits.detach().argmax(1) == task.query_y).float().mean())
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_norm)
+        if not all(p.grad is None or torch.isfinite(p.grad).all() for p in parameters):
+            return {"loss": float("nan"), "accuracy": float("nan")}  # the trainer stops on NaN; no step taken
+        self.optimizer.step()
+        if getattr(self, "scheduler", None) is not None:
+            self.scheduler.step()
+        return {"loss": torch.stack(losses).mean().item(), "accuracy": torch.stack(accuracies).mean().item()}
 
     @abc.abstractmethod
     def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, ways: int) -> torch.Tensor:

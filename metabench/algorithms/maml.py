@@ -56,22 +56,26 @@ class MAMLHyper:
 
 
 def adapt(
-    model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, first_order: bool
+    model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float | Params,
+    first_order: bool,
 ) -> Params:
     """``steps`` SGD steps on the cross-entropy of (x, y), starting from ``params``.
 
-    With ``first_order=False`` the result stays differentiable with respect to ``params``
-    through the inner gradients (second-order MAML).
+    ``lr`` is one step size, or a tensor per parameter (Meta-SGD's learned rates). With
+    ``first_order=False`` the result stays differentiable with respect to ``params`` (and a
+    learned ``lr``) through the inner gradients (second-order MAML).
     """
     for _ in range(steps):
         loss = F.cross_entropy(functional_call(model, params, (x,)), y)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)
-        params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+        params = {
+            name: p - (lr[name] if isinstance(lr, dict) else lr) * g for (name, p), g in zip(params.items(), grads)
+        }
     return params
 
 
 def query_loss(
-    model: nn.Module, params: Params, task: tuple[torch.Tensor, ...], steps: int, lr: float, first_order: bool
+    model: nn.Module, params: Params, task: tuple[torch.Tensor, ...], steps: int, lr: float | Params, first_order: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MAML's per-task objective: query loss after adapting on the support; also the logits."""
     support_x, support_y, query_x, query_y = task
@@ -104,24 +108,21 @@ class MAML(Algorithm):
     def parameters(self) -> Params:
         return dict(self.model.named_parameters())
 
-    def meta_train_step(self, batch: Episode) -> dict[str, float]:
+    def inner_lr(self) -> float | Params:
+        """The inner-loop step size: one number here, one tensor per parameter in Meta-SGD."""
+        return self.hyper.inner_lr
+
+    def episode_loss(self, task: Episode):
+        parts = (task.support_x, task.support_y, task.query_x, task.query_y)
         hyper = self.hyper
-        self.optimizer.zero_grad(set_to_none=True)
-        tasks = len(batch.support_x)
-        losses, accuracies = [], []
-        for i in range(tasks):
-            task = (batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i])
-            loss, logits = query_loss(self.model, self.parameters(), task, hyper.inner_steps, hyper.inner_lr, hyper.first_order)
-            (loss / tasks).backward()  # per task, so only one task's graph is alive at a time
-            losses.append(loss.detach())
-            accuracies.append((logits.argmax(1) == batch.query_y[i]).float().mean())
-        self.optimizer.step()
-        return {"loss": torch.stack(losses).mean().item(), "accuracy": torch.stack(accuracies).mean().item()}
+        return query_loss(self.model, self.parameters(), parts, hyper.inner_steps, self.inner_lr(), hyper.first_order)
 
     def predict(self, support_x, support_y, query_x, ways):
         with torch.enable_grad():
             params = {n: p.detach().requires_grad_() for n, p in self.parameters().items()}
-            adapted = adapt(self.model, params, support_x, support_y, self.hyper.test_inner_steps, self.hyper.inner_lr, True)
+            lr = self.inner_lr()
+            lr = {n: v.detach() for n, v in lr.items()} if isinstance(lr, dict) else lr
+            adapted = adapt(self.model, params, support_x, support_y, self.hyper.test_inner_steps, lr, True)
         with torch.no_grad():
             return functional_call(self.model, {n: p.detach() for n, p in adapted.items()}, (query_x,))
 

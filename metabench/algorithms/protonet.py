@@ -62,21 +62,11 @@ class ProtoNet(Algorithm):
     def modules(self):
         return {"body": self.body, "optimizer": self.optimizer, "scheduler": self.scheduler}
 
-    def meta_train_step(self, batch: Episode) -> dict[str, float]:
-        self.body.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        losses, accuracies = [], []
-        for i in range(len(batch.support_x)):
-            n_support = len(batch.support_x[i])
-            embedded = self.body(torch.cat([batch.support_x[i], batch.query_x[i]]))
-            logits = prototype_logits(embedded[:n_support], batch.support_y[i], embedded[n_support:], batch.ways)
-            loss = F.cross_entropy(logits, batch.query_y[i])
-            (loss / len(batch.support_x)).backward()
-            losses.append(loss.detach())
-            accuracies.append((logits.argmax(1) == batch.query_y[i]).float().mean())
-        self.optimizer.step()
-        self.scheduler.step()
-        return {"loss": torch.stack(losses).mean().item(), "accuracy": torch.stack(accuracies).mean().item()}
+    def episode_loss(self, task: Episode):
+        n_support = len(task.support_x)
+        embedded = self.body(torch.cat([task.support_x, task.query_x]))
+        logits = prototype_logits(embedded[:n_support], task.support_y, embedded[n_support:], task.ways)
+        return F.cross_entropy(logits, task.query_y), logits
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,35 +18,47 @@ import torch
 from torch import nn
 
 
-def conv_block(in_channels: int, out_channels: int, track_running_stats: bool) -> nn.Sequential:
-    return nn.Sequential(
+def conv_block(in_channels: int, out_channels: int, track_running_stats: bool, pool: bool = True) -> nn.Sequential:
+    layers = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
         nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats),
         nn.ReLU(),
-        nn.MaxPool2d(2),
-    )
+    ]
+    return nn.Sequential(*layers, nn.MaxPool2d(2)) if pool else nn.Sequential(*layers)
 
 
 class Conv4(nn.Module):
-    """Conv-4 body; ``out_features(image_size)`` tells the flattened width."""
+    """Conv-4 body; ``out_features(image_size)`` tells the flattened width.
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, depth: int = 4, track_running_stats: bool = True):
+    ``pooled`` blocks (the first ones) end in max-pooling; Relation Networks use 2 of 4 and
+    ``flatten=False`` to keep feature maps for their relation module.
+    """
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, depth: int = 4, track_running_stats: bool = True,
+                 pooled: int | None = None, flatten: bool = True):
         super().__init__()
         channels = [in_channels] + [hidden] * depth
+        self.pooled = depth if pooled is None else pooled
         self.blocks = nn.Sequential(
-            *(conv_block(channels[i], channels[i + 1], track_running_stats) for i in range(depth))
+            *(conv_block(channels[i], channels[i + 1], track_running_stats, i < self.pooled) for i in range(depth))
         )
         self.hidden = hidden
         self.depth = depth
+        self.flatten = flatten
+
+    def out_size(self, image_size: int) -> int:
+        """Height (= width) of the output feature maps."""
+        size = image_size
+        for _ in range(self.pooled):
+            size //= 2
+        return size
 
     def out_features(self, image_size: int) -> int:
-        size = image_size
-        for _ in range(self.depth):
-            size //= 2
-        return self.hidden * size * size
+        return self.hidden * self.out_size(image_size) ** 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x).flatten(1)
+        out = self.blocks(x)
+        return out.flatten(1) if self.flatten else out
 
 
 class Classifier(nn.Module):

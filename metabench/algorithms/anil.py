@@ -1,0 +1,59 @@
+"""ANIL, Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals, ICLR 2020).
+
+MAML with the inner loop restricted to the linear head: the support and query images are
+embedded once by the body, a few SGD steps adapt only the head on the support features, and the
+outer loop updates body and head to lower the query loss after adaptation. The meta-gradient
+reaches the body through the features and (second order) through the head's inner gradients.
+Hyper-parameters are MAML's (the paper reuses them, Section 4 / Appendix); at test time the body
+is frozen, so only the head is fine-tuned.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from metabench.algorithms.maml import MAML, MAMLHyper, Params
+
+
+def adapt_head(weight, bias, features, labels, steps: int, lr: float, first_order: bool):
+    """SGD on the head (``weight``, ``bias``) alone, on fixed ``features``."""
+    for _ in range(steps):
+        loss = F.cross_entropy(F.linear(features, weight, bias), labels)
+        grad_w, grad_b = torch.autograd.grad(loss, (weight, bias), create_graph=not first_order)
+        weight, bias = weight - lr * grad_w, bias - lr * grad_b
+    return weight, bias
+
+
+def anil_query_loss(model, params: Params, task, steps: int, lr: float, first_order: bool):
+    """ANIL's per-task objective for a ``Classifier`` run with ``params``: query loss, logits."""
+    support_x, support_y, query_x, query_y = task
+    body = {name.removeprefix("body."): p for name, p in params.items() if name.startswith("body.")}
+    features = functional_call(model.body, body, (torch.cat([support_x, query_x]),))
+    support, query = features[: len(support_x)], features[len(support_x) :]
+    weight, bias = adapt_head(params["head.weight"], params["head.bias"], support, support_y, steps, lr, first_order)
+    logits = F.linear(query, weight, bias)
+    return F.cross_entropy(logits, query_y), logits
+
+
+class ANIL(MAML):
+    name = "anil"
+    paper = "Raghu et al. 2020, Rapid Learning or Feature Reuse? Towards Understanding the Effectiveness of MAML"
+    adapts = "only the linear head, by a few SGD steps on the support features"
+    Hyper = MAMLHyper
+
+    def episode_loss(self, task):
+        parts = (task.support_x, task.support_y, task.query_x, task.query_y)
+        hyper = self.hyper
+        return anil_query_loss(self.model, self.parameters(), parts, hyper.inner_steps, hyper.inner_lr, hyper.first_order)
+
+    def predict(self, support_x, support_y, query_x, ways):
+        with torch.no_grad():
+            features = self.model.body(torch.cat([support_x, query_x]))
+        support, query = features[: len(support_x)], features[len(support_x) :]
+        with torch.enable_grad():
+            weight = self.model.head.weight.detach().requires_grad_()
+            bias = self.model.head.bias.detach().requires_grad_()
+            weight, bias = adapt_head(weight, bias, support, support_y, self.hyper.test_inner_steps, self.hyper.inner_lr, True)
+        return F.linear(query, weight.detach(), bias.detach())

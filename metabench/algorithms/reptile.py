@@ -1,0 +1,115 @@
+"""Reptile (Nichol, Achiam & Schulman, arXiv:1803.02999, 2018).
+
+For each task of the meta-batch, start from the initial weights θ and take ``inner_steps`` plain
+SGD steps on the task's images (support and query together: Reptile has no support/query split
+in training), reaching φ_i. The outer update moves θ towards the adapted weights:
+
+* batched (the paper's Algorithm 2): θ ← θ + ε (mean_i φ_i − θ);
+* serial (Algorithm 1, ``serial: true``): for each task in turn, θ ← θ + ε (φ_i − θ), the next
+  task starting from the moved θ.
+
+It is implemented as an SGD step of size ε on the pseudo-gradient θ − φ, with ε annealed
+linearly to ``outer_lr_final`` over ``anneal_iterations`` (paper, Table 3: ε from 1.0 to 0).
+No second derivatives are used. Test time: ``test_inner_steps`` SGD steps on the support set
+(paper: 50). Deviation: the paper's inner optimiser is Adam with β₁ = 0 (lr 1e-3, batches of 10);
+here the inner loop is full-batch SGD, so the update has the closed form the tests check.
+Batch norm normalises with batch statistics, as in the paper's transductive setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from metabench import MetabenchError
+from metabench.algorithms.base import Algorithm
+from metabench.algorithms.maml import Params, adapt
+from metabench.episodes import Episode
+from metabench.models import Classifier, build_backbone
+
+
+@dataclass
+class ReptileHyper:
+    inner_lr: float = 0.1  # SGD step size of the inner loop (paper: Adam 1e-3; see module docstring)
+    inner_steps: int = 5  # inner steps per task in training (paper, Omniglot: 5)
+    test_inner_steps: int = 50  # inner steps at evaluation (paper: 50)
+    outer_lr: float = 1.0  # ε at the start (paper: 1.0)
+    outer_lr_final: float = 0.0  # ε at the end of annealing (paper: 0)
+    anneal_iterations: int = 100_000  # meta-steps over which ε decays linearly (paper: 100,000)
+    meta_batch: int = 5  # tasks per outer update (paper, Omniglot: 5)
+    serial: bool = False  # Algorithm 1 (one outer step per task) instead of the batched Algorithm 2
+    backbone: str = "conv4"
+    hidden: int = 64
+
+    def validate(self) -> None:
+        if self.inner_steps < 1 or self.test_inner_steps < 1 or self.meta_batch < 1 or self.anneal_iterations < 1:
+            raise MetabenchError("reptile needs inner_steps, test_inner_steps, meta_batch and anneal_iterations >= 1")
+        if self.inner_lr <= 0 or self.outer_lr <= 0 or not 0 <= self.outer_lr_final <= self.outer_lr:
+            raise MetabenchError("reptile needs inner_lr > 0 and 0 <= outer_lr_final <= outer_lr")
+
+
+def inner_sgd(model, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> Params:
+    """Plain SGD from ``params`` (no graph kept): Reptile's φ."""
+    with torch.enable_grad():
+        start = {name: p.detach().requires_grad_() for name, p in params.items()}
+        adapted = adapt(model, start, x, y, steps, lr, first_order=True)
+    return {name: p.detach() for name, p in adapted.items()}
+
+
+class Reptile(Algorithm):
+    name = "reptile"
+    paper = "Nichol et al. 2018, On First-Order Meta-Learning Algorithms"
+    adapts = "every weight, by many SGD steps on the support set (first order, no second derivatives)"
+    transductive = True
+    fixed_ways = True
+    Hyper = ReptileHyper
+
+    def __init__(self, hyper: ReptileHyper, task, device):
+        super().__init__(hyper, task, device)
+        if task.train_ways != task.test_ways:
+            raise MetabenchError(f"reptile has a {task.test_ways}-way head; set train_ways equal to ways")
+        body = build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=False)
+        self.model = Classifier(body, body.out_features(task.image_size), task.test_ways).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=hyper.outer_lr)
+        self.scheduler = torch.optim.lr_scheduler.LinearLR(
+            self.optimizer, 1.0, hyper.outer_lr_final / hyper.outer_lr, total_iters=hyper.anneal_iterations
+        )
+
+    def modules(self):
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+
+    def _outer_step(self, adapted: list[Params]) -> None:
+        """SGD of size ε on θ − mean(φ): θ ← θ + ε (mean φ − θ)."""
+        for name, p in self.model.named_parameters():
+            p.grad = p.detach() - torch.stack([phi[name] for phi in adapted]).mean(0)
+        self.optimizer.step()
+
+    def meta_train_step(self, batch: Episode) -> dict[str, float]:
+        self.train(True)
+        adapted, losses = [], []
+        for index in range(len(batch)):
+            task = batch.task(index)
+            x = torch.cat([task.support_x, task.query_x])
+            y = torch.cat([task.support_y, task.query_y])
+            with torch.no_grad():
+                losses.append(F.cross_entropy(self.model(x), y))
+            adapted.append(inner_sgd(self.model, dict(self.model.named_parameters()), x, y,
+                                     self.hyper.inner_steps, self.hyper.inner_lr))
+            if self.hyper.serial:
+                self._outer_step(adapted)
+                adapted = []
+        if adapted:
+            self._outer_step(adapted)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # the loss before adaptation on the task's own images: how well θ itself fits a new task
+        return {"loss": torch.stack(losses).mean().item(), "outer_lr": self.scheduler.get_last_lr()[0]}
+
+    def predict(self, support_x, support_y, query_x, ways):
+        adapted = inner_sgd(self.model, dict(self.model.named_parameters()), support_x, support_y,
+                            self.hyper.test_inner_steps, self.hyper.inner_lr)
+        with torch.no_grad():
+            return functional_call(self.model, adapted, (query_x,))

@@ -1,0 +1,111 @@
+"""Matching, Relation and Siamese networks: each scoring rule against an explicit loop in float64."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from metabench.algorithms import TaskShape, build_algorithm
+from metabench.algorithms.matchingnet import attention_log_probs
+from metabench.algorithms.relationnet import class_sums, pair_up
+from metabench.algorithms.siamese import best_match, pair_logits, verification_loss
+
+
+def random(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_matching_attention_matches_the_papers_formula_computed_by_loops():
+    support, query = random(6, 4, seed=1), random(3, 4, seed=2)
+    labels = torch.tensor([2, 0, 1, 1, 0, 2])
+    ours = attention_log_probs(support, labels, query, 3).exp()
+    for q in range(3):
+        cosines = [
+            float(query[q] @ support[i] / (query[q].norm() * support[i].norm())) for i in range(6)
+        ]
+        weights = [math.exp(c) / sum(math.exp(d) for d in cosines) for c in cosines]
+        for c in range(3):
+            expected = sum(w for w, y in zip(weights, labels.tolist()) if y == c)
+            assert abs(float(ours[q, c]) - expected) < 1e-12
+    torch.testing.assert_close(ours.sum(1), torch.ones(3, dtype=torch.float64))
+
+
+def test_matching_attention_on_a_hand_worked_case():
+    # unit vectors: query (1,0) has cosine 1 with support 0 and 0 with support 1
+    support = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    query = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    probs = attention_log_probs(support, torch.tensor([0, 1]), query, 2).exp()
+    e = math.e
+    torch.testing.assert_close(probs, torch.tensor([[e / (e + 1), 1 / (e + 1)]], dtype=torch.float64))
+
+
+def test_matching_fce_trains_and_depends_on_support_order():
+    task = TaskShape(channels=1, image_size=16, train_ways=3, test_ways=3)
+    torch.manual_seed(0)
+    algorithm = build_algorithm("matchingnet", {"fce": True, "fce_steps": 2, "hidden": 4}, task, torch.device("cpu"))
+    algorithm.train(False)
+    support_x, query_x = torch.rand(6, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    order = torch.tensor([3, 4, 5, 0, 1, 2])
+    first = algorithm.predict(support_x, labels, query_x, 3)
+    second = algorithm.predict(support_x[order], labels[order], query_x, 3)
+    assert not torch.allclose(first, second)  # the bidirectional LSTM reads the support set in order
+    torch.testing.assert_close(first.exp().sum(1), torch.ones(4))
+    # one query's prediction does not depend on the other queries
+    torch.testing.assert_close(algorithm.predict(support_x, labels, query_x[:1], 3), first[:1])
+
+
+def test_relation_pairs_put_each_class_sum_beside_each_query():
+    support_maps, query_maps = random(6, 2, 3, 3, seed=3), random(4, 2, 3, 3, seed=4)
+    labels = torch.tensor([1, 0, 2, 1, 0, 2])
+    sums = class_sums(support_maps, labels, 3)
+    for c in range(3):
+        torch.testing.assert_close(sums[c], support_maps[labels == c].sum(0))
+    pairs = pair_up(sums, query_maps).view(4, 3, 4, 3, 3)
+    for q in range(4):
+        for c in range(3):
+            torch.testing.assert_close(pairs[q, c], torch.cat([sums[c], query_maps[q]]))
+
+
+def test_relation_network_scores_and_loss_against_a_loop():
+    task = TaskShape(channels=1, image_size=16, train_ways=3, test_ways=3)
+    torch.manual_seed(0)
+    algorithm = build_algorithm("relationnet", {"hidden": 4}, task, torch.device("cpu"))
+    algorithm.body.double(), algorithm.relation.double()
+    algorithm.train(False)
+    support_x = random(6, 1, 16, 16, seed=5).abs()
+    query_x = random(3, 1, 16, 16, seed=6).abs()
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    scores = algorithm.predict(support_x, labels, query_x, 3)
+    with torch.no_grad():
+        support_maps, query_maps = algorithm.body(support_x), algorithm.body(query_x)
+        for q in range(3):
+            for c in range(3):
+                pair = torch.cat([support_maps[labels == c].sum(0), query_maps[q]]).unsqueeze(0)
+                torch.testing.assert_close(scores[q, c], algorithm.relation(pair)[0])
+    assert ((scores > 0) & (scores < 1)).all()
+
+
+def test_siamese_pair_logits_best_match_and_balanced_loss_by_hand():
+    support, query = random(4, 3, seed=7), random(2, 3, seed=8)
+    weight, bias = random(3, seed=9), torch.tensor(0.3, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 1])
+    pair = pair_logits(query, support, weight, bias)
+    for q in range(2):
+        for s in range(4):
+            expected = sum(float(weight[k]) * abs(float(query[q, k] - support[s, k])) for k in range(3)) + 0.3
+            assert abs(float(pair[q, s]) - expected) < 1e-12
+    best = best_match(pair, labels, 2)
+    for q in range(2):
+        assert float(best[q, 0]) == max(float(pair[q, 0]), float(pair[q, 2]))
+        assert float(best[q, 1]) == max(float(pair[q, 1]), float(pair[q, 3]))
+
+    query_y = torch.tensor([1, 0])
+    loss = verification_loss(pair, query_y, labels, ways=3)  # positives weighted by ways - 1 = 2
+    total = 0.0
+    for q in range(2):
+        for s in range(4):
+            p = 1 / (1 + math.exp(-float(pair[q, s])))
+            same = int(query_y[q]) == int(labels[s])
+            total += -2 * math.log(p) if same else -math.log(1 - p)
+    assert abs(float(loss) - total / 8) < 1e-12
