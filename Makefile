@@ -4,12 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test leaderboard mlflow-ui clean
+.PHONY: help setup test benchmarks benchmark-baseline leaderboard mlflow-ui clean
 
 help:
 	@echo "make test         install into .venv (if needed) and run the test suite"
 	@echo "make leaderboard  install into .venv (if needed) and run the default pipeline (dvc repro)"
 	@echo "make mlflow-ui    browse tracked runs at http://127.0.0.1:5000"
+	@echo "make benchmarks   the benchmark gate alone (compare with benchmarks/baseline)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +22,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 setup: $(STAMP)
 
+# The benchmark gate: fails if any benchmark's mean is 25% slower than the committed baseline
+# (run-to-run noise here is about 5%). Runs first, so the log ends with the test suite's summary.
+BENCH := $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-storage=file://benchmarks/baseline \
+	--benchmark-columns=min,mean,stddev,rounds --benchmark-sort=name
+
 test: $(STAMP)
+	$(BENCH) --benchmark-compare=0001 --benchmark-compare-fail=mean:25%
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q
+
+benchmarks: $(STAMP)
+	$(BENCH) --benchmark-compare=0001 --benchmark-compare-fail=mean:25%
+
+# Record a new baseline (on a quiet machine; commit benchmarks/baseline/)
+benchmark-baseline: $(STAMP)
+	rm -rf benchmarks/baseline
+	$(BENCH) --benchmark-save=baseline
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -11,17 +11,53 @@ import torch
 
 from metabench import stats
 from metabench.algorithms import Algorithm
+from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import EpisodeIndices, ImageBank
 
+EMBED_BATCH = 500  # images per forward pass when filling the embedding cache
 
-def episode_accuracies(algorithm: Algorithm, bank: ImageBank, episodes: EpisodeIndices, progress=None) -> np.ndarray:
-    """Accuracy on the queries of each episode, one episode at a time."""
+
+def episode_accuracies(algorithm: Algorithm, bank: ImageBank, episodes: EpisodeIndices, progress=None,
+                       cached: bool = True) -> np.ndarray:
+    """Accuracy on the queries of each episode.
+
+    Algorithms with a frozen per-image embedding are scored from a cache of every distinct
+    image's embedding (``cached``); the rest, one episode at a time.
+    """
+    if cached and isinstance(algorithm, EmbeddingAlgorithm):
+        return cached_episode_accuracies(algorithm, bank, episodes, progress)
     algorithm.train(False)
     accuracies = np.empty(len(episodes))
     for index in range(len(episodes)):
         episode = bank.episodes(episodes[index : index + 1])
         logits = algorithm.predict(episode.support_x[0], episode.support_y[0], episode.query_x[0], episode.ways)
         accuracies[index] = (logits.argmax(1) == episode.query_y[0]).double().mean().item()
+        if progress:
+            progress(1)
+    algorithm.train(True)
+    return accuracies
+
+
+@torch.no_grad()
+def cached_episode_accuracies(algorithm: EmbeddingAlgorithm, bank: ImageBank, episodes: EpisodeIndices,
+                              progress=None) -> np.ndarray:
+    """Embed each distinct image of ``episodes`` once, then score every episode from the cache."""
+    algorithm.train(False)
+    distinct, position = np.unique(np.concatenate([episodes.support.ravel(), episodes.query.ravel()]),
+                                   return_inverse=True)
+    cache = torch.cat([algorithm.embed(bank.batch(distinct[start : start + EMBED_BATCH]))
+                       for start in range(0, len(distinct), EMBED_BATCH)])
+    n_support = episodes.support.size
+    support_rows = torch.from_numpy(position[:n_support].reshape(len(episodes), -1)).to(cache.device)
+    query_rows = torch.from_numpy(position[n_support:].reshape(len(episodes), -1)).to(cache.device)
+    count, ways, shots = episodes.support.shape
+    queries = episodes.query.shape[2]
+    labels = torch.arange(ways, device=cache.device)
+    support_y, query_y = labels.repeat_interleave(shots), labels.repeat_interleave(queries)
+    accuracies = np.empty(count)
+    for index in range(count):
+        logits = algorithm.predict_embedded(cache[support_rows[index]], support_y, cache[query_rows[index]], ways)
+        accuracies[index] = (logits.argmax(1) == query_y).double().mean().item()
         if progress:
             progress(1)
     algorithm.train(True)

@@ -106,9 +106,7 @@ def aggregate(runs: Runs) -> pd.DataFrame:
                                   & (runs.profiles["dataset"] == dataset) & (runs.profiles["ways"] == ways)]
             if not match.empty:
                 profile = match.iloc[0]
-                row.update({key: float(profile[key]) for key in (
-                    "adaptation_tasks_per_second", "meta_train_tasks_per_second", "achieved_gflops",
-                    "utilisation", "peak_rss_mb")})
+                row.update({key: float(profile.get(key, float("nan"))) for key in COST_COLUMNS})
         entry = published.lookup(dataset, algorithm, ways, shots)
         row["published"] = (f"{entry[0]}" + (f" ± {entry[1]}" if entry[1] is not None else "") + f" ({entry[2]})") if entry else ""
         out.append(row)
@@ -216,6 +214,32 @@ def _figure_pairs(pairs: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+COST_COLUMNS = {  # profile field -> column title in the cost table
+    "meta_train_tasks_per_second": "meta-train tasks/s",
+    "adaptation_tasks_per_second": "adapt tasks/s (one episode)",
+    "evaluation_episodes_per_second": "eval episodes/s (evaluator)",
+    "achieved_gflops": "GFLOP/s (meta-train)",
+    "utilisation": "of matmul peak",
+    "peak_rss_mb": "peak RSS MB",
+}
+
+
+def cost_table(table: pd.DataFrame) -> pd.DataFrame:
+    """What each method costs (profile stage), one row per (algorithm, setting)."""
+    if "meta_train_tasks_per_second" not in table:
+        return pd.DataFrame()
+    rows = []
+    for r in table.sort_values(["dataset", "shots", "algorithm"]).to_dict("records"):
+        if r.get("meta_train_tasks_per_second") != r.get("meta_train_tasks_per_second"):
+            continue  # no profile for this row
+        row = {"dataset": r["dataset"], "setting": f"{r['ways']}w{r['shots']}s", "algorithm": r["algorithm"]}
+        for key, title in COST_COLUMNS.items():
+            value = r.get(key, float("nan"))
+            row[title] = "–" if value != value else (f"{100 * value:.0f}%" if key == "utilisation" else f"{value:.1f}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def leaderboard_table(table: pd.DataFrame) -> pd.DataFrame:
     """The paste-into-a-paper table: one row per algorithm, one column per shot setting."""
     rows = []
@@ -274,8 +298,9 @@ def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, data_dir: Path | No
 
     summary = {f"{r.algorithm}_{r.ways}w{r.shots}s": round(float(r.accuracy), 6) for r in table.itertuples()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    _write_markdown(out_dir / "leaderboard.md", board, pair_table, baselines, table, hyper, runs)
-    _write_html(out_dir / "leaderboard.html", board, pair_table, baselines, hyper, paths, runs)
+    costs = cost_table(table)
+    _write_markdown(out_dir / "leaderboard.md", board, pair_table, baselines, table, hyper, runs, costs)
+    _write_html(out_dir / "leaderboard.html", board, pair_table, baselines, hyper, paths, runs, costs)
     return summary
 
 
@@ -288,7 +313,7 @@ def _notes(table: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs) -> None:
+def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs, costs: pd.DataFrame) -> None:
     episodes = int(runs.metrics["episodes"].iloc[0])
     lines = [
         "# metabench leaderboard", "",
@@ -302,6 +327,10 @@ def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs) -> 
     if baselines:
         lines += ["## Reference: pixel nearest-neighbour on the same episodes", "",
                   pd.DataFrame(baselines).to_markdown(index=False, disable_numparse=True), ""]
+    if not costs.empty:
+        lines += ["## Cost (profile stage, this machine)", "", costs.to_markdown(index=False, disable_numparse=True), "",
+                  "Measured on freshly initialised weights with the run's settings; GFLOP/s from "
+                  "`torch.utils.flop_counter`, relative to a float32 matmul measured in the same process.", ""]
     if not pairs.empty:
         lines += ["## Pairwise comparisons (same episodes)", "", pairs.to_markdown(index=False, floatfmt=".3g"), ""]
     lines += ["## How the numbers are computed", "", FORMULAS]
@@ -320,7 +349,7 @@ def _embed(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def _write_html(path, board, pairs, baselines, hyper, figures: dict, runs: Runs) -> None:
+def _write_html(path, board, pairs, baselines, hyper, figures: dict, runs: Runs, costs: pd.DataFrame) -> None:
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
              "th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}code{font-size:12px}")
@@ -338,6 +367,8 @@ def _write_html(path, board, pairs, baselines, hyper, figures: dict, runs: Runs)
         parts.append(f"<figure><img alt='{key}' src='{_embed(figure)}'><figcaption>{html.escape(captions[key])}</figcaption></figure>")
     if baselines:
         parts += ["<h2>Reference: pixel nearest-neighbour</h2>", pd.DataFrame(baselines).to_html(index=False, border=0)]
+    if not costs.empty:
+        parts += ["<h2>Cost (profile stage)</h2>", costs.to_html(index=False, border=0)]
     if not pairs.empty:
         parts += ["<h2>Pairwise comparisons</h2>", pairs.to_html(index=False, border=0, float_format=lambda v: f"{v:.3g}")]
     formulas = "".join(f"<li>{html.escape(line[2:])}</li>" for line in FORMULAS.replace("\n  ", " ").splitlines() if line.startswith("- "))

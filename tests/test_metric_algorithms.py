@@ -85,6 +85,16 @@ def test_relation_network_scores_and_loss_against_a_loop():
                 torch.testing.assert_close(scores[q, c], algorithm.relation(pair)[0])
     assert ((scores > 0) & (scores < 1)).all()
 
+    # training loss: mean squared error of every (query, class) score against the one-hot match
+    from metabench.episodes import Episode
+
+    query_y = torch.tensor([2, 0, 1])
+    algorithm.train(False)  # running statistics, so the loss sees the same embeddings as above
+    loss, train_scores = algorithm.episode_loss(Episode(support_x, labels, query_x, query_y, 3))
+    torch.testing.assert_close(train_scores.detach(), scores)
+    expected = sum((float(scores[q, c]) - float(int(query_y[q]) == c)) ** 2 for q in range(3) for c in range(3)) / 9
+    assert abs(loss.detach().item() - expected) < 1e-12
+
 
 def test_siamese_pair_logits_best_match_and_balanced_loss_by_hand():
     support, query = random(4, 3, seed=7), random(2, 3, seed=8)

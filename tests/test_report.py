@@ -37,7 +37,8 @@ def make_runs(root, algorithms=("protonet", "maml"), seeds=(0, 1, 2), shots=(1, 
             (root / "profiles" / f"glyphs-{algorithm}-5w{k}s.json").write_text(json.dumps({
                 "algorithm": algorithm, "dataset": "glyphs", "ways": 5, "shots": k,
                 "adaptation_tasks_per_second": 10.0 if algorithm == "maml" else 200.0,
-                "meta_train_tasks_per_second": 5.0, "achieved_gflops": 9.0, "utilisation": 0.1, "peak_rss_mb": 500.0}))
+                "meta_train_tasks_per_second": 5.0, "achieved_gflops": 9.0, "utilisation": 0.1, "peak_rss_mb": 500.0,
+                "evaluation_episodes_per_second": 123.4 if algorithm == "protonet" else 7.0}))
     return runs_dir
 
 
@@ -64,6 +65,10 @@ def test_report_has_pairwise_tests_formulas_and_figures(tmp_path):
         assert (tmp_path / "reports" / "figures" / f"{name}.png").stat().st_size > 5000
     page = (tmp_path / "reports" / "leaderboard.html").read_text()
     assert page.count("data:image/png;base64,") == 4
+    # the cost section shows every profile's numbers
+    cost = markdown.split("## Cost")[1].split("##")[0]
+    assert "eval episodes/s" in cost and "123.4" in cost and "10%" in cost
+    assert "Cost (profile stage)" in page
 
 
 def test_paired_difference_in_report_matches_direct_computation(tmp_path):

@@ -106,6 +106,32 @@ class Algorithm(abc.ABC):
             part.load_state_dict(state[key])
 
 
+class EmbeddingAlgorithm(Algorithm):
+    """An algorithm whose test-time prediction sees images only through a per-image embedding.
+
+    At evaluation the body is frozen and normalises with running statistics, so an image's
+    embedding does not depend on its episode: the evaluator embeds every distinct test image
+    once and scores all episodes from that cache (``predict_embedded``), which gives the same
+    predictions as ``predict`` on each episode. Transductive methods (MAML family, ANIL, whose
+    batch-statistics body sees the whole episode) must not use this class.
+    """
+
+    transductive = False
+
+    @abc.abstractmethod
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings of a batch of images, (n, …); called in evaluation mode under no_grad."""
+
+    @abc.abstractmethod
+    def predict_embedded(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
+                         ways: int) -> torch.Tensor:
+        """Query logits (n_query, ways) from support and query embeddings."""
+
+    @torch.no_grad()
+    def predict(self, support_x, support_y, query_x, ways):
+        return self.predict_embedded(self.embed(support_x), support_y, self.embed(query_x), ways)
+
+
 def make_hyper(cls: type, values: dict[str, Any] | None, algorithm: str) -> Any:
     """Build ``cls`` (a dataclass) from ``values``, with a clear error for unknown or mistyped keys."""
     values = dict(values or {})

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm
+from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.models import build_backbone
 
 
@@ -75,11 +75,10 @@ def fine_tune_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor
     return head
 
 
-class Baseline(Algorithm):
+class Baseline(EmbeddingAlgorithm):
     name = "baseline"
     paper = "Chen et al. 2019, A Closer Look at Few-shot Classification (Baseline)"
     adapts = "a new linear head, fine-tuned on frozen support features"
-    transductive = False
     Hyper = BaselineHyper
 
     def make_head(self, features: int, classes: int) -> nn.Module:
@@ -109,9 +108,10 @@ class Baseline(Algorithm):
         episode_logits = logits[len(task.support_x) :, task.classes]  # the queries, among the episode's classes
         return F.cross_entropy(logits, labels), episode_logits
 
-    @torch.no_grad()
-    def predict(self, support_x, support_y, query_x, ways):
-        support, query = self.body(support_x), self.body(query_x)
+    def embed(self, x):
+        return self.body(x)
+
+    def predict_embedded(self, support, support_y, query, ways):
         with torch.random.fork_rng(devices=[]):  # a prediction is a deterministic function of the episode
             torch.manual_seed(0)
             head = self.make_head(self.features, ways).to(support.device, support.dtype)

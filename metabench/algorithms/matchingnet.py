@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm
+from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.models import build_backbone
 
 
@@ -78,11 +78,10 @@ class FullContext(nn.Module):
         return state
 
 
-class MatchingNet(Algorithm):
+class MatchingNet(EmbeddingAlgorithm):
     name = "matchingnet"
     paper = "Vinyals et al. 2016, Matching Networks for One Shot Learning"
     adapts = "nothing: cosine attention over the support set in a learned embedding"
-    transductive = False
     Hyper = MatchingNetHyper
 
     def __init__(self, hyper: MatchingNetHyper, task, device):
@@ -113,6 +112,8 @@ class MatchingNet(Algorithm):
         log_probs = self.log_probs(embedded[:n_support], task.support_y, embedded[n_support:], task.ways)
         return F.nll_loss(log_probs, task.query_y), log_probs
 
-    @torch.no_grad()
-    def predict(self, support_x, support_y, query_x, ways):
-        return self.log_probs(self.body(support_x), support_y, self.body(query_x), ways)
+    def embed(self, x):
+        return self.body(x)
+
+    def predict_embedded(self, support, support_y, query, ways):
+        return self.log_probs(support, support_y, query, ways)

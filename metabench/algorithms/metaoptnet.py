@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm
+from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.models import build_backbone
 
 
@@ -88,11 +88,10 @@ def svm_weights(support: torch.Tensor, one_hot: torch.Tensor, c: float, iteratio
     return dual.T @ support
 
 
-class MetaOptNet(Algorithm):
+class MetaOptNet(EmbeddingAlgorithm):
     name = "metaoptnet"
     paper = "Lee et al. 2019, Meta-Learning with Differentiable Convex Optimization"
     adapts = "a linear head solved in closed form (ridge) or by a convex SVM solver on the support features"
-    transductive = False
     Hyper = MetaOptNetHyper
 
     def __init__(self, hyper: MetaOptNetHyper, task, device):
@@ -121,6 +120,8 @@ class MetaOptNet(Algorithm):
         logits = self.logits(embedded[:n_support], task.support_y, embedded[n_support:], task.ways)
         return F.cross_entropy(logits, task.query_y, label_smoothing=self.hyper.label_smoothing), logits
 
-    @torch.no_grad()
-    def predict(self, support_x, support_y, query_x, ways):
-        return self.logits(self.body(support_x), support_y, self.body(query_x), ways)
+    def embed(self, x):
+        return self.body(x)
+
+    def predict_embedded(self, support, support_y, query, ways):
+        return self.logits(support, support_y, query, ways)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm
+from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import Episode
 from metabench.models import build_backbone
 
@@ -46,11 +46,10 @@ def prototype_logits(support: torch.Tensor, support_y: torch.Tensor, query: torc
     return -torch.cdist(query, centres).pow(2)
 
 
-class ProtoNet(Algorithm):
+class ProtoNet(EmbeddingAlgorithm):
     name = "protonet"
     paper = "Snell et al. 2017, Prototypical Networks for Few-shot Learning"
     adapts = "nothing: class prototypes are support-set means in a learned embedding"
-    transductive = False
     Hyper = ProtoNetHyper
 
     def __init__(self, hyper: ProtoNetHyper, task, device):
@@ -68,11 +67,8 @@ class ProtoNet(Algorithm):
         logits = prototype_logits(embedded[:n_support], task.support_y, embedded[n_support:], task.ways)
         return F.cross_entropy(logits, task.query_y), logits
 
-    @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        self.body.eval()
         return self.body(x)
 
-    @torch.no_grad()
-    def predict(self, support_x, support_y, query_x, ways):
-        return prototype_logits(self.embed(support_x), support_y, self.embed(query_x), ways)
+    def predict_embedded(self, support, support_y, query, ways):
+        return prototype_logits(support, support_y, query, ways)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm
+from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.models import Conv4
 from metabench.models.conv4 import conv_block
 
@@ -70,11 +70,10 @@ def class_sums(support_maps: torch.Tensor, support_y: torch.Tensor, ways: int) -
     return torch.einsum("sn,schw->nchw", one_hot, support_maps)
 
 
-class RelationNet(Algorithm):
+class RelationNet(EmbeddingAlgorithm):
     name = "relationnet"
     paper = "Sung et al. 2018, Learning to Compare: Relation Network for Few-Shot Learning"
     adapts = "nothing: a learned relation module scores each (class, query) pair"
-    transductive = False
     Hyper = RelationNetHyper
 
     def __init__(self, hyper: RelationNetHyper, task, device):
@@ -98,6 +97,8 @@ class RelationNet(Algorithm):
         scores = self.scores(maps[:n_support], task.support_y, maps[n_support:], task.ways)
         return F.mse_loss(scores, F.one_hot(task.query_y, task.ways).to(scores.dtype)), scores
 
-    @torch.no_grad()
-    def predict(self, support_x, support_y, query_x, ways):
-        return self.scores(self.body(support_x), support_y, self.body(query_x), ways)
+    def embed(self, x):
+        return self.body(x)  # feature maps (n, C, H, W)
+
+    def predict_embedded(self, support, support_y, query, ways):
+        return self.scores(support, support_y, query, ways)

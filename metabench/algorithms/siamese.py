@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm
+from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.models import build_backbone
 
 
@@ -56,11 +56,10 @@ def verification_loss(pair: torch.Tensor, query_y: torch.Tensor, support_y: torc
     return F.binary_cross_entropy_with_logits(pair, same, pos_weight=positive_weight)
 
 
-class Siamese(Algorithm):
+class Siamese(EmbeddingAlgorithm):
     name = "siamese"
     paper = "Koch et al. 2015, Siamese Neural Networks for One-shot Image Recognition"
     adapts = "nothing: a learned verifier picks the best-matching support image"
-    transductive = False
     Hyper = SiameseHyper
 
     def __init__(self, hyper: SiameseHyper, task, device):
@@ -83,6 +82,8 @@ class Siamese(Algorithm):
         loss = verification_loss(pair, task.query_y, task.support_y, task.ways)
         return loss, best_match(pair.detach(), task.support_y, task.ways)
 
-    @torch.no_grad()
-    def predict(self, support_x, support_y, query_x, ways):
-        return best_match(self.pairs(self.body(support_x), self.body(query_x)), support_y, ways)
+    def embed(self, x):
+        return self.body(x)
+
+    def predict_embedded(self, support, support_y, query, ways):
+        return best_match(self.pairs(support, query), support_y, ways)

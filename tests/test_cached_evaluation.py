@@ -1,0 +1,38 @@
+"""Scoring from cached embeddings gives the per-episode path's accuracies."""
+
+import numpy as np
+import pytest
+import torch
+
+from metabench.algorithms import REGISTRY, TaskShape, build_algorithm
+from metabench.algorithms.base import EmbeddingAlgorithm
+from metabench.episodes import EpisodeSpec, ImageBank, sample_indices
+from metabench.evaluation import episode_accuracies
+from tests.conftest import tiny_split
+
+EMBEDDING = sorted(name for name, cls in REGISTRY.items() if issubclass(cls, EmbeddingAlgorithm))
+
+
+def test_every_non_transductive_algorithm_with_a_frozen_body_uses_the_cache():
+    assert {"protonet", "matchingnet", "relationnet", "siamese", "baseline", "baselinepp", "metaoptnet"} <= set(EMBEDDING)
+    assert all(not REGISTRY[name].transductive for name in EMBEDDING)
+
+
+@pytest.mark.parametrize("name", EMBEDDING)
+@pytest.mark.parametrize("shots", [1, 3])
+def test_cached_accuracies_equal_per_episode_accuracies(name, shots):
+    split = tiny_split(10, 12, size=16, seed=4)
+    bank = ImageBank(split)
+    episodes = sample_indices(split, EpisodeSpec(4, shots, 3), 12, np.random.default_rng(0))
+    task = TaskShape(channels=1, image_size=16, train_ways=4, test_ways=4, train_classes=10)
+    torch.manual_seed(0)
+    algorithm = build_algorithm(name, {"hidden": 8, "finetune_epochs": 3} if "baseline" in name else {"hidden": 8},
+                                task, torch.device("cpu"))
+    # a few training steps so running statistics and weights are not at their initial values
+    train = sample_indices(split, EpisodeSpec(4, shots, 3), 3, np.random.default_rng(1))
+    for index in range(3):
+        algorithm.meta_train_step(bank.episodes(train[index : index + 1]))
+    per_episode = episode_accuracies(algorithm, bank, episodes, cached=False)
+    cached = episode_accuracies(algorithm, bank, episodes, cached=True)
+    np.testing.assert_array_equal(cached, per_episode)
+    assert len(set(per_episode)) > 1 or per_episode[0] not in (0.0, 1.0)  # not a degenerate all-equal case
