@@ -93,10 +93,6 @@ class Baseline(EmbeddingAlgorithm):
         self.net = nn.Sequential(self.body, self.make_head(self.features, task.train_classes)).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hyper.lr)
 
-    @property
-    def episodes_per_step(self) -> int:
-        return 1
-
     def modules(self):
         return {"net": self.net, "optimizer": self.optimizer}
 
