@@ -75,10 +75,10 @@ def _run_config(params_path: Path, overrides: dict, hp: list[str]):
 
 @app.command()
 def fetch(
-    source: str = typer.Argument(..., help="Dataset source: glyphs (embedded, no download) or omniglot."),
+    source: str = typer.Argument(..., help="Dataset source: glyphs (embedded, no download), omniglot, cifar-fs or fc100."),
     params: Path = PARAMS,
     data_dir: Path = typer.Option(Path("data"), help="Where datasets are stored."),
-    location: Optional[str] = typer.Option(None, "--from", help="Omniglot: URL prefix or local folder holding the zips."),
+    location: Optional[str] = typer.Option(None, "--from", help="Where the data is: Omniglot's URL prefix or folder of zips; CIFAR's archive URL or path."),
     split: Optional[str] = typer.Option(None, help="Omniglot: 'lake' (background/evaluation) or 'vinyals'."),
     rotations: Optional[bool] = typer.Option(None, "--rotations/--no-rotations", help="Omniglot: add rotated classes."),
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from metabench import MetabenchError
 from metabench.data import store
 
-SOURCES = ("glyphs", "omniglot")
+SOURCES = ("glyphs", "omniglot", "cifar-fs", "fc100")
 
 
 def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=None) -> store.Dataset:
@@ -24,6 +24,11 @@ def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=
 
         config = _configure(omniglot.OmniglotConfig, options, source)
         return omniglot.build(config, Path(data_dir) / "raw" / "omniglot", Path(data_dir), progress)
+    if source in ("cifar-fs", "fc100"):
+        from metabench.data import cifar
+
+        config = _configure(cifar.CifarConfig, {"split": source, **options}, source)
+        return cifar.build(config, Path(data_dir) / "raw" / "cifar100", Path(data_dir), progress)
     raise MetabenchError(f"unknown dataset source {source!r}; choose one of {', '.join(SOURCES)}")
 
 

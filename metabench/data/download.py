@@ -42,6 +42,13 @@ def is_url(location: str) -> bool:
     return location.split("://", 1)[0] in ("http", "https", "file") and "://" in location
 
 
+def join_location(prefix: str, name: str) -> str:
+    """``name`` inside ``prefix``, a URL prefix or a local folder."""
+    if is_url(prefix):
+        return prefix.rstrip("/") + "/" + name
+    return str(Path(prefix).expanduser() / name)
+
+
 def _open(location: str, timeout: float):
     """Open ``location`` for reading; return (stream, total size or None)."""
     if not is_url(location):

@@ -25,7 +25,7 @@ from PIL import Image
 
 from metabench import MetabenchError
 from metabench.data import store
-from metabench.data.download import fetch_file, is_url
+from metabench.data.download import fetch_file, join_location
 
 OFFICIAL_SOURCE = "https://github.com/brendenlake/omniglot/raw/master/python/"
 OFFICIAL_CHECKSUMS = {
@@ -60,12 +60,6 @@ class OmniglotConfig:
     def store_name(self) -> str:
         """Each split/rotation choice is its own stored dataset."""
         return "omniglot" + ("-vinyals" if self.split == "vinyals" else "") + ("-rot" if self.rotations else "")
-
-
-def _join(prefix: str, name: str) -> str:
-    if is_url(prefix):
-        return prefix.rstrip("/") + "/" + name
-    return str(Path(prefix).expanduser() / name)
 
 
 def read_zip(path: Path, image_size: int) -> dict[tuple[str, str], np.ndarray]:
@@ -143,7 +137,7 @@ def build(config: OmniglotConfig, raw_dir: Path, data_dir: Path, progress=None) 
         checksum = config.checksums.get(filename)
         if checksum is None:
             raise MetabenchError(f"no checksum configured for {filename}; set data.omniglot.checksums in params.yaml")
-        zips[filename] = fetch_file(_join(config.source, filename), Path(raw_dir) / filename, checksum, progress)
+        zips[filename] = fetch_file(join_location(config.source, filename), Path(raw_dir) / filename, checksum, progress)
     background = read_zip(zips["images_background.zip"], config.image_size)
     evaluation = read_zip(zips["images_evaluation.zip"], config.image_size)
     if config.split == "lake":
@@ -151,7 +145,7 @@ def build(config: OmniglotConfig, raw_dir: Path, data_dir: Path, progress=None) 
     else:
         split_files = {
             split: fetch_file(
-                _join(config.splits_source, f"{split}.txt"),
+                join_location(config.splits_source, f"{split}.txt"),
                 Path(raw_dir) / "vinyals" / f"{split}.txt",
                 config.splits_checksums.get(f"{split}.txt"),
                 progress,
