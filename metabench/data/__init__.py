@@ -8,7 +8,7 @@ from typing import Any
 from metabench import MetabenchError
 from metabench.data import store
 
-SOURCES = ("glyphs", "omniglot", "cifar-fs", "fc100")
+SOURCES = ("glyphs", "omniglot", "cifar-fs", "fc100", "miniimagenet")
 
 
 def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=None) -> store.Dataset:
@@ -29,6 +29,11 @@ def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=
 
         config = _configure(cifar.CifarConfig, {"split": source, **options}, source)
         return cifar.build(config, Path(data_dir) / "raw" / "cifar100", Path(data_dir), progress)
+    if source == "miniimagenet":
+        from metabench.data import miniimagenet
+
+        config = _configure(miniimagenet.MiniImageNetConfig, options, source)
+        return miniimagenet.build(config, Path(data_dir) / "raw" / "miniimagenet", Path(data_dir), progress)
     raise MetabenchError(f"unknown dataset source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
