@@ -8,7 +8,7 @@ from typing import Any
 from metabench import MetabenchError
 from metabench.data import store
 
-SOURCES = ("glyphs", "omniglot", "cifar-fs", "fc100", "miniimagenet")
+SOURCES = ("glyphs", "omniglot", "cifar-fs", "fc100", "miniimagenet", "folder")
 
 
 def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=None) -> store.Dataset:
@@ -34,6 +34,10 @@ def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=
 
         config = _configure(miniimagenet.MiniImageNetConfig, options, source)
         return miniimagenet.build(config, Path(data_dir) / "raw" / "miniimagenet", Path(data_dir), progress)
+    if source == "folder":
+        from metabench.data import folder
+
+        return folder.build(_configure(folder.FolderConfig, options, source), Path(data_dir), progress)
     raise MetabenchError(f"unknown dataset source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
