@@ -8,7 +8,7 @@ from typing import Any
 from metabench import MetabenchError
 from metabench.data import store
 
-SOURCES = ("glyphs", "omniglot", "cifar-fs", "fc100", "miniimagenet", "folder")
+SOURCES = ("glyphs", "omniglot", "cifar-fs", "fc100", "miniimagenet", "tieredimagenet", "folder")
 
 
 def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=None) -> store.Dataset:
@@ -34,6 +34,11 @@ def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=
 
         config = _configure(miniimagenet.MiniImageNetConfig, options, source)
         return miniimagenet.build(config, Path(data_dir) / "raw" / "miniimagenet", Path(data_dir), progress)
+    if source == "tieredimagenet":
+        from metabench.data import tieredimagenet
+
+        config = _configure(tieredimagenet.TieredImageNetConfig, options, source)
+        return tieredimagenet.build(config, Path(data_dir) / "raw" / "tieredimagenet", Path(data_dir), progress)
     if source == "folder":
         from metabench.data import folder
 

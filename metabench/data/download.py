@@ -122,3 +122,23 @@ def fetch_file(
         if partial.exists():
             partial.unlink()
     return dest
+
+
+def locate(location: str, raw_dir: Path, checksum: str | None, hint: str) -> Path:
+    """A local path for ``location``: downloaded and verified if a URL, verified in place if a local file.
+
+    ``hint`` ends the error when the data is missing (where to get it / what to set).
+    """
+    name = location.rstrip("/").rsplit("/", 1)[-1]
+    if is_url(location):
+        if checksum is None:
+            raise MetabenchError(f"no checksum configured for {name}; add it under the dataset's checksums in params.yaml")
+        return fetch_file(location, Path(raw_dir) / name, checksum)
+    path = Path(location).expanduser()
+    if not path.exists():
+        raise MetabenchError(f"{path} does not exist; {hint}")
+    if checksum and path.is_file():
+        algorithm, expected = parse_checksum(checksum)
+        if file_digest(path, algorithm) != expected:
+            raise MetabenchError(f"{path} has the wrong {algorithm}; it is damaged or another file: fetch it again")
+    return path

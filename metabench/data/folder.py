@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from metabench import MetabenchError
 from metabench.data import store
+from metabench.data.images import decode
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -62,16 +62,6 @@ def discover(root: Path) -> list[tuple[str, str, list[Path]]]:
     return found
 
 
-def _load(path: Path, config: FolderConfig) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            resized = image.convert(config.mode).resize((config.image_size, config.image_size), Image.LANCZOS)
-    except (UnidentifiedImageError, OSError) as error:
-        raise MetabenchError(f"{path} cannot be read as an image ({error}); remove or replace it") from error
-    array = np.asarray(resized, dtype=np.uint8)
-    return array[..., None] if array.ndim == 2 else array
-
-
 def build(config: FolderConfig, data_dir: Path, progress=None) -> store.Dataset:
     classes = discover(Path(config.source).expanduser())
     units = sorted({sup for sup, _, _ in classes}) if config.split_by == "superclass" else [c for _, c, _ in classes]
@@ -88,7 +78,7 @@ def build(config: FolderConfig, data_dir: Path, progress=None) -> store.Dataset:
         picked = [c for c in classes if (c[0] if config.split_by == "superclass" else c[1]) in members]
         arrays = []
         for _, _, files in picked:
-            arrays.append(np.stack([_load(f, config) for f in files]))
+            arrays.append(np.stack([decode(f.read_bytes(), str(f), config.image_size, config.mode) for f in files]))
             if progress:
                 progress(1)
         offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)

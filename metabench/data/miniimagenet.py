@@ -18,7 +18,6 @@ fetched from a URL must.
 from __future__ import annotations
 
 import csv
-import io
 import pickle
 import tarfile
 from collections import OrderedDict
@@ -30,7 +29,8 @@ from PIL import Image
 
 from metabench import MetabenchError
 from metabench.data import store
-from metabench.data.download import fetch_file, file_digest, is_url, join_location, parse_checksum
+from metabench.data.download import fetch_file, join_location, locate
+from metabench.data.images import decode, resize
 
 RAVI_SOURCE = "https://raw.githubusercontent.com/twitter-research/meta-learning-lstm/master/data/miniImagenet/"
 PARTS = ("train", "val", "test")
@@ -51,23 +51,6 @@ class MiniImageNetConfig:
             raise MetabenchError(f"miniimagenet format {self.format!r} is unknown; use jpeg or pickle")
         if not self.source:
             raise MetabenchError(f"miniImageNet needs its images: {WHERE}")
-
-
-def locate(location: str, raw_dir: Path, checksum: str | None) -> Path:
-    """A local path for ``location``: downloaded (and verified) if a URL, verified in place if a file."""
-    name = location.rstrip("/").rsplit("/", 1)[-1]
-    if is_url(location):
-        if checksum is None:
-            raise MetabenchError(f"no checksum configured for {name}; set data.miniimagenet.checksums.{name}")
-        return fetch_file(location, Path(raw_dir) / name, checksum)
-    path = Path(location).expanduser()
-    if not path.exists():
-        raise MetabenchError(f"{path} does not exist; {WHERE}")
-    if checksum and path.is_file():
-        algorithm, expected = parse_checksum(checksum)
-        if file_digest(path, algorithm) != expected:
-            raise MetabenchError(f"{path} has the wrong {algorithm}; it is damaged or another file: fetch it again")
-    return path
 
 
 def read_split_csv(path: Path) -> OrderedDict[str, list[str]]:
@@ -109,20 +92,8 @@ class _JpegSource:
         return (direct if direct.is_file() else self.path / "images" / name).read_bytes()
 
 
-def _resize(image: Image.Image, size: int) -> np.ndarray:
-    return np.asarray(image.convert("RGB").resize((size, size), Image.LANCZOS), dtype=np.uint8)
-
-
-def _decode(data: bytes, name: str, size: int) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return _resize(image, size)
-    except (OSError, ValueError) as error:
-        raise MetabenchError(f"{name} is not a readable image ({error}); replace it or fetch the images again") from error
-
-
 def _from_jpeg(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) -> dict[str, store.Split]:
-    source = _JpegSource(locate(config.source, raw_dir, config.checksums.get(Path(config.source).name)))
+    source = _JpegSource(locate(config.source, raw_dir, config.checksums.get(Path(config.source).name), WHERE))
     splits = {}
     for part, classes in csvs.items():
         missing = [name for names in classes.values() for name in names if not source.has(name)]
@@ -131,7 +102,7 @@ def _from_jpeg(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) 
                                  f"(first: {missing[0]}); {WHERE}")
         arrays = []
         for names in classes.values():
-            arrays.append(np.stack([_decode(source.read(n), n, config.image_size) for n in names]))
+            arrays.append(np.stack([decode(source.read(n), n, config.image_size) for n in names]))
             if progress:
                 progress(1)
         splits[part] = _split(arrays, list(classes))
@@ -142,7 +113,7 @@ def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress
     splits = {}
     for part, classes in csvs.items():
         name = f"mini-imagenet-cache-{part}.pkl"
-        path = locate(join_location(config.source, name), raw_dir, config.checksums.get(name))
+        path = locate(join_location(config.source, name), raw_dir, config.checksums.get(name), WHERE)
         try:
             with open(path, "rb") as handle:
                 cache = pickle.load(handle)
@@ -155,7 +126,7 @@ def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress
         for synset in classes:
             chosen = images[np.asarray(class_dict[synset])]
             if chosen.shape[1:3] != (config.image_size, config.image_size):
-                chosen = np.stack([_resize(Image.fromarray(img), config.image_size) for img in chosen])
+                chosen = np.stack([resize(Image.fromarray(img), config.image_size) for img in chosen])
             arrays.append(chosen)
             if progress:
                 progress(1)
