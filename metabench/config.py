@@ -31,6 +31,7 @@ class RunConfig:
     val_episodes: int = 200  # fixed validation episodes for checkpoint selection
     test_episodes: int = 600  # fixed test episodes (>= 600 for a reportable interval)
     episode_seed: int = 0  # seed of the fixed validation/test episodes, shared by all algorithms
+    augment: str = "none"  # training episodes only: none, crop, flip or crop+flip (episodes.AUGMENTATIONS)
     device: str = "auto"  # auto: CUDA when present, else CPU
     data_dir: str = "data"
     runs_dir: str = "runs"
@@ -41,6 +42,10 @@ class RunConfig:
         return self.train_queries or self.queries
 
     def __post_init__(self) -> None:
+        from metabench.episodes import AUGMENTATIONS
+
+        if self.augment not in AUGMENTATIONS:
+            raise MetabenchError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.train_queries < 0:
             raise MetabenchError(f"train_queries must be 0 (same as queries) or more, got {self.train_queries}")
         for name in ("ways", "shots", "queries", "iterations", "val_every", "val_episodes", "test_episodes"):

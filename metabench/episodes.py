@@ -134,6 +134,42 @@ class ImageBank:
         return Episode(support_x, support_y, query_x, query_y, ways, classes)
 
 
+AUGMENTATIONS = ("none", "crop", "flip", "crop+flip")
+
+
+def augment_images(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Standard training augmentation of a batch (…, C, H, W), independently per image.
+
+    ``crop``: zero-pad by H/8 on every side, then take a random H×W window (the CIFAR /
+    miniImageNet recipe); ``flip``: mirror left-right with probability 1/2. Randomness comes
+    only from ``generator``, so a resumed run repeats it exactly.
+    """
+    if kind == "none":
+        return images
+    shape = images.shape
+    flat = images.reshape(-1, *shape[-3:])
+    count, _, height, width = flat.shape
+    out = flat
+    if "crop" in kind:
+        pad = max(1, height // 8)
+        padded = torch.nn.functional.pad(flat, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (count,), generator=generator).tolist()
+        dx = torch.randint(0, 2 * pad + 1, (count,), generator=generator).tolist()
+        out = torch.stack([padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(zip(dy, dx))])
+    if "flip" in kind:
+        mirror = (torch.rand(count, generator=generator) < 0.5).to(out.device)
+        out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
+    return out.reshape(shape)
+
+
+def augment_episode(episode: Episode, kind: str, generator: torch.Generator) -> Episode:
+    """``episode`` with support and query images augmented (labels unchanged)."""
+    if kind == "none":
+        return episode
+    return Episode(augment_images(episode.support_x, kind, generator), episode.support_y,
+                   augment_images(episode.query_x, kind, generator), episode.query_y, episode.ways, episode.classes)
+
+
 def episode_key(dataset_name: str, split: str, checksum: str) -> str:
     """The data part of a fixed-episode file name: one place, so every caller shares episodes."""
     return f"{dataset_name}-{split}-{checksum[:12]}"

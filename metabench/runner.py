@@ -30,7 +30,7 @@ from metabench import MetabenchError, checkpoint
 from metabench.algorithms import TaskShape, build_algorithm, get_algorithm, make_hyper
 from metabench.config import RunConfig, resolve_device
 from metabench.data import store
-from metabench.episodes import EpisodeSpec, ImageBank, episode_key, fixed_episodes, sample_indices
+from metabench.episodes import EpisodeSpec, ImageBank, augment_episode, episode_key, fixed_episodes, sample_indices
 from metabench.evaluation import episode_accuracies, write_results
 from metabench.tracking import Tracker, run_tags
 
@@ -128,7 +128,10 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     clock = time.perf_counter()
     for iteration in range(start + 1, config.iterations + 1):
         indices = sample_indices(train_split, train_spec, algorithm.episodes_per_step, rng)
-        metrics = algorithm.meta_train_step(train_bank.episodes(indices))
+        batch = train_bank.episodes(indices)
+        if config.augment != "none":  # draws from rng only when augmenting, so other runs are unchanged
+            batch = augment_episode(batch, config.augment, torch.Generator().manual_seed(int(rng.integers(2**62))))
+        metrics = algorithm.meta_train_step(batch)
         if not math.isfinite(metrics["loss"]):
             if best_weights is not None:
                 checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
