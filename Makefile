@@ -22,17 +22,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 setup: $(STAMP)
 
-# The benchmark gate: fails if any benchmark's mean is 25% slower than the committed baseline
-# (run-to-run noise here is about 5%). Runs first, so the log ends with the test suite's summary.
+# The benchmark gate: fails if a hot path (MAML meta-steps, ProtoNet evaluation; seconds each,
+# 4-10% run-to-run noise here) is 25% slower on the mean than the committed baseline. The
+# millisecond benchmarks (sampler, one inner loop) vary by up to 40% between quiet runs here,
+# so they are reported, not gated. Runs first, so the log ends with the test suite's summary.
 BENCH := $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-storage=file://benchmarks/baseline \
 	--benchmark-columns=min,mean,stddev,rounds --benchmark-sort=name
+GATE := $(BENCH) -k "meta_step or protonet_evaluation or peer" --benchmark-compare=0001 --benchmark-compare-fail=mean:25%
 
 test: $(STAMP)
-	$(BENCH) --benchmark-compare=0001 --benchmark-compare-fail=mean:25%
+	$(GATE)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q
 
 benchmarks: $(STAMP)
-	$(BENCH) --benchmark-compare=0001 --benchmark-compare-fail=mean:25%
+	$(GATE)
+	$(BENCH) -k "not meta_step and not protonet_evaluation" --benchmark-compare=0001
 
 # Record a new baseline (on a quiet machine; commit benchmarks/baseline/)
 benchmark-baseline: $(STAMP)

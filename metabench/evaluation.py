@@ -14,7 +14,9 @@ from metabench.algorithms import Algorithm
 from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import EpisodeIndices, ImageBank
 
-EMBED_BATCH = 500  # images per forward pass when filling the embedding cache
+# Images per forward pass when filling the embedding cache. On CPU small batches keep the
+# activations in cache: Conv-4/64 embedding 11k 28×28 images took 8.3 s at 500, 4.4 s at 50.
+EMBED_BATCH = 50
 
 
 def episode_accuracies(algorithm: Algorithm, bank: ImageBank, episodes: EpisodeIndices, progress=None,
