@@ -17,7 +17,10 @@ def run_benchmark(storage: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_gate_fails_on_a_slowed_inner_loop_and_passes_the_real_one(tmp_path):
     saved = run_benchmark(tmp_path, "--benchmark-save=reference")
     assert saved.returncode == 0, saved.stdout[-2000:]
-    gate = ["--benchmark-compare=0001", "--benchmark-compare-fail=min:25%"]  # min: robust to a busy machine
+    # This checks the mechanism on a millisecond benchmark whose minimum varies by up to 40%
+    # between runs here, so the threshold is 100%: a 5x slower inner loop is far past it, noise never.
+    # (The CI gate itself uses mean:25% on the second-scale benchmarks; see the Makefile.)
+    gate = ["--benchmark-compare=0001", "--benchmark-compare-fail=min:100%"]
 
     slowed = run_benchmark(tmp_path, *gate, "--slow-inner-loop=5")  # far beyond noise, even on a busy machine
     assert slowed.returncode != 0
