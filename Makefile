@@ -22,13 +22,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 setup: $(STAMP)
 
-# The benchmark gate: fails if a hot path (MAML meta-steps, ProtoNet evaluation; seconds each,
-# 4-10% run-to-run noise here) is 25% slower on the mean than the committed baseline. The
-# millisecond benchmarks (sampler, one inner loop) vary by up to 40% between quiet runs here,
-# so they are reported, not gated. Runs first, so the log ends with the test suite's summary.
+# The benchmark gate: fails if a hot path (MAML meta-steps, ProtoNet evaluation; seconds each)
+# is 50% slower on the mean than the committed baseline. Measured here: 4-10% between two quiet
+# runs, but up to 28% between the baseline run and a fresh-clone CI run, so 25% flaked; a real
+# regression such as the 5x slowed inner loop of tests/test_benchmark_gate.py is far beyond 50%.
+# The millisecond benchmarks (sampler, one inner loop) vary by up to 40%: reported, not gated. Runs first, so the log ends with the test suite's summary.
 BENCH := $(BIN)/python -m pytest benchmarks -q -p no:cacheprovider --benchmark-storage=file://benchmarks/baseline \
 	--benchmark-columns=min,mean,stddev,rounds --benchmark-sort=name
-GATE := $(BENCH) -k "meta_step or protonet_evaluation or peer" --benchmark-compare=0001 --benchmark-compare-fail=mean:25%
+GATE := $(BENCH) -k "test_maml_meta_step or protonet_evaluation or peer" --benchmark-compare=0001 --benchmark-compare-fail=mean:50%
 
 test: $(STAMP)
 	$(GATE)
@@ -36,7 +37,7 @@ test: $(STAMP)
 
 benchmarks: $(STAMP)
 	$(GATE)
-	$(BENCH) -k "not meta_step and not protonet_evaluation" --benchmark-compare=0001
+	$(BENCH) -k "inner_loop_of_one_task or sampler" --benchmark-compare=0001
 
 # Record a new baseline (on a quiet machine; commit benchmarks/baseline/)
 benchmark-baseline: $(STAMP)
