@@ -111,8 +111,7 @@ def build(config: CifarConfig, raw_dir: Path, data_dir: Path, progress=None) -> 
             raise MetabenchError(f"{path} is not valid JSON ({error}); delete it and fetch again") from error
         classes = _classes_of(config.split, listing, superclass, path)
         arrays = [images[cls] for cls in classes]
-        offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
-        splits[part] = store.Split(np.concatenate(arrays), offsets, classes, [superclass[c] for c in classes])
+        splits[part] = store.Split.from_classes(arrays, classes, [superclass[c] for c in classes])
     info = {"source": config.source, "source_checksums": {ARCHIVE: config.checksum}, "split": config.split,
             "preprocessing": "none: CIFAR-100 32x32 RGB, official train and test images pooled per class"}
     dataset = store.Dataset(config.split, splits, info)

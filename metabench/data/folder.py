@@ -81,9 +81,7 @@ def build(config: FolderConfig, data_dir: Path, progress=None) -> store.Dataset:
             arrays.append(np.stack([decode(f.read_bytes(), str(f), config.image_size, config.mode) for f in files]))
             if progress:
                 progress(1)
-        offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
-        splits[part] = store.Split(np.concatenate(arrays), offsets, [c for _, c, _ in picked],
-                                   [sup or name for sup, name, _ in picked])
+        splits[part] = store.Split.from_classes(arrays, [c for _, c, _ in picked], [sup or name for sup, name, _ in picked])
     info = {"source": str(config.source), "split_by": config.split_by, "fractions": config.fractions, "seed": config.seed,
             "preprocessing": f"{config.mode}, Lanczos resize to {config.image_size}x{config.image_size}"}
     dataset = store.Dataset(config.name, splits, info)

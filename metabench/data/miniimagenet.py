@@ -105,7 +105,7 @@ def _from_jpeg(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) 
             arrays.append(np.stack([decode(source.read(n), n, config.image_size) for n in names]))
             if progress:
                 progress(1)
-        splits[part] = _split(arrays, list(classes))
+        splits[part] = store.Split.from_classes(arrays, list(classes), list(classes))
     return splits
 
 
@@ -130,13 +130,8 @@ def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress
             arrays.append(chosen)
             if progress:
                 progress(1)
-        splits[part] = _split(arrays, list(classes))
+        splits[part] = store.Split.from_classes(arrays, list(classes), list(classes))
     return splits
-
-
-def _split(arrays: list[np.ndarray], names: list[str]) -> store.Split:
-    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
-    return store.Split(np.concatenate(arrays), offsets, names, names)
 
 
 def build(config: MiniImageNetConfig, raw_dir: Path, data_dir: Path, progress=None) -> store.Dataset:

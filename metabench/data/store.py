@@ -49,6 +49,12 @@ class Split:
     class_names: list[str]
     groups: list[str]  # alphabet / superclass of each class
 
+    @classmethod
+    def from_classes(cls, arrays: list[np.ndarray], names: list[str], groups: list[str]) -> "Split":
+        """One split from per-class image arrays (each (n_c, H, W, C)), in the given order."""
+        offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
+        return cls(np.concatenate(arrays), offsets, names, groups)
+
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise ValueError(f"images must be uint8 (n, H, W, C), got {self.images.dtype} {self.images.shape}")

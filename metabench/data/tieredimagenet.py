@@ -112,8 +112,7 @@ def build(config: TieredImageNetConfig, raw_dir: Path, data_dir: Path, progress=
             arrays.append(np.stack([decode(data, f"{synset}/{name}", config.image_size) for name, data in files]))
             if progress:
                 progress(1)
-        offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
-        splits[part] = store.Split(np.concatenate(arrays), offsets, list(classes), list(classes.values()))
+        splits[part] = store.Split.from_classes(arrays, list(classes), list(classes.values()))
     info = {"source": config.source, "split": "ren2018", "max_per_class": config.max_per_class,
             "preprocessing": f"RGB, Lanczos resize to {config.image_size}x{config.image_size}"}
     dataset = store.Dataset("tieredimagenet", splits, info)
