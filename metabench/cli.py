@@ -81,8 +81,13 @@ def fetch(
     location: Optional[str] = typer.Option(None, "--from", help="Where the data is: Omniglot's URL prefix or folder of zips; CIFAR's archive URL or path."),
     split: Optional[str] = typer.Option(None, help="Omniglot: 'lake' (background/evaluation) or 'vinyals'."),
     rotations: Optional[bool] = typer.Option(None, "--rotations/--no-rotations", help="Omniglot: add rotated classes."),
+    record: Optional[Path] = typer.Option(None, help="Also write the stored dataset's name, checksum and sizes to this JSON file."),
 ) -> None:
-    """Download (or generate) a dataset, verify it and convert it into the dataset store."""
+    """Download (or generate) a dataset, verify it and convert it into the dataset store.
+
+    ``--record`` lets a pipeline track a dataset kept in a store shared between pipelines: the
+    small JSON file is the stage's output, and it changes exactly when the stored data does.
+    """
     from metabench.config import load_params
     from metabench.data import fetch as fetch_dataset
 
@@ -100,6 +105,10 @@ def fetch(
         table.add_row(name, str(part.n_classes), str(len(part.images)), str(len(set(part.groups))))
     console.print(table)
     console.print(f"checksum {dataset.checksum}")
+    if record is not None:
+        sizes = {name: {"classes": part.n_classes, "images": len(part.images)} for name, part in dataset.splits.items()}
+        receipt = {"name": dataset.name, "checksum": dataset.checksum, "data_dir": str(data_dir), "splits": sizes}
+        record.write_text(json.dumps(receipt, indent=1) + "\n")
 
 
 def _selection(algorithm, dataset, ways, shots, seed, iterations=None, device=None, runs_dir=None, data_dir=None,

@@ -27,7 +27,8 @@ class RunConfig:
     train_queries: int = 0  # query images per class in training episodes; 0: same as queries
     seed: int = 0  # initialisation and training-episode seed
     iterations: int = 1000  # outer updates; budgets are in iterations, never seconds
-    val_every: int = 100  # validate (and maybe checkpoint) every this many updates
+    val_every: int = 100  # validate, and save a resumable state, every this many updates
+    checkpoint_every: int = 0  # also save the resumable state every this many updates (0: only when validating)
     val_episodes: int = 200  # fixed validation episodes for checkpoint selection
     test_episodes: int = 600  # fixed test episodes (>= 600 for a reportable interval)
     episode_seed: int = 0  # seed of the fixed validation/test episodes, shared by all algorithms
@@ -46,6 +47,8 @@ class RunConfig:
 
         if self.augment not in AUGMENTATIONS:
             raise MetabenchError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.checkpoint_every < 0:
+            raise MetabenchError(f"checkpoint_every must be 0 (only when validating) or more, got {self.checkpoint_every}")
         if self.train_queries < 0:
             raise MetabenchError(f"train_queries must be 0 (same as queries) or more, got {self.train_queries}")
         for name in ("ways", "shots", "queries", "iterations", "val_every", "val_episodes", "test_episodes"):

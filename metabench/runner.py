@@ -62,7 +62,7 @@ def code_version() -> str:
 
 def _fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
     """What must match for a saved state to be resumed (a larger ``iterations`` extends a run)."""
-    ignored = ("device", "data_dir", "runs_dir", "test_episodes", "iterations")
+    ignored = ("device", "data_dir", "runs_dir", "test_episodes", "iterations", "checkpoint_every")
     keep = {k: v for k, v in config.to_dict().items() if k not in ignored}
     return {"config": keep, "dataset": dataset.checksum, "code": code_version()}
 
@@ -96,6 +96,7 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     best = {"val_accuracy": -1.0, "iteration": 0}
     best_weights = None
     elapsed = 0.0
+    logged = 0  # rows of history already sent to the tracker
     if state_path.is_file():
         saved = checkpoint.load(state_path)
         if saved["fingerprint"] != fingerprint:
@@ -111,7 +112,7 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
             rng.bit_generator.state = saved["numpy_rng"]
             torch.set_rng_state(saved["torch_rng"])
             start, history, validations, best = saved["iteration"], saved["history"], saved["validations"], saved["best"]
-            best_weights, elapsed = saved["best_weights"], saved["elapsed"]
+            best_weights, elapsed, logged = saved["best_weights"], saved["elapsed"], saved["logged"]
 
     meta = {
         "algorithm": config.algorithm,
@@ -124,7 +125,6 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     (run_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")  # the fully resolved settings
     tracker = Tracker(run_dir)
     tracker.start(config.run_id, meta, run_tags(meta, dataset.checksum, str(device)), resume=start > 0)
-    logged = len(history)
     clock = time.perf_counter()
     for iteration in range(start + 1, config.iterations + 1):
         indices = sample_indices(train_split, train_spec, algorithm.episodes_per_step, rng)
@@ -142,7 +142,8 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
         history.append({"iteration": iteration, **metrics})
         if progress:
             progress("train", iteration, config.iterations)
-        if iteration % config.val_every == 0 or iteration == config.iterations:
+        validating = iteration % config.val_every == 0 or iteration == config.iterations
+        if validating:
             val_accuracy = float(episode_accuracies(algorithm, val_bank, val_episodes).mean())
             validations.append({"iteration": iteration, "val_accuracy": val_accuracy})
             if progress:
@@ -152,13 +153,15 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
             if val_accuracy > best["val_accuracy"]:
                 best = {"val_accuracy": val_accuracy, "iteration": iteration}
                 best_weights = copy.deepcopy(algorithm.state_dict())
+        if validating or (config.checkpoint_every and iteration % config.checkpoint_every == 0):
             now = time.perf_counter()
             elapsed += now - clock
             clock = now
             checkpoint.save_atomic(
                 {"fingerprint": fingerprint, "algorithm": algorithm.state_dict(), "numpy_rng": rng.bit_generator.state,
                  "torch_rng": torch.get_rng_state(), "iteration": iteration, "history": history,
-                 "validations": validations, "best": best, "best_weights": best_weights, "elapsed": elapsed},
+                 "validations": validations, "best": best, "best_weights": best_weights, "elapsed": elapsed,
+                 "logged": logged},
                 state_path,
             )
     checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)

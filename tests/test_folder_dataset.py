@@ -61,3 +61,30 @@ def test_bad_folders_give_clear_errors(tmp_path):
     (root / "class03" / "9.png").write_bytes(b"not really a png")
     with pytest.raises(MetabenchError, match="9.png cannot be read as an image"):
         fetch("folder", {"source": str(root)}, tmp_path / "data")
+
+
+def test_fetch_record_holds_the_stored_checksum_and_changes_with_the_data(tmp_path):
+    """The receipt a profile pipeline tracks (``metabench fetch --record``) changes exactly when the data does."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from metabench.cli import app
+
+    make_tree(tmp_path / "mine")
+    (tmp_path / "params.yaml").write_text(f"data:\n  folder:\n    source: {tmp_path / 'mine'}\n    image_size: 8\n")
+    record = tmp_path / "dataset.json"
+    command = ["fetch", "folder", "--params", str(tmp_path / "params.yaml"), "--data-dir", str(tmp_path / "data"), "--record", str(record)]
+
+    def fetch_receipt():
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.output
+        return json.loads(record.read_text())
+
+    first = fetch_receipt()
+    stored = store.load("folder", tmp_path / "data", verify=True)
+    assert first["checksum"] == stored.checksum
+    assert sum(part["classes"] for part in first["splits"].values()) == 10
+    assert fetch_receipt() == first
+    Image.new("L", (30, 20), 255).save(tmp_path / "mine" / "class03" / "0.png")
+    assert fetch_receipt()["checksum"] != first["checksum"]

@@ -56,7 +56,14 @@ def run_files(run_dir):
     return log, metrics
 
 
-def test_sigkill_at_a_random_moment_then_the_same_command_gives_identical_metrics(workdir, tmp_path_factory):
+# states saved at each validation (every 3 updates), or between validations (checkpoint_every 2, val_every 20)
+SAVING = {"at-validation": "  val_every: 3\n", "between-validations": "  val_every: 20\n  checkpoint_every: 2\n"}
+
+
+@pytest.mark.parametrize("saving", SAVING)
+def test_sigkill_at_a_random_moment_then_the_same_command_gives_identical_metrics(workdir, tmp_path_factory, saving):
+    params = PARAMS.replace("  val_every: 3\n", SAVING[saving])
+    (workdir / "params.yaml").write_text(params)
     train = ("train", "--algorithm", "protonet", "--seed", "4")
     evaluate = ("evaluate", "--algorithm", "protonet", "--seed", "4")
     run_dir = workdir / "runs" / "tiny-protonet-5w1s-seed4"
@@ -80,7 +87,7 @@ def test_sigkill_at_a_random_moment_then_the_same_command_gives_identical_metric
     # the uninterrupted reference, in a fresh directory
     reference_dir = tmp_path_factory.mktemp("reference")
     os.symlink(workdir / "data", reference_dir / "data")
-    (reference_dir / "params.yaml").write_text(PARAMS)
+    (reference_dir / "params.yaml").write_text(params)
     finish(reference_dir, *train)
     finish(reference_dir, *evaluate)
     reference_log, reference = run_files(reference_dir / "runs" / "tiny-protonet-5w1s-seed4")
