@@ -156,4 +156,3 @@ def test_unknown_hyper_parameter_and_algorithm_are_named(workdir):
     with pytest.raises(MetabenchError, match="choose one of .*protonet"):
         runner.invoke(app, ["train", "--algorithm", "mamll", "--data-dir", str(workdir / "data"),
                             "--params", str(workdir / "params.yaml")], catch_exceptions=False)
-
