@@ -17,6 +17,8 @@ from metabench.episodes import EpisodeIndices, ImageBank
 # Images per forward pass when filling the embedding cache. On CPU small batches keep the
 # activations in cache: Conv-4/64 embedding 11k 28×28 images took 8.3 s at 500, 4.4 s at 50.
 EMBED_BATCH = 50
+# Episodes scored together from the cache (bounds the gathered support/query embeddings' memory).
+SCORE_EPISODES = 100
 
 
 def episode_accuracies(algorithm: Algorithm, bank: ImageBank, episodes: EpisodeIndices, progress=None,
@@ -57,11 +59,12 @@ def cached_episode_accuracies(algorithm: EmbeddingAlgorithm, bank: ImageBank, ep
     labels = torch.arange(ways, device=cache.device)
     support_y, query_y = labels.repeat_interleave(shots), labels.repeat_interleave(queries)
     accuracies = np.empty(count)
-    for index in range(count):
-        logits = algorithm.predict_embedded(cache[support_rows[index]], support_y, cache[query_rows[index]], ways)
-        accuracies[index] = (logits.argmax(1) == query_y).double().mean().item()
+    for start in range(0, count, SCORE_EPISODES):
+        chunk = slice(start, min(start + SCORE_EPISODES, count))
+        logits = algorithm.predict_embedded_episodes(cache[support_rows[chunk]], support_y, cache[query_rows[chunk]], ways)
+        accuracies[chunk] = (logits.argmax(-1) == query_y).double().mean(-1).cpu().numpy()
         if progress:
-            progress(1)
+            progress(chunk.stop - chunk.start)
     algorithm.train(True)
     return accuracies
 

@@ -7,6 +7,7 @@ import torch
 from metabench.algorithms import REGISTRY, TaskShape, build_algorithm
 from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import EpisodeSpec, ImageBank, sample_indices
+from metabench import evaluation
 from metabench.evaluation import episode_accuracies
 from tests.conftest import tiny_split
 
@@ -20,7 +21,8 @@ def test_every_non_transductive_algorithm_with_a_frozen_body_uses_the_cache():
 
 @pytest.mark.parametrize("name", EMBEDDING)
 @pytest.mark.parametrize("shots", [1, 3])
-def test_cached_accuracies_equal_per_episode_accuracies(name, shots):
+def test_cached_accuracies_equal_per_episode_accuracies(name, shots, monkeypatch):
+    monkeypatch.setattr(evaluation, "SCORE_EPISODES", 5)  # 12 episodes: scored in chunks of 5, 5 and 2
     split = tiny_split(10, 12, size=16, seed=4)
     bank = ImageBank(split)
     episodes = sample_indices(split, EpisodeSpec(4, shots, 3), 12, np.random.default_rng(0))

@@ -127,6 +127,16 @@ class EmbeddingAlgorithm(Algorithm):
                          ways: int) -> torch.Tensor:
         """Query logits (n_query, ways) from support and query embeddings."""
 
+    def predict_embedded_episodes(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
+                                  ways: int) -> torch.Tensor:
+        """Query logits (E, n_query, ways) of E episodes with the same labels: support (E, n_support, …).
+
+        One episode at a time by default. A method whose head is a few tensor operations scores
+        all episodes at once instead: 600 small per-episode calls cost about a third of the
+        cached evaluation of Prototypical Networks on CPU.
+        """
+        return torch.stack([self.predict_embedded(s, support_y, q, ways) for s, q in zip(support, query)])
+
     @torch.no_grad()
     def predict(self, support_x, support_y, query_x, ways):
         return self.predict_embedded(self.embed(support_x), support_y, self.embed(query_x), ways)

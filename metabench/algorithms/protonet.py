@@ -35,13 +35,14 @@ class ProtoNetHyper:
 
 
 def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
-    """Mean embedding per class: (ways, D)."""
+    """Mean embedding per class: (ways, D), or (E, ways, D) for embeddings of E episodes (E, n, D)."""
     one_hot = F.one_hot(labels, ways).to(embeddings.dtype)
     return (one_hot.T @ embeddings) / one_hot.sum(0, keepdim=True).T
 
 
 def prototype_logits(support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int) -> torch.Tensor:
-    """Negative squared Euclidean distance from each query embedding to each prototype."""
+    """Negative squared Euclidean distance from each query embedding to each prototype (batched over
+    leading episode dimensions like ``prototypes``)."""
     centres = prototypes(support, support_y, ways)
     return -torch.cdist(query, centres).pow(2)
 
@@ -71,4 +72,7 @@ class ProtoNet(EmbeddingAlgorithm):
         return self.body(x)
 
     def predict_embedded(self, support, support_y, query, ways):
+        return prototype_logits(support, support_y, query, ways)
+
+    def predict_embedded_episodes(self, support, support_y, query, ways):
         return prototype_logits(support, support_y, query, ways)
