@@ -48,9 +48,15 @@ def fixed_threads():
     torch.set_num_threads(2)  # the machine the baseline was recorded on; see README
 
 
-def conv4_classifier(seed: int = 0) -> Classifier:
+def conv4_classifier(seed: int = 0, textbook: bool = False) -> Classifier:
+    """metabench's Conv-4 classifier; ``textbook``: the same network with each block in the
+    papers' order (conv, batch norm, ReLU, max-pool), as a user of a peer library writes it.
+    metabench pools before the ReLU (the same function, bitwise; ``models.conv4.conv_block``)."""
     torch.manual_seed(seed)
     body = Conv4(in_channels=1, hidden=64, track_running_stats=False)
+    if textbook:
+        for block in body.blocks:
+            block[2], block[3] = block[3], block[2]
     return Classifier(body, body.out_features(SIZE), WAYS)
 
 

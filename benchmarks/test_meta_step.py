@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import higher
 import pytest
 import torch
@@ -18,6 +20,16 @@ def ours(model, batch, first_order: bool):
     for i in range(len(batch.support_x)):
         task = (batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i])
         loss, _ = maml.query_loss(model, params, task, 1, 0.4, first_order)
+        (loss / len(batch.support_x)).backward()
+
+
+def ours_compiled(model, batch, loss_fn):
+    """First-order MAML with each task's loss through torch.compile (``compile: true``)."""
+    model.zero_grad(set_to_none=True)
+    params = dict(model.named_parameters())
+    for i in range(len(batch.support_x)):
+        task = (batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i])
+        loss, _ = maml.query_loss(model, params, task, 1, 0.4, True, loss_fn)
         (loss / len(batch.support_x)).backward()
 
 
@@ -45,9 +57,18 @@ def with_higher(model, batch, first_order: bool):
 @pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
 @pytest.mark.parametrize("implementation", [ours, with_higher], ids=["metabench", "higher"])
 def test_maml_meta_step(benchmark, task_batch, implementation, first_order):
-    model = conv4_classifier()
+    model = conv4_classifier(textbook=implementation is with_higher)
     benchmark.extra_info.update({"meta_batch": len(task_batch.support_x), "first_order": first_order})
     benchmark.pedantic(implementation, args=(model, task_batch, first_order), rounds=3, warmup_rounds=1)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_fomaml_compiled_meta_step(benchmark, task_batch):
+    """The opt-in compiled first-order path; compilation (about a minute) happens in the warm-up round."""
+    model = conv4_classifier()
+    loss_fn = torch.compile(functools.partial(maml.loss_and_logits, model), dynamic=False)
+    benchmark.extra_info.update({"meta_batch": len(task_batch.support_x), "first_order": True})
+    benchmark.pedantic(ours_compiled, args=(model, task_batch, loss_fn), rounds=3, warmup_rounds=1)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
@@ -67,7 +88,7 @@ def test_peer_computes_the_same_meta_gradient(task_batch, first_order):
                              task_batch.ways)
     grads = []
     for implementation in (ours, with_higher):
-        model = conv4_classifier().double()
+        model = conv4_classifier(textbook=implementation is with_higher).double()
         implementation(model, batch, first_order)
         grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)

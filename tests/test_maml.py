@@ -67,3 +67,65 @@ def test_adapt_takes_plain_sgd_steps_on_a_linear_model():
     probabilities = torch.softmax(x @ params["weight"].detach().T, dim=1)
     gradient = (probabilities - F.one_hot(y, 3).double()).T @ x / len(x)
     torch.testing.assert_close(adapted["weight"].detach(), params["weight"].detach() - 0.5 * gradient)
+
+
+def textbook_order(model):
+    """The same network with each block in the papers' order: conv, batch norm, ReLU, max-pool."""
+    import copy
+
+    textbook = copy.deepcopy(model)
+    for block in textbook.body.blocks:
+        assert isinstance(block[2], torch.nn.MaxPool2d) and isinstance(block[3], torch.nn.ReLU)
+        block[2], block[3] = block[3], block[2]
+    return textbook
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
+def test_pooling_before_relu_gives_bitwise_the_papers_block(first_order):
+    """Conv-4 pools before its ReLU (a quarter of the ReLU work); outputs and meta-gradients are bitwise equal."""
+    from metabench.models import Classifier, Conv4
+
+    torch.manual_seed(0)
+    body = Conv4(in_channels=1, hidden=16, track_running_stats=False)
+    ours = Classifier(body, body.out_features(28), 5)
+    papers = textbook_order(ours)
+    generator = torch.Generator().manual_seed(3)
+    task = (torch.randn(5, 1, 28, 28, generator=generator), torch.arange(5),
+            torch.randn(25, 1, 28, 28, generator=generator), torch.arange(5).repeat_interleave(5))
+    assert torch.equal(ours(task[2]), papers(task[2]))
+    gradients = []
+    for model in (ours, papers):
+        params = dict(model.named_parameters())
+        loss, _ = query_loss(model, params, task, 2, 0.4, first_order)
+        gradients.append(torch.autograd.grad(loss, list(params.values())))
+    assert all(torch.equal(a, b) for a, b in zip(*gradients))
+
+
+def test_compiled_first_order_path_gives_the_eager_meta_gradient():
+    """``compile: true`` (torch.compile of each task's loss) against the eager loop, float64, two tasks."""
+    from metabench.algorithms import TaskShape, build_algorithm
+    from metabench.episodes import Episode
+
+    generator = torch.Generator().manual_seed(5)
+    tasks = [Episode(torch.rand(6, 1, 16, 16, generator=generator, dtype=torch.float64), torch.arange(3).repeat(2),
+                     torch.rand(9, 1, 16, 16, generator=generator, dtype=torch.float64), torch.arange(3).repeat(3), 3)
+             for _ in range(2)]
+    gradients = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        algorithm = build_algorithm("fomaml", {"hidden": 8, "meta_batch": 2, "compile": compiled},
+                                    TaskShape(channels=1, image_size=16, train_ways=3, test_ways=3), torch.device("cpu"))
+        algorithm.model.double()
+        for task in tasks:
+            (algorithm.episode_loss(task)[0] / 2).backward()
+        gradients.append(torch.cat([p.grad.reshape(-1) for p in algorithm.model.parameters()]))
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-10, atol=1e-12)
+    assert gradients[0].abs().max() > 1e-3
+
+
+def test_compile_needs_first_order():
+    from metabench import MetabenchError
+    from metabench.algorithms import TaskShape, build_algorithm
+
+    with pytest.raises(MetabenchError, match="first_order"):
+        build_algorithm("maml", {"compile": True}, TaskShape(1, 16, 3, 3), torch.device("cpu"))
