@@ -208,7 +208,7 @@ def predict(
 
 @app.command()
 def profile(
-    algorithm: Optional[str] = typer.Option(None, help="Registered algorithm."),
+    algorithm: Optional[str] = typer.Option(None, help="Registered algorithm; default: every algorithm × shots of params.yaml's leaderboard."),
     dataset: Optional[str] = typer.Option(None, help="Stored dataset name."),
     ways: Optional[int] = typer.Option(None, help="Classes per test episode."),
     shots: Optional[int] = typer.Option(None, help="Support images per class."),
@@ -218,15 +218,37 @@ def profile(
     hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
     params: Path = PARAMS,
 ) -> None:
-    """Measure what a method costs: meta-train steps/s, adaptation tasks/s, GFLOP/s, peak memory."""
+    """Measure what a method costs: meta-train steps/s, adaptation tasks/s, GFLOP/s, peak memory.
+
+    Without ``--algorithm``, profiles every algorithm and shot count of the leaderboard in
+    params.yaml in one process (what the pipeline's profile stages do one at a time).
+    """
+    from metabench.config import load_params
     from metabench.profiling import profile_run, write_profile
 
-    config = _run_config(params, _selection(algorithm, dataset, ways, shots, 0, None, device, None, data_dir), hp)
-    with console.status(f"profiling {config.algorithm} on {config.dataset} {config.ways}-way {config.shots}-shot"):
-        result = profile_run(config)
-    path = out or Path("profiles") / f"{config.dataset}-{config.algorithm}-{config.ways}w{config.shots}s.json"
-    write_profile(result, path)
-    console.print_json(json.dumps(result))
+    if algorithm is None:
+        board = load_params(params).get("leaderboard") or {}
+        if not board.get("algorithms"):
+            raise MetabenchError(f"{params} has no leaderboard.algorithms; pass --algorithm")
+        if out is not None:
+            raise MetabenchError("--out needs --algorithm (one profile); without it each profile goes to profiles/")
+        selection = [(a, k) for a in board["algorithms"] for k in ([shots] if shots else board.get("shots", [1]))]
+    else:
+        selection = [(algorithm, shots)]
+    with _progress() as progress:
+        task = progress.add_task("profile", total=len(selection))
+        for name, count in selection:
+            config = _run_config(params, _selection(name, dataset, ways, count, 0, None, device, None, data_dir), hp)
+            progress.update(task, description=f"profile {config.algorithm} {config.ways}-way {config.shots}-shot")
+            result = profile_run(config)
+            path = out or Path("profiles") / f"{config.dataset}-{config.algorithm}-{config.ways}w{config.shots}s.json"
+            write_profile(result, path)
+            progress.advance(task)
+            if len(selection) == 1:
+                console.print_json(json.dumps(result))
+            else:
+                console.print(f"{path}: {result['meta_train_tasks_per_second']:.1f} meta-train tasks/s, "
+                              f"{result['evaluation_episodes_per_second']:.1f} eval episodes/s")
 
 
 @app.command()

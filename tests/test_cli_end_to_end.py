@@ -156,3 +156,19 @@ def test_unknown_hyper_parameter_and_algorithm_are_named(workdir):
     with pytest.raises(MetabenchError, match="choose one of .*protonet"):
         runner.invoke(app, ["train", "--algorithm", "mamll", "--data-dir", str(workdir / "data"),
                             "--params", str(workdir / "params.yaml")], catch_exceptions=False)
+
+
+def test_profile_without_an_algorithm_profiles_the_whole_leaderboard(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(
+        "leaderboard:\n  algorithms: [protonet, fomaml]\n  shots: [1, 2]\n  seeds: [0]\n"
+        "run:\n  dataset: tiny\n  queries: 3\nalgorithms:\n  protonet:\n    hyper: {hidden: 8}\n"
+        "  fomaml:\n    hyper: {hidden: 8, meta_batch: 2}\n"
+    )
+    run_cli("profile", "--params", "params.yaml", "--data-dir", str(tmp_path / "data"))
+    written = sorted(p.name for p in (tmp_path / "profiles").iterdir())
+    assert written == ["tiny-fomaml-5w1s.json", "tiny-fomaml-5w2s.json", "tiny-protonet-5w1s.json", "tiny-protonet-5w2s.json"]
+    profile = json.loads((tmp_path / "profiles" / "tiny-fomaml-5w2s.json").read_text())
+    assert profile["shots"] == 2 and profile["meta_batch"] == 2 and profile["meta_train_tasks_per_second"] > 0
+    result = runner.invoke(app, ["profile", "--params", "params.yaml", "--out", "x.json"])
+    assert result.exit_code != 0 and "--out needs --algorithm" in str(result.exception)
