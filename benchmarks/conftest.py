@@ -23,6 +23,13 @@ from metabench.models import Classifier, Conv4
 WAYS, SHOTS, QUERIES, META_BATCH, SIZE = 5, 1, 15, 32, 28
 
 
+def pytest_configure(config):
+    """Measure what the command line runs: it applies these allocator settings at start."""
+    from metabench.allocator import keep_freed_memory
+
+    keep_freed_memory()
+
+
 def pytest_addoption(parser):
     parser.addoption("--slow-inner-loop", type=float, default=1.0,
                      help="test-only: make MAML's inner loop this many times slower")

@@ -327,6 +327,9 @@ def algorithms_command() -> None:
 
 
 def main() -> None:
+    from metabench.allocator import keep_freed_memory
+
+    keep_freed_memory()  # CPU speed: reuse freed activation buffers (see metabench/allocator.py)
     try:
         app()
     except MetabenchError as error:

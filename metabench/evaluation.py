@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from metabench import stats
 from metabench.algorithms import Algorithm
@@ -17,6 +20,8 @@ from metabench.episodes import EpisodeIndices, ImageBank
 # Images per forward pass when filling the embedding cache. On CPU small batches keep the
 # activations in cache: Conv-4/64 embedding 11k 28×28 images took 8.3 s at 500, 4.4 s at 50.
 EMBED_BATCH = 50
+# Memory layout of the images and weights while the cache is filled (see ``inference_form``).
+CACHE_LAYOUT = torch.channels_last
 # Episodes scored together from the cache (bounds the gathered support/query embeddings' memory).
 SCORE_EPISODES = 100
 
@@ -49,8 +54,10 @@ def cached_episode_accuracies(algorithm: EmbeddingAlgorithm, bank: ImageBank, ep
     algorithm.train(False)
     distinct, position = np.unique(np.concatenate([episodes.support.ravel(), episodes.query.ravel()]),
                                    return_inverse=True)
-    cache = torch.cat([algorithm.embed(bank.batch(distinct[start : start + EMBED_BATCH]))
-                       for start in range(0, len(distinct), EMBED_BATCH)])
+    networks = [part for part in algorithm.modules().values() if isinstance(part, nn.Module)]
+    with inference_form(networks):
+        cache = torch.cat([algorithm.embed(bank.batch(distinct[start : start + EMBED_BATCH]).contiguous(memory_format=CACHE_LAYOUT))
+                           for start in range(0, len(distinct), EMBED_BATCH)])
     n_support = episodes.support.size
     support_rows = torch.from_numpy(position[:n_support].reshape(len(episodes), -1)).to(cache.device)
     query_rows = torch.from_numpy(position[n_support:].reshape(len(episodes), -1)).to(cache.device)
@@ -67,6 +74,43 @@ def cached_episode_accuracies(algorithm: EmbeddingAlgorithm, bank: ImageBank, ep
             progress(chunk.stop - chunk.start)
     algorithm.train(True)
     return accuracies
+
+
+@contextlib.contextmanager
+def inference_form(networks: list[nn.Module]):
+    """Within the block, ``networks`` run in a faster form of the same function: the frozen
+    body that fills the embedding cache.
+
+    * Each convolution followed by an evaluation-mode batch norm (running statistics) in an
+      ``nn.Sequential`` runs as one convolution: a frozen batch norm is an affine map per
+      channel, so it folds into the convolution's weights and bias
+      (``torch.nn.utils.fuse_conv_bn_eval``).
+    * Weights (and the images, see ``CACHE_LAYOUT``) are channels-last, where this CPU's
+      convolution and max-pooling kernels are vectorised: Conv-4/64 embedding 11,100 28×28
+      images took 1.24 s instead of 3.56 s here (for training it was slower).
+
+    Outputs equal the plain form's up to float rounding (tested). On exit the original layers
+    and memory layout are back.
+    """
+    pairs = []
+    for network in networks:
+        for block in network.modules():
+            if isinstance(block, nn.Sequential):
+                pairs += [(block, i) for i in range(len(block) - 1)
+                          if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.BatchNorm2d)
+                          and not block[i + 1].training and block[i + 1].running_mean is not None]
+    originals = [(block[i], block[i + 1]) for block, i in pairs]
+    try:
+        for block, i in pairs:
+            block[i], block[i + 1] = fuse_conv_bn_eval(block[i], block[i + 1]), nn.Identity()
+        for network in networks:
+            network.to(memory_format=CACHE_LAYOUT)
+        yield
+    finally:
+        for (block, i), (conv, norm) in zip(pairs, originals):
+            block[i], block[i + 1] = conv, norm
+        for network in networks:
+            network.to(memory_format=torch.contiguous_format)
 
 
 def summarise(accuracies: np.ndarray) -> dict[str, float]:

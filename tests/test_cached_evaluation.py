@@ -38,3 +38,28 @@ def test_cached_accuracies_equal_per_episode_accuracies(name, shots, monkeypatch
     cached = episode_accuracies(algorithm, bank, episodes, cached=True)
     np.testing.assert_array_equal(cached, per_episode)
     assert len(set(per_episode)) > 1 or per_episode[0] not in (0.0, 1.0)  # not a degenerate all-equal case
+
+
+def test_inference_form_embeds_the_same_and_restores_the_network():
+    from metabench.evaluation import CACHE_LAYOUT, inference_form
+
+    task = TaskShape(channels=1, image_size=16, train_ways=4, test_ways=4, train_classes=10)
+    torch.manual_seed(0)
+    algorithm = build_algorithm("protonet", {"hidden": 8}, task, torch.device("cpu"))
+    for norm in (m for m in algorithm.body.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.weight.data.uniform_(-2, 2)
+    algorithm.train(False)
+    x = torch.rand(7, 1, 16, 16)
+    with torch.no_grad():
+        plain = algorithm.embed(x)
+        before = [type(m) for m in algorithm.body.modules()]
+        with inference_form([algorithm.body]):
+            assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in algorithm.body.modules())
+            folded = algorithm.embed(x.contiguous(memory_format=CACHE_LAYOUT))
+        assert [type(m) for m in algorithm.body.modules()] == before
+        assert all(p.is_contiguous() for p in algorithm.body.parameters())
+        torch.testing.assert_close(folded, plain, rtol=1e-5, atol=1e-5)
+        assert torch.equal(algorithm.embed(x), plain)
+    algorithm.train(True)
+    with inference_form([algorithm.body]):  # training-mode batch norm is never folded
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in algorithm.body.modules())
