@@ -63,3 +63,19 @@ def test_inference_form_embeds_the_same_and_restores_the_network():
     algorithm.train(True)
     with inference_form([algorithm.body]):  # training-mode batch norm is never folded
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in algorithm.body.modules())
+
+
+@pytest.mark.parametrize("name", ["protonet", "metaoptnet", "baselinepp"])
+def test_cached_accuracies_equal_per_episode_with_resnet12(name):
+    """The inference form (channels-last; ResNet-12's batch norms are not in Sequential pairs) on RGB images."""
+    split = tiny_split(8, 10, size=20, seed=6, channels=3)
+    bank = ImageBank(split)
+    episodes = sample_indices(split, EpisodeSpec(4, 2, 3), 10, np.random.default_rng(1))
+    torch.manual_seed(0)
+    hyper = {"backbone": "resnet12", "hidden": 4, **({"finetune_epochs": 2} if "baseline" in name else {})}
+    algorithm = build_algorithm(name, hyper, TaskShape(3, 20, 4, 4, train_classes=8), torch.device("cpu"))
+    train = sample_indices(split, EpisodeSpec(4, 2, 3), 2, np.random.default_rng(2))
+    for index in range(2):
+        algorithm.meta_train_step(bank.episodes(train[index : index + 1]))
+    np.testing.assert_array_equal(episode_accuracies(algorithm, bank, episodes, cached=True),
+                                  episode_accuracies(algorithm, bank, episodes, cached=False))
