@@ -46,7 +46,7 @@ class MAMLHyper:
     test_inner_steps: int = 3  # inner steps at evaluation (paper, Omniglot: 3)
     meta_batch: int = 32  # tasks per outer update (paper, Omniglot 5-way: 32)
     first_order: bool = False  # drop second-order terms (FOMAML)
-    # first order only: run each task's loss through torch.compile (1.3x per meta-step on this
+    # first order only: run each task's loss through torch.compile (1.3-1.4x per meta-step on this
     # CPU, about a minute of compilation per process; float-rounding differences only)
     compile: bool = False
     backbone: str = "conv4"
