@@ -92,7 +92,6 @@ def profile_run(config: RunConfig, steps: int = 5, episodes: int = 20) -> dict:
     # evaluation as the evaluator runs it (from the embedding cache where the method allows it):
     # on `episodes` episodes, then on 5x as many when that is quick (where the cache shows its
     # worth); a slow per-episode method's rate is already steady on the first count
-    evaluation_seconds = float("inf")
     for count in (episodes, 5 * episodes):
         evaluation = sample_indices(test, EpisodeSpec(config.ways, config.shots, config.queries), count, rng)
         start = time.perf_counter()

@@ -96,7 +96,6 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     best = {"val_accuracy": -1.0, "iteration": 0}
     best_weights = None
     elapsed = 0.0
-    logged = 0  # rows of history already sent to the tracker
     if state_path.is_file():
         saved = checkpoint.load(state_path)
         if saved["fingerprint"] != fingerprint:
@@ -112,7 +111,7 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
             rng.bit_generator.state = saved["numpy_rng"]
             torch.set_rng_state(saved["torch_rng"])
             start, history, validations, best = saved["iteration"], saved["history"], saved["validations"], saved["best"]
-            best_weights, elapsed, logged = saved["best_weights"], saved["elapsed"], saved["logged"]
+            best_weights, elapsed = saved["best_weights"], saved["elapsed"]
 
     meta = {
         "algorithm": config.algorithm,
@@ -125,6 +124,8 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     (run_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")  # the fully resolved settings
     tracker = Tracker(run_dir)
     tracker.start(config.run_id, meta, run_tags(meta, dataset.checksum, str(device)), resume=start > 0)
+    # history holds one row per update from iteration 1; rows go to the tracker at each validation
+    logged = validations[-1]["iteration"] if validations else 0
     clock = time.perf_counter()
     for iteration in range(start + 1, config.iterations + 1):
         indices = sample_indices(train_split, train_spec, algorithm.episodes_per_step, rng)
@@ -160,8 +161,7 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
             checkpoint.save_atomic(
                 {"fingerprint": fingerprint, "algorithm": algorithm.state_dict(), "numpy_rng": rng.bit_generator.state,
                  "torch_rng": torch.get_rng_state(), "iteration": iteration, "history": history,
-                 "validations": validations, "best": best, "best_weights": best_weights, "elapsed": elapsed,
-                 "logged": logged},
+                 "validations": validations, "best": best, "best_weights": best_weights, "elapsed": elapsed},
                 state_path,
             )
     checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)

@@ -74,5 +74,4 @@ class ProtoNet(EmbeddingAlgorithm):
     def predict_embedded(self, support, support_y, query, ways):
         return prototype_logits(support, support_y, query, ways)
 
-    def predict_embedded_episodes(self, support, support_y, query, ways):
-        return prototype_logits(support, support_y, query, ways)
+    predict_embedded_episodes = predict_embedded  # prototype_logits is batched over episodes
