@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -31,7 +30,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-PARAMS = typer.Option(Path("params.yaml"), "--params", help="YAML file with data/run/algorithms sections.")
+PARAMS = typer.Option(None, "--params", help="YAML file with data/run/algorithms sections (default: ./params.yaml if present).")
+HP = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable); a run with overrides gets its own folder.")
+TRAIN_QUERIES = typer.Option(None, help="Query images per class in training episodes (an override: the run gets its own folder).")
 
 
 def _progress() -> Progress:
@@ -41,42 +42,17 @@ def _progress() -> Progress:
     )
 
 
-def _parse_overrides(pairs: list[str]) -> dict:
-    values = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise MetabenchError(f"--hp expects key=value, got {pair!r}")
-        values[key] = yaml.safe_load(raw)
-    return values
+def _resolve(params_path: Optional[Path], selection: dict, overrides: dict | None = None, hp: list[str] = ()):
+    from metabench.config import load_params, parse_overrides, resolve_run
 
-
-def _run_config(params_path: Path, overrides: dict, hp: list[str]):
-    from metabench.config import RunConfig, load_params
-
-    params = load_params(params_path)
-    values = dict(params.get("run") or {})
-    algorithm = overrides.get("algorithm") or values.get("algorithm", RunConfig.algorithm)
-    section = dict((params.get("algorithms") or {}).get(algorithm) or {})
-    unknown_keys = sorted(set(section) - {"run", "hyper"})
-    if unknown_keys:
-        raise MetabenchError(f"{params_path}: algorithms.{algorithm} may only hold 'run' and 'hyper', not {', '.join(unknown_keys)}")
-    values.update(section.get("run") or {})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    hyper = dict(section.get("hyper") or {})
-    hyper.update(_parse_overrides(hp))
-    values["hyper"] = hyper
-    valid = set(RunConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - valid)
-    if unknown:
-        raise MetabenchError(f"{params_path}: run has no setting {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-    return RunConfig(**values)
+    where = str(params_path or "built-in defaults")
+    return resolve_run(load_params(params_path), selection, overrides, parse_overrides(list(hp)), where=where)
 
 
 @app.command()
 def fetch(
     source: str = typer.Argument(..., help="Dataset source: glyphs (embedded, no download), omniglot, cifar-fs or fc100."),
-    params: Path = PARAMS,
+    params: Optional[Path] = PARAMS,
     data_dir: Path = typer.Option(Path("data"), help="Where datasets are stored."),
     location: Optional[str] = typer.Option(None, "--from", help="Where the data is: Omniglot's URL prefix or folder of zips; CIFAR's archive URL or path."),
     split: Optional[str] = typer.Option(None, help="Omniglot: 'lake' (background/evaluation) or 'vinyals'."),
@@ -111,13 +87,6 @@ def fetch(
         record.write_text(json.dumps(receipt, indent=1) + "\n")
 
 
-def _selection(algorithm, dataset, ways, shots, seed, iterations=None, device=None, runs_dir=None, data_dir=None,
-               train_queries=None):
-    return {"algorithm": algorithm, "dataset": dataset, "ways": ways, "shots": shots, "seed": seed,
-            "iterations": iterations, "device": device, "runs_dir": runs_dir, "data_dir": data_dir,
-            "train_queries": train_queries}
-
-
 @app.command()
 def train(
     algorithm: Optional[str] = typer.Option(None, help="Registered algorithm, e.g. protonet, maml (see `metabench algorithms`)."),
@@ -126,17 +95,20 @@ def train(
     shots: Optional[int] = typer.Option(None, help="Support images per class."),
     seed: Optional[int] = typer.Option(None, help="Seed of initialisation and training episodes."),
     iterations: Optional[int] = typer.Option(None, help="Outer updates to run."),
-    train_queries: Optional[int] = typer.Option(None, help="Query images per class in training episodes."),
+    train_queries: Optional[int] = TRAIN_QUERIES,
     device: Optional[str] = typer.Option(None, help="auto (CUDA if present), cpu or cuda."),
     data_dir: Optional[str] = typer.Option(None, help="Dataset store directory."),
     runs_dir: Optional[str] = typer.Option(None, help="Where run outputs go."),
-    hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
-    params: Path = PARAMS,
+    hp: list[str] = HP,
+    force: bool = typer.Option(False, "--force", help="Retrain over a finished run that was trained with other settings or code."),
+    params: Optional[Path] = PARAMS,
 ) -> None:
     """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy."""
     from metabench.runner import train_run
 
-    config = _run_config(params, _selection(algorithm, dataset, ways, shots, seed, iterations, device, runs_dir, data_dir, train_queries), hp)
+    selection = {"algorithm": algorithm, "dataset": dataset, "ways": ways, "shots": shots, "seed": seed,
+                 "device": device, "runs_dir": runs_dir, "data_dir": data_dir}
+    config = _resolve(params, selection, {"iterations": iterations, "train_queries": train_queries}, hp)
     with _progress() as progress:
         task = progress.add_task(f"train {config.run_id}", total=config.iterations)
 
@@ -145,7 +117,7 @@ def train(
                 progress.update(task, description=f"train {config.run_id} ({phase})")
             progress.update(task, completed=done)
 
-        summary = train_run(config, show)
+        summary = train_run(config, show, force=force)
     console.print_json(json.dumps(summary))
 
 
@@ -159,13 +131,19 @@ def evaluate(
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
     data_dir: Optional[str] = typer.Option(None, help="Dataset store directory."),
     runs_dir: Optional[str] = typer.Option(None, help="Where run outputs are."),
-    hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
-    params: Path = PARAMS,
+    train_queries: Optional[int] = TRAIN_QUERIES,
+    hp: list[str] = HP,
+    params: Optional[Path] = PARAMS,
 ) -> None:
-    """Score a trained run on the fixed test episodes: mean accuracy and 95% interval."""
+    """Score a trained run on the fixed test episodes: mean accuracy and 95% interval.
+
+    The run is found as `train` placed it: give the same options and overrides.
+    """
     from metabench.runner import evaluate_run
 
-    config = _run_config(params, _selection(algorithm, dataset, ways, shots, seed, None, device, runs_dir, data_dir), hp)
+    selection = {"algorithm": algorithm, "dataset": dataset, "ways": ways, "shots": shots, "seed": seed,
+                 "device": device, "runs_dir": runs_dir, "data_dir": data_dir}
+    config = _resolve(params, selection, {"train_queries": train_queries}, hp)
     with _progress() as progress:
         task = progress.add_task(f"evaluate {config.run_id}", total=config.test_episodes)
         metrics = evaluate_run(config, lambda phase, done, total: progress.update(task, completed=done))
@@ -215,8 +193,8 @@ def profile(
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
     data_dir: Optional[str] = typer.Option(None, help="Dataset store directory."),
     out: Optional[Path] = typer.Option(None, help="JSON file to write (default profiles/<dataset>-<algorithm>-<W>w<K>s.json)."),
-    hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
-    params: Path = PARAMS,
+    hp: list[str] = HP,
+    params: Optional[Path] = PARAMS,
 ) -> None:
     """Measure what a method costs: meta-train steps/s, adaptation tasks/s, GFLOP/s, peak memory.
 
@@ -238,10 +216,12 @@ def profile(
     with _progress() as progress:
         task = progress.add_task("profile", total=len(selection))
         for name, count in selection:
-            config = _run_config(params, _selection(name, dataset, ways, count, 0, None, device, None, data_dir), hp)
+            selection = {"algorithm": name, "dataset": dataset, "ways": ways, "shots": count, "seed": 0,
+                         "device": device, "data_dir": data_dir}
+            config = _resolve(params, selection, None, hp)
             progress.update(task, description=f"profile {config.algorithm} {config.ways}-way {config.shots}-shot")
             result = profile_run(config)
-            path = out or Path("profiles") / f"{config.dataset}-{config.algorithm}-{config.ways}w{config.shots}s.json"
+            path = out or config.profile_path()
             write_profile(result, path)
             progress.advance(task)
             if len(selection) == 1:
@@ -278,22 +258,20 @@ def report(
     profiles_dir: Path = typer.Option(Path("profiles"), help="Where profile JSON files are."),
     out_dir: Path = typer.Option(Path("reports"), help="Where to write leaderboard.md/.html and figures."),
     data_dir: Path = typer.Option(Path("data"), help="Dataset store (for the pixel nearest-neighbour reference)."),
-    params: Path = PARAMS,
+    params: Optional[Path] = PARAMS,
 ) -> None:
     """Write the leaderboard (markdown, self-contained HTML, figures) from run outputs only.
 
     With a `leaderboard` section in params.yaml, exactly its runs are reported; otherwise every
     evaluated run in the runs directory.
     """
-    from metabench.config import load_params
+    from metabench.config import leaderboard_runs, load_params
     from metabench.report import build
 
     settings = load_params(params)
     run_ids = None
     if settings.get("leaderboard"):
-        board, run = settings["leaderboard"], settings.get("run") or {}
-        dataset, ways = run.get("dataset", "glyphs"), run.get("ways", 5)
-        run_ids = [f"{dataset}-{a}-{ways}w{k}s-seed{s}" for a in board["algorithms"] for k in board["shots"] for s in board["seeds"]]
+        run_ids = [config.run_id for config in leaderboard_runs(settings, str(params or "params.yaml"))]
     headline = build(runs_dir, profiles_dir, out_dir, data_dir, run_ids)
     console.print(f"wrote {out_dir / 'leaderboard.md'} and {out_dir / 'leaderboard.html'}")
     console.print_json(json.dumps(headline))
@@ -311,6 +289,25 @@ def track(run_dirs: list[Path] = typer.Argument(..., help="Run directories, e.g.
         if run_id is None:
             raise MetabenchError(f"MLflow at {tracking_uri()} is still unreachable; {run_dir} is unchanged, try again later")
         console.print(f"{run_dir} -> MLflow run {run_id} at {tracking_uri()}")
+
+
+@app.command()
+def pipeline(
+    check: bool = typer.Option(False, "--check", help="Only report pipelines that are out of date (exit 1), write nothing."),
+    root: Path = typer.Option(Path("."), help="The project root (holds params.yaml, pipelines/ and metabench/)."),
+) -> None:
+    """Write dvc.yaml and pipelines/<profile>/dvc.yaml from their params.yaml and the one template."""
+    from metabench.pipeline import write_all
+
+    if not (root / "params.yaml").is_file():
+        raise MetabenchError(f"{root.resolve()} has no params.yaml; run this from the project root or pass --root")
+    stale = write_all(check=check, root=root)
+    for path in stale:
+        console.print(f"{'out of date' if check else 'wrote'}: {path}")
+    if check and stale:
+        raise MetabenchError("pipelines are out of date; run `metabench pipeline` and commit the dvc.yaml files")
+    if not stale:
+        console.print("every pipeline is up to date")
 
 
 @app.command("algorithms")

@@ -1,4 +1,9 @@
-"""Run configuration: one run is (dataset, algorithm, ways, shots, seed) plus budgets.
+"""Run configuration, resolved in one place.
+
+A run is (dataset, algorithm, ways, shots, seed) plus budgets and hyper-parameters. Settings are
+layered here and nowhere else: built-in defaults < params.yaml ``run`` < params.yaml
+``algorithms.<name>.run`` / ``.hyper`` < command-line options. ``resolve_run`` returns one
+``RunConfig`` that knows its run id, run directory, profile path and training settings.
 
 A run is a pure function of its config and its data: the same config on the same data gives
 the same outputs (bit for bit on CPU), so any executor can run it and DVC can cache it.
@@ -7,6 +12,9 @@ the same outputs (bit for bit on CPU), so any executor can run it and DVC can ca
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +23,13 @@ import torch
 import yaml
 
 from metabench import MetabenchError
+
+TOP_LEVEL_SECTIONS = ("data", "leaderboard", "run", "algorithms", "source")
+# name the run readably: <dataset>-<algorithm>-<ways>w<shots>s-seed<seed>
+IDENTITY = ("dataset", "algorithm", "ways", "shots", "seed")
+# where and how long a run trains, never what it is: changing them continues or moves the same run
+NOT_IDENTITY = ("device", "data_dir", "runs_dir", "iterations", "checkpoint_every", "test_episodes", "variant")
+DEFAULT_PARAMS = Path("params.yaml")
 
 
 @dataclass
@@ -37,6 +52,9 @@ class RunConfig:
     data_dir: str = "data"
     runs_dir: str = "runs"
     hyper: dict[str, Any] = field(default_factory=dict)  # the algorithm's hyper-parameters
+    # set by resolve_run: "" for the settings params.yaml gives, else a hash of the other settings,
+    # so a run with overridden settings never shares a folder with the default run
+    variant: str = ""
 
     @property
     def queries_in_training(self) -> int:
@@ -45,26 +63,158 @@ class RunConfig:
     def __post_init__(self) -> None:
         from metabench.episodes import AUGMENTATIONS
 
+        for name, expected in typing.get_type_hints(RunConfig).items():
+            value = getattr(self, name)
+            base = typing.get_origin(expected) or expected
+            if type(value) is not base:  # bool is not int here: `ways: true` is a mistake
+                raise MetabenchError(f"run setting {name} must be {base.__name__}, got {value!r} ({type(value).__name__})")
         if self.augment not in AUGMENTATIONS:
             raise MetabenchError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        if self.checkpoint_every < 0:
-            raise MetabenchError(f"checkpoint_every must be 0 (only when validating) or more, got {self.checkpoint_every}")
-        if self.train_queries < 0:
-            raise MetabenchError(f"train_queries must be 0 (same as queries) or more, got {self.train_queries}")
-        for name in ("ways", "shots", "queries", "iterations", "val_every", "val_episodes", "test_episodes"):
-            if getattr(self, name) < 1:
-                raise MetabenchError(f"{name} must be at least 1, got {getattr(self, name)}")
+        minimum = {"ways": 2, "shots": 1, "queries": 1, "iterations": 1, "val_every": 1, "val_episodes": 1,
+                   "test_episodes": 1, "train_queries": 0, "checkpoint_every": 0, "seed": 0, "episode_seed": 0}
+        for name, least in minimum.items():
+            if getattr(self, name) < least:
+                raise MetabenchError(f"{name} must be at least {least}, got {getattr(self, name)}")
+
+    @staticmethod
+    def format_id(dataset: Any, algorithm: Any, ways: Any, shots: Any, seed: Any) -> str:
+        """The readable run id; the generated pipelines call it with DVC placeholders."""
+        return f"{dataset}-{algorithm}-{ways}w{shots}s-seed{seed}"
+
+    @staticmethod
+    def format_profile(dataset: Any, algorithm: Any, ways: Any, shots: Any, variant: str = "") -> str:
+        return f"{dataset}-{algorithm}-{ways}w{shots}s" + (f"-{variant}" if variant else "") + ".json"
+
+    @property
+    def readable_id(self) -> str:
+        return self.format_id(self.dataset, self.algorithm, self.ways, self.shots, self.seed)
 
     @property
     def run_id(self) -> str:
-        return f"{self.dataset}-{self.algorithm}-{self.ways}w{self.shots}s-seed{self.seed}"
+        return self.readable_id + (f"-{self.variant}" if self.variant else "")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.run_id
 
+    def profile_path(self, profiles_dir: Path | str = "profiles") -> Path:
+        """Where ``metabench profile`` writes this setting's cost (the seed does not change it)."""
+        return Path(profiles_dir) / self.format_profile(self.dataset, self.algorithm, self.ways, self.shots, self.variant)
+
+    def training_settings(self) -> dict[str, Any]:
+        """Everything that decides what is trained: a saved state resumes only if these match."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value: int, float (``1e6`` included, which YAML reads as a string), else YAML."""
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise MetabenchError(f"cannot read value {raw!r} ({str(error).splitlines()[0]}); quote it or fix it") from error
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--hp key=value`` pairs into a dict."""
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise MetabenchError(f"--hp expects key=value, got {pair!r}")
+        values[key] = parse_value(raw)
+    return values
+
+
+def load_params(path: Path | str | None) -> dict[str, Any]:
+    """Read a params file: ``None`` means ./params.yaml when present, else built-in defaults only.
+
+    A file named explicitly must exist; unknown top-level sections are errors (a typo such as
+    ``algoritms:`` would otherwise train with defaults).
+    """
+    if path is None:
+        if not DEFAULT_PARAMS.is_file():
+            return {}
+        path = DEFAULT_PARAMS
+    path = Path(path)
+    if not path.is_file():
+        raise MetabenchError(f"params file {path} does not exist; give an existing file with --params")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise MetabenchError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from error
+    if not isinstance(params, dict):
+        raise MetabenchError(f"{path} must be a mapping of sections ({', '.join(TOP_LEVEL_SECTIONS)})")
+    unknown = sorted(set(params) - set(TOP_LEVEL_SECTIONS))
+    if unknown:
+        raise MetabenchError(f"{path} has unknown section {', '.join(unknown)}; valid: {', '.join(TOP_LEVEL_SECTIONS)}")
+    for name in ("data", "leaderboard", "run", "algorithms"):
+        if params.get(name) is not None and not isinstance(params[name], dict):
+            raise MetabenchError(f"{path}: section {name} must be a mapping, got {type(params[name]).__name__}")
+    return params
+
+
+def _layer(params: dict[str, Any], options: dict[str, Any], hyper_overrides: dict[str, Any], where: str) -> RunConfig:
+    values = dict(params.get("run") or {})
+    algorithm = options.get("algorithm") or values.get("algorithm", RunConfig.algorithm)
+    section = (params.get("algorithms") or {}).get(algorithm) or {}
+    if not isinstance(section, dict) or set(section) - {"run", "hyper"}:
+        raise MetabenchError(f"{where}: algorithms.{algorithm} may only hold 'run' and 'hyper' mappings")
+    for part in ("run", "hyper"):
+        if section.get(part) is not None and not isinstance(section[part], dict):
+            raise MetabenchError(f"{where}: algorithms.{algorithm}.{part} must be a mapping")
+    values.update(section.get("run") or {})
+    values.update(options)
+    values["hyper"] = {**(section.get("hyper") or {}), **hyper_overrides}
+    valid = set(RunConfig.__dataclass_fields__) - {"variant"}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise MetabenchError(f"{where}: run has no setting {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    return RunConfig(**values)
+
+
+def resolve_run(params: dict[str, Any], selection: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                hyper_overrides: dict[str, Any] | None = None, where: str = "params") -> RunConfig:
+    """The one resolved run spec.
+
+    ``selection`` picks a run of the params (identity and location: algorithm, dataset, ways,
+    shots, seed, device, data_dir, runs_dir); ``overrides`` (other run settings) and
+    ``hyper_overrides`` change what is trained. A run whose training settings differ from what
+    the params give for its selection gets a ``variant`` (a hash of those settings) in its id,
+    so it can never train into the default run's folder.
+    """
+    selection = {k: v for k, v in (selection or {}).items() if v is not None}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    stray = sorted(set(selection) - set(IDENTITY) - {"device", "data_dir", "runs_dir"})
+    if stray:
+        raise MetabenchError(f"{', '.join(stray)} change what is trained; pass them as overrides, not as the selection")
+    default = _layer(params, selection, {}, where)
+    config = _layer(params, {**selection, **overrides}, dict(hyper_overrides or {}), where)
+    if config.training_settings() != default.training_settings():
+        differs = {k: v for k, v in config.training_settings().items() if k not in IDENTITY}
+        config.variant = settings_hash(differs)
+    return config
+
+
+def leaderboard_runs(params: dict[str, Any], where: str = "params", **location: Any) -> list[RunConfig]:
+    """Every run of the params' ``leaderboard`` section (algorithm × shots × seed), in that order."""
+    board = params.get("leaderboard") or {}
+    missing = [key for key in ("algorithms", "shots", "seeds") if not board.get(key)]
+    if missing:
+        raise MetabenchError(f"{where}: leaderboard needs {', '.join(missing)} (lists)")
+    return [resolve_run(params, {"algorithm": a, "shots": k, "seed": s, **location}, where=where)
+            for a in board["algorithms"] for k in board["shots"] for s in board["seeds"]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,13 +227,3 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as error:
         raise MetabenchError(f"unknown device {name!r}; use auto, cpu or cuda") from error
-
-
-def load_params(path: Path | str | None) -> dict[str, Any]:
-    """Read params.yaml (empty dict when absent), with a clear error for broken YAML."""
-    if path is None or not Path(path).is_file():
-        return {}
-    try:
-        return yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as error:
-        raise MetabenchError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from error

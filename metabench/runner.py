@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import warnings
 import math
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from metabench import MetabenchError, checkpoint
+from metabench import MetabenchError, checkpoint, sources
 from metabench.algorithms import TaskShape, build_algorithm, get_algorithm, make_hyper
 from metabench.config import RunConfig, resolve_device
 from metabench.data import store
@@ -50,25 +49,32 @@ def task_shape(config: RunConfig, dataset: store.Dataset, hyper) -> TaskShape:
                      train_classes=dataset.split("train").n_classes)
 
 
-def code_version() -> str:
-    """sha256 over the package's source: a saved state from other code is never resumed."""
-    digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+def fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
+    """What must match for a saved state to be resumed, or a finished run to be kept.
+
+    The run's training settings (a larger ``iterations`` extends a run), its data, and the code
+    that trains it (``sources.training_sources``): an edit elsewhere never restarts a run.
+    """
+    code = sources.digest(sources.training_sources(config.algorithm))
+    return {"config": config.training_settings(), "dataset": dataset.checksum, "code": code}
 
 
-def _fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
-    """What must match for a saved state to be resumed (a larger ``iterations`` extends a run)."""
-    ignored = ("device", "data_dir", "runs_dir", "test_episodes", "iterations", "checkpoint_every")
-    keep = {k: v for k, v in config.to_dict().items() if k not in ignored}
-    return {"config": keep, "dataset": dataset.checksum, "code": code_version()}
+def _differences(saved: dict, current: dict) -> str:
+    before, after = saved.get("config") or {}, current["config"]
+    changed = [f"config.{k}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    changed += [k for k in ("dataset", "code") if saved.get(k) != current.get(k)]
+    return ", ".join(changed) or "nothing"
 
 
-def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
-    """Meta-train one run (resuming if a matching ``state.pt`` exists); return its summary."""
+EVALUATION_FILES = ("episodes.csv", "metrics.json", "eval_timing.json")
+
+
+def train_run(config: RunConfig, progress: Progress | None = None, force: bool = False) -> dict:
+    """Meta-train one run (resuming if a matching ``state.pt`` exists); return its summary.
+
+    A finished run trained with other settings, data or code is kept unless ``force``: its
+    folder may hold results someone relies on. Training removes the run's stale evaluation.
+    """
     device = resolve_device(config.device)
     dataset = store.load(config.dataset, Path(config.data_dir))
     algorithm_cls = get_algorithm(config.algorithm)
@@ -90,7 +96,16 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path, best_path = run_dir / "state.pt", run_dir / "checkpoint.pt"
-    fingerprint = _fingerprint(config, dataset)
+    current = fingerprint(config, dataset)
+    finished = _finished_fingerprint(run_dir)
+    if finished is not None and finished != current and not force:
+        raise MetabenchError(
+            f"{run_dir} is a finished run trained with other {_differences(finished, current)}; "
+            f"pass --force to retrain over it, or choose another --runs-dir"
+        )
+    if force:
+        for name in ("state.pt", "checkpoint.pt"):
+            (run_dir / name).unlink(missing_ok=True)
 
     start, history, validations = 0, [], []
     best = {"val_accuracy": -1.0, "iteration": 0}
@@ -98,9 +113,9 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     elapsed = 0.0
     if state_path.is_file():
         saved = checkpoint.load(state_path)
-        if saved["fingerprint"] != fingerprint:
-            warnings.warn(f"{state_path} belongs to another config, data or code version; training {config.run_id} from scratch",
-                          stacklevel=2)
+        if saved["fingerprint"] != current:
+            warnings.warn(f"{state_path} was saved with other {_differences(saved['fingerprint'], current)}; "
+                          f"training {config.run_id} from scratch", stacklevel=2)
         elif saved["iteration"] > config.iterations:
             raise MetabenchError(
                 f"{run_dir} already trained {saved['iteration']} iterations, more than the {config.iterations} asked; "
@@ -113,7 +128,11 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
             start, history, validations, best = saved["iteration"], saved["history"], saved["validations"], saved["best"]
             best_weights, elapsed = saved["best_weights"], saved["elapsed"]
 
+    if start < config.iterations:
+        for name in EVALUATION_FILES:  # they scored other weights
+            (run_dir / name).unlink(missing_ok=True)
     meta = {
+        "run_id": config.run_id,
         "algorithm": config.algorithm,
         "hyper": dataclasses.asdict(hyper),
         "task": dataclasses.asdict(task),
@@ -121,7 +140,8 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
         "dataset": {"name": dataset.name, "checksum": dataset.checksum, "image_shape": list(dataset.image_shape),
                     "preprocessing": dataset.info.get("preprocessing", "")},
     }
-    (run_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")  # the fully resolved settings
+    # the fully resolved settings, and what a later `train` compares before touching this run
+    (run_dir / "config.json").write_text(json.dumps({**meta, "fingerprint": current}, indent=1) + "\n")
     tracker = Tracker(run_dir)
     tracker.start(config.run_id, meta, run_tags(meta, dataset.checksum, str(device)), resume=start > 0)
     # history holds one row per update from iteration 1; rows go to the tracker at each validation
@@ -159,7 +179,7 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
             elapsed += now - clock
             clock = now
             checkpoint.save_atomic(
-                {"fingerprint": fingerprint, "algorithm": algorithm.state_dict(), "numpy_rng": rng.bit_generator.state,
+                {"fingerprint": current, "algorithm": algorithm.state_dict(), "numpy_rng": rng.bit_generator.state,
                  "torch_rng": torch.get_rng_state(), "iteration": iteration, "history": history,
                  "validations": validations, "best": best, "best_weights": best_weights, "elapsed": elapsed},
                 state_path,
@@ -174,6 +194,17 @@ def train_run(config: RunConfig, progress: Progress | None = None) -> dict:
     tracker.log_artifacts([best_path, run_dir / "config.json", run_dir / "train_log.csv"])
     tracker.finish()
     return summary
+
+
+def _finished_fingerprint(run_dir: Path) -> dict | None:
+    """The fingerprint of the finished run in ``run_dir`` (its config.json beside a checkpoint), if any."""
+    config_path = run_dir / "config.json"
+    if not (run_dir / "checkpoint.pt").is_file() or not config_path.is_file():
+        return None
+    try:
+        return json.loads(config_path.read_text()).get("fingerprint", {})
+    except json.JSONDecodeError:
+        return {}  # unreadable: treated as another run's, so it is never silently replaced
 
 
 def load_trained(checkpoint_path: Path, device: torch.device):
@@ -191,6 +222,13 @@ def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
     device = resolve_device(config.device)
     dataset = store.load(config.dataset, Path(config.data_dir))
     algorithm, saved = load_trained(config.run_dir / "checkpoint.pt", device)
+    trained = {k: v for k, v in saved["config"].items() if k in config.training_settings()}
+    if trained != config.training_settings():
+        changed = sorted(k for k in config.training_settings() if trained.get(k) != config.training_settings()[k])
+        raise MetabenchError(
+            f"{config.run_dir} was trained with other {', '.join(changed)}; give the options it was trained with, "
+            f"or retrain it (metabench train --force)"
+        )
     if saved["dataset"]["checksum"] != dataset.checksum:
         raise MetabenchError(
             f"{config.run_dir} was trained on different {dataset.name!r} data; retrain it (metabench train)"

@@ -203,6 +203,7 @@ def resend(run_dir: Path) -> str | None:
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
+    config.pop("fingerprint", None)  # resume bookkeeping, not a parameter
     tracker = Tracker(run_dir)
     tags = run_tags(config, config["dataset"]["checksum"], "unknown")
     tracker.start(run_dir.name, config, {**tags, "resent_from_files": "true"}, resume=False)

@@ -138,7 +138,7 @@ def test_predict_classifies_a_users_folders_of_any_size_and_mode(workdir, glyphs
 
 def test_bad_input_gives_a_one_line_error_through_the_real_command(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "metabench", "train", "--data-dir", str(tmp_path), "--params", str(tmp_path / "none.yaml")],
+        [sys.executable, "-m", "metabench", "train", "--data-dir", str(tmp_path)],  # no params.yaml here: defaults
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert result.returncode == 2

@@ -24,19 +24,23 @@ TINY = {
 }
 
 
-def sh(repo: Path, *command: str) -> str:
+def sh(repo: Path, *command: str, stdout_only: bool = False) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout + result.stderr
+    return result.stdout if stdout_only else result.stdout + result.stderr
+
+
+def sh_json(repo: Path, *command: str):
+    return json.loads(sh(repo, *command, stdout_only=True))
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("pipeline")
-    shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copytree(ROOT / "metabench", repo / "metabench", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "params.yaml").write_text(yaml.safe_dump(TINY))
+    sh(repo, "metabench", "pipeline")  # the real dvc.yaml for this params.yaml, from the one template
     sh(repo, "git", "init", "-q")
     sh(repo, "dvc", "init", "-q")
     sh(repo, "dvc", "config", "core.analytics", "false")
@@ -70,6 +74,41 @@ def test_changing_one_algorithm_reruns_only_its_stages(repo):
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline results")
     output = sh(repo, "dvc", "exp", "run", "-S", "algorithms.fomaml.hyper.meta_batch=3")
-    assert "Running stage 'train@fomaml-1-0'" in output
-    assert "Running stage 'profile@fomaml-1'" in output
-    assert "Running stage 'train@protonet" not in output and "Running stage 'evaluate@protonet" not in output
+    assert "Running stage 'train-fomaml@1-0'" in output
+    assert "Running stage 'profile-fomaml@1'" in output
+    assert "Running stage 'train-protonet" not in output and "Running stage 'evaluate-protonet" not in output
+
+
+def _errors(tree):
+    """Every non-null ``error`` field in DVC's JSON output."""
+    if isinstance(tree, dict):
+        if tree.get("error"):
+            yield tree["error"]
+        for value in tree.values():
+            yield from _errors(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _errors(value)
+
+
+def test_dvc_reads_the_pipeline_from_committed_revisions(repo):
+    # these commands load dvc.yaml from git revisions: they failed while pipelines were symlinks
+    shown = sh_json(repo, "dvc", "exp", "show", "--json")
+    assert "fomaml_5w1s" in json.dumps(shown)
+    assert not list(_errors(shown)), "DVC could not read a revision's pipeline"
+    experiments = [e for row in shown for e in (row.get("experiments") or [])]
+    assert experiments, "the experiment of the previous test is listed"
+    params = sh_json(repo, "dvc", "params", "diff", "HEAD", "--json")
+    change = params["params.yaml"]["algorithms.fomaml.hyper.meta_batch"]
+    assert (change["old"], change["new"]) == (2, 3)
+    sh_json(repo, "dvc", "metrics", "diff", "HEAD", "--json")  # loads HEAD's metrics without error
+
+
+def test_a_comment_in_one_algorithm_reruns_only_that_algorithms_stages(repo):
+    sh(repo, "dvc", "repro")  # the workspace as the experiment left it, up to date
+    module = repo / "metabench" / "algorithms" / "maml.py"  # FOMAML's module; ProtoNet does not import it
+    module.write_text(module.read_text() + "# a comment\n")
+    output = sh(repo, "dvc", "repro")
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    assert {"train-fomaml@1-0", "evaluate-fomaml@1-0", "profile-fomaml@1"} <= ran
+    assert not {name for name in ran if "protonet" in name or name == "fetch"}

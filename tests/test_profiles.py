@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from metabench.algorithms import TaskShape, build_algorithm
-from metabench.cli import _run_config
+from metabench.config import load_params, resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "pipelines").glob("*/params.yaml")) + [ROOT / "params.yaml"]
@@ -21,7 +21,7 @@ def test_every_run_of_the_profile_validates_and_builds(path):
     board = params.get("leaderboard") or {"algorithms": list(params["algorithms"]), "shots": [1]}
     for algorithm in board["algorithms"]:
         for shots in board["shots"]:
-            config = _run_config(path, {"algorithm": algorithm, "shots": shots}, [])
+            config = resolve_run(load_params(path), {"algorithm": algorithm, "shots": shots})
             channels, size = SHAPES[config.dataset.split("-vinyals")[0].split("-rot")[0]]
             hyper = dict(config.hyper, hidden=4)  # build small: the check is that settings validate
             train_ways = hyper.get("train_ways") or config.ways
@@ -47,11 +47,13 @@ def dvc_repo():
         yield repo
 
 
-def test_every_profile_folder_links_the_one_pipeline_file():
+def test_every_pipeline_is_a_real_file_generated_from_the_one_template_and_up_to_date():
+    from metabench.pipeline import write_all
+
     folders = sorted(p.parent for p in (ROOT / "pipelines").glob("*/params.yaml"))
     assert folders and folders == sorted(p.parent for p in PIPELINES)
-    for path in PIPELINES:
-        assert path.resolve() == (ROOT / "pipelines" / "profile.dvc.yaml").resolve(), f"{path} is not a link to ../profile.dvc.yaml"
+    assert not [p for p in [*PIPELINES, ROOT / "dvc.yaml"] if p.is_symlink()], "DVC cannot read a linked dvc.yaml from git"
+    assert write_all(check=True, root=ROOT) == [], "run `metabench pipeline` and commit the dvc.yaml files"
 
 
 def _parse(command: str):
@@ -74,7 +76,7 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
     params = yaml.safe_load((folder / "params.yaml").read_text())
     board = params["leaderboard"]
     stages = dvc_repo.stage.collect(str(path.relative_to(ROOT)))
-    kinds = [stage.name.split("@")[0] for stage in stages]
+    kinds = [stage.name.split("@")[0].split("-")[0] for stage in stages]
     runs = len(board["algorithms"]) * len(board["shots"]) * len(board["seeds"])
     assert kinds.count("train") == kinds.count("evaluate") == runs
     assert kinds.count("profile") == len(board["algorithms"]) * len(board["shots"])
@@ -83,21 +85,28 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
         assert Path(stage.wdir) == folder
         outs = {Path(str(out.fs_path)) for out in stage.outs}
         command, options = _parse(stage.cmd)
-        assert command == stage.name.split("@")[0]
+        assert command == stage.name.split("@")[0].split("-")[0]
+        if command in ("train", "evaluate", "profile"):
+            from metabench.sources import training_sources
+
+            # code deps: exactly what the run executes (its algorithm's modules, not the others')
+            code = {Path(str(dep.fs_path)).resolve() for dep in stage.deps if "metabench" in str(dep.fs_path)}
+            wanted = set(training_sources(options["algorithm"])) | {ROOT / "metabench" / "cli.py"}
+            assert wanted <= code and (command == "profile" or code == wanted)
         settings = folder / options["params"]
         assert settings == folder / "params.yaml"
         if command == "fetch":
             assert options["source"] == params["source"] and params["source"] in params["data"]
             assert outs == {folder / options["record"]}
         elif command in ("train", "evaluate"):
-            config = _run_config(settings, {k: options[k] for k in ("algorithm", "shots", "seed", "runs_dir")}, [])
+            config = resolve_run(load_params(settings), {k: options[k] for k in ("algorithm", "shots", "seed", "runs_dir")})
             run_dir = folder / config.run_dir
             wanted = {"train": ["checkpoint.pt", "train_log.csv", "config.json", "train_summary.json"],
                       "evaluate": ["episodes.csv", "metrics.json"]}[command]
             assert outs == {run_dir / name for name in wanted}
         elif command == "profile":
-            config = _run_config(settings, {"algorithm": options["algorithm"], "shots": options["shots"]}, [])
-            assert outs == {folder / "profiles" / f"{config.dataset}-{config.algorithm}-{config.ways}w{config.shots}s.json"}
+            config = resolve_run(load_params(settings), {"algorithm": options["algorithm"], "shots": options["shots"]})
+            assert outs == {folder / config.profile_path()}
         else:
             assert {out.parent for out in outs} == {folder / options["out_dir"]}
         assert (folder / options["data_dir"]).resolve() == (ROOT / "data").resolve()

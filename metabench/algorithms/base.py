@@ -161,6 +161,8 @@ def make_hyper(cls: type, values: dict[str, Any] | None, algorithm: str) -> Any:
                 f"{algorithm}.{key} must be {expected.__name__}, got {value!r} ({type(value).__name__})"
             )
     hyper = cls(**values)
+    if getattr(hyper, "hidden", 1) < 1:
+        raise MetabenchError(f"{algorithm}.hidden must be at least 1 (channels per block), got {hyper.hidden}")
     check = getattr(hyper, "validate", None)
     if check:
         check()

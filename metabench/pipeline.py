@@ -1,0 +1,155 @@
+"""The DVC pipelines, written from one template: the root ``dvc.yaml`` (the default profile)
+and ``pipelines/<profile>/dvc.yaml``.
+
+DVC reads real files from git revisions (``dvc exp show``, ``dvc params diff``), so every
+pipeline is a generated file, not a link; ``metabench pipeline`` rewrites them and
+``metabench pipeline --check`` (run by the tests) fails when one is out of date. Each stage lists
+as code ``deps`` exactly the modules it executes (``sources``), and as ``params`` exactly the keys
+it reads, so an edit to one algorithm re-runs that algorithm's stages only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metabench import MetabenchError, sources
+from metabench.config import RunConfig, load_params
+
+# run settings that only evaluation reads; every other `run` key changes what is trained
+EVALUATION_ONLY = ("test_episodes",)
+# run keys each stage's command sets itself (--algorithm, --shots, --seed): params.yaml's value is unused
+SET_BY_COMMAND = ("algorithm", "shots", "seed")
+EVALUATION_READS = ("dataset", "ways", "queries", "test_episodes", "episode_seed", "device")
+
+
+@dataclass
+class Layout:
+    """Where one pipeline's stages run and find things, relative to its dvc.yaml."""
+
+    folder: Path  # the pipeline's folder, relative to the project root
+    profile: bool  # a profile folder: data in the shared store, recorded by dataset.json
+
+    @property
+    def up(self) -> str:
+        return "../" * len(self.folder.parts)
+
+    def code(self, files: list[Path]) -> list[str]:
+        return [self.up + name for name in sources.relative(files)]
+
+    @property
+    def options(self) -> str:
+        return " --params params.yaml --data-dir ../../data" if self.profile else ""
+
+    @property
+    def data(self) -> str:
+        return "dataset.json" if self.profile else "data/${run.dataset}"
+
+
+def _run_dir(algorithm: str) -> str:
+    readable = RunConfig.format_id("${run.dataset}", algorithm, "${run.ways}", "${item.shots}", "${item.seed}")
+    return f"runs/{readable}"
+
+
+def _keys(section: dict | None, prefix: str, keep) -> list[str]:
+    return [f"{prefix}.{key}" for key in sorted(section or {}) if keep(key) and key not in SET_BY_COMMAND]
+
+
+def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
+    """Every stage of one pipeline for ``params`` (a profile's params.yaml)."""
+    board = params.get("leaderboard") or {}
+    if not board.get("algorithms"):
+        raise MetabenchError(f"{layout.folder / 'params.yaml'} has no leaderboard.algorithms to build a pipeline from")
+    run = params.get("run") or {}
+    runs_option = " --runs-dir runs" if layout.profile else ""
+    fetch_cmd = (f"metabench fetch ${{source}}{layout.options} --record dataset.json" if layout.profile
+                 else "metabench fetch ${run.dataset}")
+    out: dict[str, Any] = {
+        "fetch": {
+            "cmd": fetch_cmd,
+            "deps": layout.code([sources.ROOT / "metabench" / "data", sources.ROOT / "metabench" / "cli.py"]),
+            "params": ["data.${source}" if layout.profile else "data.${run.dataset}"],
+            "outs": [{layout.data: {"cache": False}} if layout.profile else layout.data],
+        },
+    }
+    cli = sources.ROOT / "metabench" / "cli.py"
+    for algorithm in board["algorithms"]:
+        code = sources.training_sources(algorithm) + [cli]
+        run_dir = _run_dir(algorithm)
+        algorithm_params = [f"algorithms.{algorithm}"] if algorithm in (params.get("algorithms") or {}) else []
+        selection = f" --algorithm {algorithm} --shots ${{item.shots}} --seed ${{item.seed}}"
+        matrix = {"shots": "${leaderboard.shots}", "seed": "${leaderboard.seeds}"}
+        out[f"train-{algorithm}"] = {
+            "matrix": dict(matrix),
+            "cmd": f"metabench train{layout.options}{runs_option}{selection}",
+            "deps": [layout.data, *layout.code(code)],
+            "params": _keys(run, "run", lambda key: key not in EVALUATION_ONLY) + algorithm_params,
+            "outs": [f"{run_dir}/{name}" for name in ("checkpoint.pt", "train_log.csv", "config.json")],
+            "metrics": [{f"{run_dir}/train_summary.json": {"cache": False}}],
+        }
+        out[f"evaluate-{algorithm}"] = {
+            "matrix": dict(matrix),
+            "cmd": f"metabench evaluate{layout.options}{runs_option}{selection}",
+            "deps": [layout.data, f"{run_dir}/checkpoint.pt", *layout.code(code)],
+            "params": _keys(run, "run", lambda key: key in EVALUATION_READS),
+            "outs": [f"{run_dir}/episodes.csv"],
+            "metrics": [{f"{run_dir}/metrics.json": {"cache": False}}],
+        }
+        profile_path = RunConfig.format_profile("${run.dataset}", algorithm, "${run.ways}", "${item.shots}")
+        profiling = sources.import_closure("metabench.profiling")
+        out[f"profile-{algorithm}"] = {
+            "matrix": {"shots": "${leaderboard.shots}"},
+            "cmd": f"metabench profile{layout.options} --algorithm {algorithm} --shots ${{item.shots}}",
+            "deps": [layout.data, *layout.code(sorted(set(code) | set(profiling)))],
+            "params": _keys(run, "run", lambda key: key not in EVALUATION_ONLY) + algorithm_params,
+            "outs": [{f"profiles/{profile_path}": {"cache": False}}],
+        }
+    report_options = f"{layout.options}{runs_option} --profiles-dir profiles --out-dir reports" if layout.profile else ""
+    out["report"] = {
+        "cmd": f"metabench report{report_options}",
+        "deps": ["runs", "profiles", *layout.code(sources.import_closure("metabench.report") + [cli])],
+        "params": ["leaderboard", *_keys(run, "run", lambda key: key in ("dataset", "ways"))],
+        "outs": [{f"reports/{name}": {"cache": False}} for name in ("leaderboard.md", "leaderboard.html", "figures")],
+        "metrics": [{"reports/summary.json": {"cache": False}}],
+    }
+    return out
+
+
+HEADER = """\
+# Generated by `metabench pipeline` from {params} and metabench/pipeline.py: edit those, not this
+# file, then run `metabench pipeline` again (a test fails while a pipeline is out of date).
+# `{command}` fetches the data, trains and evaluates every algorithm x shots x seed of
+# the leaderboard, profiles each setting's cost and writes the report. Stage names:
+# train-<algorithm>@<shots>-<seed>, evaluate-<algorithm>@<shots>-<seed>, profile-<algorithm>@<shots>.
+"""
+
+
+def render(params_path: Path, root: Path = sources.ROOT) -> str:
+    folder = params_path.parent.resolve().relative_to(root.resolve())
+    layout = Layout(folder, profile=folder != Path("."))
+    body = yaml.safe_dump({"stages": stages(load_params(params_path), layout)}, sort_keys=False, width=120)
+    command = f"dvc repro {folder.as_posix()}/dvc.yaml" if layout.profile else "dvc repro"
+    return HEADER.format(params=(folder / "params.yaml").as_posix(), command=command) + body
+
+
+def pipeline_params(root: Path = sources.ROOT) -> list[Path]:
+    """The params file of every pipeline: the root's (the default profile) and each profile folder's."""
+    return [root / "params.yaml", *sorted((root / "pipelines").glob("*/params.yaml"))]
+
+
+def write_all(check: bool = False, root: Path = sources.ROOT) -> list[Path]:
+    """Write every pipeline's dvc.yaml; with ``check``, return those that are out of date instead."""
+    stale = []
+    for params_path in pipeline_params(root):
+        target = params_path.parent / "dvc.yaml"
+        text = render(params_path, root)
+        current = target.read_text() if target.is_file() and not target.is_symlink() else None
+        if current != text:
+            stale.append(target)
+            if not check:
+                target.unlink(missing_ok=True)
+                target.write_text(text)
+    return stale
