@@ -31,8 +31,9 @@ def pytest_configure(config):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--slow-inner-loop", type=float, default=1.0,
-                     help="test-only: make MAML's inner loop this many times slower")
+    parser.addoption(
+        "--slow-inner-loop", type=float, default=1.0, help="test-only: make MAML's inner loop this many times slower"
+    )
 
 
 @pytest.fixture(autouse=True)

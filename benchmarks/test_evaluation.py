@@ -28,8 +28,9 @@ def glyphs_like():
 @pytest.mark.parametrize("cached", [False, True], ids=["per_episode", "cached"])
 def test_protonet_evaluation_600_episodes(benchmark, glyphs_like, cached):
     algorithm, bank, episodes = glyphs_like
-    accuracies = benchmark.pedantic(episode_accuracies, args=(algorithm, bank, episodes),
-                                    kwargs={"cached": cached}, rounds=3, warmup_rounds=0)
+    accuracies = benchmark.pedantic(
+        episode_accuracies, args=(algorithm, bank, episodes), kwargs={"cached": cached}, rounds=3, warmup_rounds=0
+    )
     assert len(accuracies) == 600
 
 

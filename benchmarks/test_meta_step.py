@@ -43,8 +43,10 @@ def with_higher(model, batch, first_order: bool):
     inner = torch.optim.SGD(model.parameters(), lr=0.4)
     tasks = len(batch.support_x)
     for i in range(tasks):
-        with higher.innerloop_ctx(model, inner, copy_initial_weights=False,
-                                  track_higher_grads=not first_order) as (fmodel, diffopt):
+        with higher.innerloop_ctx(model, inner, copy_initial_weights=False, track_higher_grads=not first_order) as (
+            fmodel,
+            diffopt,
+        ):
             diffopt.step(F.cross_entropy(fmodel(batch.support_x[i]), batch.support_y[i]))
             loss = F.cross_entropy(fmodel(batch.query_x[i]), batch.query_y[i]) / tasks
             if not first_order:
@@ -83,9 +85,13 @@ def test_inner_loop_of_one_task(benchmark, task_batch):
 @pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
 def test_peer_computes_the_same_meta_gradient(task_batch, first_order):
     """The comparison is only fair if both compute the same thing (float64, 2 tasks)."""
-    batch = type(task_batch)(*(t[:2].double() if t.is_floating_point() else t[:2] for t in
-                               (task_batch.support_x, task_batch.support_y, task_batch.query_x, task_batch.query_y)),
-                             task_batch.ways)
+    batch = type(task_batch)(
+        *(
+            t[:2].double() if t.is_floating_point() else t[:2]
+            for t in (task_batch.support_x, task_batch.support_y, task_batch.query_x, task_batch.query_y)
+        ),
+        task_batch.ways,
+    )
     grads = []
     for implementation in (ours, with_higher):
         model = conv4_classifier(textbook=implementation is with_higher).double()

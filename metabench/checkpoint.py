@@ -24,7 +24,9 @@ def save_atomic(payload: Any, path: Path) -> None:
             os.fsync(out.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        raise MetabenchError(f"cannot write {path} ({error.strerror}); free disk space or choose another runs dir") from error
+        raise MetabenchError(
+            f"cannot write {path} ({error.strerror}); free disk space or choose another runs dir"
+        ) from error
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -37,4 +39,6 @@ def load(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for a damaged file
-        raise MetabenchError(f"checkpoint {path} cannot be read ({type(error).__name__}); retrain or restore it") from error
+        raise MetabenchError(
+            f"checkpoint {path} cannot be read ({type(error).__name__}); retrain or restore it"
+        ) from error

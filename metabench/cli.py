@@ -12,7 +12,6 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -30,19 +29,30 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-PARAMS = typer.Option(None, "--params", help="YAML file with data/run/algorithms sections (default: ./params.yaml if present).")
-HP = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable); a run with overrides gets its own folder.")
-TRAIN_QUERIES = typer.Option(None, help="Query images per class in training episodes (an override: the run gets its own folder).")
+PARAMS = typer.Option(
+    None, "--params", help="YAML file with data/run/algorithms sections (default: ./params.yaml if present)."
+)
+HP = typer.Option(
+    [], "--hp", help="Hyper-parameter override key=value (repeatable); a run with overrides gets its own folder."
+)
+TRAIN_QUERIES = typer.Option(
+    None, help="Query images per class in training episodes (an override: the run gets its own folder)."
+)
 
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
 
 
-def _resolve(params_path: Optional[Path], selection: dict, overrides: dict | None = None, hp: list[str] = ()):
+def _resolve(params_path: Path | None, selection: dict, overrides: dict | None = None, hp: list[str] = ()):
     from metabench.config import load_params, parse_overrides, resolve_run
 
     where = str(params_path or "built-in defaults")
@@ -51,13 +61,19 @@ def _resolve(params_path: Optional[Path], selection: dict, overrides: dict | Non
 
 @app.command()
 def fetch(
-    source: str = typer.Argument(..., help="Dataset source: glyphs (embedded, no download), omniglot, cifar-fs or fc100."),
-    params: Optional[Path] = PARAMS,
+    source: str = typer.Argument(
+        ..., help="Dataset source: glyphs (embedded, no download), omniglot, cifar-fs or fc100."
+    ),
+    params: Path | None = PARAMS,
     data_dir: Path = typer.Option(Path("data"), help="Where datasets are stored."),
-    location: Optional[str] = typer.Option(None, "--from", help="Where the data is: Omniglot's URL prefix or folder of zips; CIFAR's archive URL or path."),
-    split: Optional[str] = typer.Option(None, help="Omniglot: 'lake' (background/evaluation) or 'vinyals'."),
-    rotations: Optional[bool] = typer.Option(None, "--rotations/--no-rotations", help="Omniglot: add rotated classes."),
-    record: Optional[Path] = typer.Option(None, help="Also write the stored dataset's name, checksum and sizes to this JSON file."),
+    location: str | None = typer.Option(
+        None, "--from", help="Where the data is: Omniglot's URL prefix or folder of zips; CIFAR's archive URL or path."
+    ),
+    split: str | None = typer.Option(None, help="Omniglot: 'lake' (background/evaluation) or 'vinyals'."),
+    rotations: bool | None = typer.Option(None, "--rotations/--no-rotations", help="Omniglot: add rotated classes."),
+    record: Path | None = typer.Option(
+        None, help="Also write the stored dataset's name, checksum and sizes to this JSON file."
+    ),
 ) -> None:
     """Download (or generate) a dataset, verify it and convert it into the dataset store.
 
@@ -89,25 +105,37 @@ def fetch(
 
 @app.command()
 def train(
-    algorithm: Optional[str] = typer.Option(None, help="Registered algorithm, e.g. protonet, maml (see `metabench algorithms`)."),
-    dataset: Optional[str] = typer.Option(None, help="Stored dataset name, e.g. glyphs, omniglot."),
-    ways: Optional[int] = typer.Option(None, help="Classes per test episode."),
-    shots: Optional[int] = typer.Option(None, help="Support images per class."),
-    seed: Optional[int] = typer.Option(None, help="Seed of initialisation and training episodes."),
-    iterations: Optional[int] = typer.Option(None, help="Outer updates to run."),
-    train_queries: Optional[int] = TRAIN_QUERIES,
-    device: Optional[str] = typer.Option(None, help="auto (CUDA if present), cpu or cuda."),
-    data_dir: Optional[str] = typer.Option(None, help="Dataset store directory."),
-    runs_dir: Optional[str] = typer.Option(None, help="Where run outputs go."),
+    algorithm: str | None = typer.Option(
+        None, help="Registered algorithm, e.g. protonet, maml (see `metabench algorithms`)."
+    ),
+    dataset: str | None = typer.Option(None, help="Stored dataset name, e.g. glyphs, omniglot."),
+    ways: int | None = typer.Option(None, help="Classes per test episode."),
+    shots: int | None = typer.Option(None, help="Support images per class."),
+    seed: int | None = typer.Option(None, help="Seed of initialisation and training episodes."),
+    iterations: int | None = typer.Option(None, help="Outer updates to run."),
+    train_queries: int | None = TRAIN_QUERIES,
+    device: str | None = typer.Option(None, help="auto (CUDA if present), cpu or cuda."),
+    data_dir: str | None = typer.Option(None, help="Dataset store directory."),
+    runs_dir: str | None = typer.Option(None, help="Where run outputs go."),
     hp: list[str] = HP,
-    force: bool = typer.Option(False, "--force", help="Retrain over a finished run that was trained with other settings or code."),
-    params: Optional[Path] = PARAMS,
+    force: bool = typer.Option(
+        False, "--force", help="Retrain over a finished run that was trained with other settings or code."
+    ),
+    params: Path | None = PARAMS,
 ) -> None:
     """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy."""
     from metabench.runner import train_run
 
-    selection = {"algorithm": algorithm, "dataset": dataset, "ways": ways, "shots": shots, "seed": seed,
-                 "device": device, "runs_dir": runs_dir, "data_dir": data_dir}
+    selection = {
+        "algorithm": algorithm,
+        "dataset": dataset,
+        "ways": ways,
+        "shots": shots,
+        "seed": seed,
+        "device": device,
+        "runs_dir": runs_dir,
+        "data_dir": data_dir,
+    }
     config = _resolve(params, selection, {"iterations": iterations, "train_queries": train_queries}, hp)
     with _progress() as progress:
         task = progress.add_task(f"train {config.run_id}", total=config.iterations)
@@ -123,17 +151,17 @@ def train(
 
 @app.command()
 def evaluate(
-    algorithm: Optional[str] = typer.Option(None, help="Registered algorithm of the run."),
-    dataset: Optional[str] = typer.Option(None, help="Stored dataset name."),
-    ways: Optional[int] = typer.Option(None, help="Classes per test episode."),
-    shots: Optional[int] = typer.Option(None, help="Support images per class."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the run to evaluate."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
-    data_dir: Optional[str] = typer.Option(None, help="Dataset store directory."),
-    runs_dir: Optional[str] = typer.Option(None, help="Where run outputs are."),
-    train_queries: Optional[int] = TRAIN_QUERIES,
+    algorithm: str | None = typer.Option(None, help="Registered algorithm of the run."),
+    dataset: str | None = typer.Option(None, help="Stored dataset name."),
+    ways: int | None = typer.Option(None, help="Classes per test episode."),
+    shots: int | None = typer.Option(None, help="Support images per class."),
+    seed: int | None = typer.Option(None, help="Seed of the run to evaluate."),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda."),
+    data_dir: str | None = typer.Option(None, help="Dataset store directory."),
+    runs_dir: str | None = typer.Option(None, help="Where run outputs are."),
+    train_queries: int | None = TRAIN_QUERIES,
     hp: list[str] = HP,
-    params: Optional[Path] = PARAMS,
+    params: Path | None = PARAMS,
 ) -> None:
     """Score a trained run on the fixed test episodes: mean accuracy and 95% interval.
 
@@ -141,8 +169,16 @@ def evaluate(
     """
     from metabench.runner import evaluate_run
 
-    selection = {"algorithm": algorithm, "dataset": dataset, "ways": ways, "shots": shots, "seed": seed,
-                 "device": device, "runs_dir": runs_dir, "data_dir": data_dir}
+    selection = {
+        "algorithm": algorithm,
+        "dataset": dataset,
+        "ways": ways,
+        "shots": shots,
+        "seed": seed,
+        "device": device,
+        "runs_dir": runs_dir,
+        "data_dir": data_dir,
+    }
     config = _resolve(params, selection, {"train_queries": train_queries}, hp)
     with _progress() as progress:
         task = progress.add_task(f"evaluate {config.run_id}", total=config.test_episodes)
@@ -186,15 +222,19 @@ def predict(
 
 @app.command()
 def profile(
-    algorithm: Optional[str] = typer.Option(None, help="Registered algorithm; default: every algorithm × shots of params.yaml's leaderboard."),
-    dataset: Optional[str] = typer.Option(None, help="Stored dataset name."),
-    ways: Optional[int] = typer.Option(None, help="Classes per test episode."),
-    shots: Optional[int] = typer.Option(None, help="Support images per class."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
-    data_dir: Optional[str] = typer.Option(None, help="Dataset store directory."),
-    out: Optional[Path] = typer.Option(None, help="JSON file to write (default profiles/<dataset>-<algorithm>-<W>w<K>s.json)."),
+    algorithm: str | None = typer.Option(
+        None, help="Registered algorithm; default: every algorithm × shots of params.yaml's leaderboard."
+    ),
+    dataset: str | None = typer.Option(None, help="Stored dataset name."),
+    ways: int | None = typer.Option(None, help="Classes per test episode."),
+    shots: int | None = typer.Option(None, help="Support images per class."),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda."),
+    data_dir: str | None = typer.Option(None, help="Dataset store directory."),
+    out: Path | None = typer.Option(
+        None, help="JSON file to write (default profiles/<dataset>-<algorithm>-<W>w<K>s.json)."
+    ),
     hp: list[str] = HP,
-    params: Optional[Path] = PARAMS,
+    params: Path | None = PARAMS,
 ) -> None:
     """Measure what a method costs: meta-train steps/s, adaptation tasks/s, GFLOP/s, peak memory.
 
@@ -216,8 +256,15 @@ def profile(
     with _progress() as progress:
         task = progress.add_task("profile", total=len(selection))
         for name, count in selection:
-            selection = {"algorithm": name, "dataset": dataset, "ways": ways, "shots": count, "seed": 0,
-                         "device": device, "data_dir": data_dir}
+            selection = {
+                "algorithm": name,
+                "dataset": dataset,
+                "ways": ways,
+                "shots": count,
+                "seed": 0,
+                "device": device,
+                "data_dir": data_dir,
+            }
             config = _resolve(params, selection, None, hp)
             progress.update(task, description=f"profile {config.algorithm} {config.ways}-way {config.shots}-shot")
             result = profile_run(config)
@@ -227,8 +274,10 @@ def profile(
             if len(selection) == 1:
                 console.print_json(json.dumps(result))
             else:
-                console.print(f"{path}: {result['meta_train_tasks_per_second']:.1f} meta-train tasks/s, "
-                              f"{result['evaluation_episodes_per_second']:.1f} eval episodes/s")
+                console.print(
+                    f"{path}: {result['meta_train_tasks_per_second']:.1f} meta-train tasks/s, "
+                    f"{result['evaluation_episodes_per_second']:.1f} eval episodes/s"
+                )
 
 
 @app.command()
@@ -247,8 +296,16 @@ def summary(
         out.add_column(column)
     for row in results.itertuples():
         seed = "" if row.seed is None or row.seed != row.seed else str(int(row.seed))
-        out.add_row(row.dataset, str(row.ways), str(row.shots), row.algorithm, seed,
-                    f"{100 * row.accuracy:.2f} ± {100 * row.ci95:.2f}", str(row.episodes), "yes" if row.transductive else "no")
+        out.add_row(
+            row.dataset,
+            str(row.ways),
+            str(row.shots),
+            row.algorithm,
+            seed,
+            f"{100 * row.accuracy:.2f} ± {100 * row.ci95:.2f}",
+            str(row.episodes),
+            "yes" if row.transductive else "no",
+        )
     Console(width=max(Console().width, 120)).print(out)
 
 
@@ -258,7 +315,7 @@ def report(
     profiles_dir: Path = typer.Option(Path("profiles"), help="Where profile JSON files are."),
     out_dir: Path = typer.Option(Path("reports"), help="Where to write leaderboard.md/.html and figures."),
     data_dir: Path = typer.Option(Path("data"), help="Dataset store (for the pixel nearest-neighbour reference)."),
-    params: Optional[Path] = PARAMS,
+    params: Path | None = PARAMS,
 ) -> None:
     """Write the leaderboard (markdown, self-contained HTML, figures) from run outputs only.
 
@@ -278,7 +335,9 @@ def report(
 
 
 @app.command()
-def track(run_dirs: list[Path] = typer.Argument(..., help="Run directories, e.g. runs/glyphs-maml-5w1s-seed0.")) -> None:
+def track(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories, e.g. runs/glyphs-maml-5w1s-seed0."),
+) -> None:
     """Send runs to MLflow again from their local files (after the tracking server was unreachable)."""
     from metabench.tracking import resend, tracking_uri
 
@@ -287,13 +346,17 @@ def track(run_dirs: list[Path] = typer.Argument(..., help="Run directories, e.g.
             raise MetabenchError(f"{run_dir} is not a trained run (no config.json); give a directory under runs/")
         run_id = resend(run_dir)
         if run_id is None:
-            raise MetabenchError(f"MLflow at {tracking_uri()} is still unreachable; {run_dir} is unchanged, try again later")
+            raise MetabenchError(
+                f"MLflow at {tracking_uri()} is still unreachable; {run_dir} is unchanged, try again later"
+            )
         console.print(f"{run_dir} -> MLflow run {run_id} at {tracking_uri()}")
 
 
 @app.command()
 def pipeline(
-    check: bool = typer.Option(False, "--check", help="Only report pipelines that are out of date (exit 1), write nothing."),
+    check: bool = typer.Option(
+        False, "--check", help="Only report pipelines that are out of date (exit 1), write nothing."
+    ),
     root: Path = typer.Option(Path("."), help="The project root (holds params.yaml, pipelines/ and metabench/)."),
 ) -> None:
     """Write dvc.yaml and pipelines/<profile>/dvc.yaml from their params.yaml and the one template."""

@@ -67,11 +67,24 @@ class RunConfig:
             value = getattr(self, name)
             base = typing.get_origin(expected) or expected
             if type(value) is not base:  # bool is not int here: `ways: true` is a mistake
-                raise MetabenchError(f"run setting {name} must be {base.__name__}, got {value!r} ({type(value).__name__})")
+                raise MetabenchError(
+                    f"run setting {name} must be {base.__name__}, got {value!r} ({type(value).__name__})"
+                )
         if self.augment not in AUGMENTATIONS:
             raise MetabenchError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        minimum = {"ways": 2, "shots": 1, "queries": 1, "iterations": 1, "val_every": 1, "val_episodes": 1,
-                   "test_episodes": 1, "train_queries": 0, "checkpoint_every": 0, "seed": 0, "episode_seed": 0}
+        minimum = {
+            "ways": 2,
+            "shots": 1,
+            "queries": 1,
+            "iterations": 1,
+            "val_every": 1,
+            "val_episodes": 1,
+            "test_episodes": 1,
+            "train_queries": 0,
+            "checkpoint_every": 0,
+            "seed": 0,
+            "episode_seed": 0,
+        }
         for name, least in minimum.items():
             if getattr(self, name) < least:
                 raise MetabenchError(f"{name} must be at least {least}, got {getattr(self, name)}")
@@ -99,7 +112,9 @@ class RunConfig:
 
     def profile_path(self, profiles_dir: Path | str = "profiles") -> Path:
         """Where ``metabench profile`` writes this setting's cost (the seed does not change it)."""
-        return Path(profiles_dir) / self.format_profile(self.dataset, self.algorithm, self.ways, self.shots, self.variant)
+        return Path(profiles_dir) / self.format_profile(
+            self.dataset, self.algorithm, self.ways, self.shots, self.variant
+        )
 
     def training_settings(self) -> dict[str, Any]:
         """Everything that decides what is trained: a saved state resumes only if these match."""
@@ -184,8 +199,13 @@ def _layer(params: dict[str, Any], options: dict[str, Any], hyper_overrides: dic
     return RunConfig(**values)
 
 
-def resolve_run(params: dict[str, Any], selection: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-                hyper_overrides: dict[str, Any] | None = None, where: str = "params") -> RunConfig:
+def resolve_run(
+    params: dict[str, Any],
+    selection: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    hyper_overrides: dict[str, Any] | None = None,
+    where: str = "params",
+) -> RunConfig:
     """The one resolved run spec.
 
     ``selection`` picks a run of the params (identity and location: algorithm, dataset, ways,
@@ -213,8 +233,12 @@ def leaderboard_runs(params: dict[str, Any], where: str = "params", **location: 
     missing = [key for key in ("algorithms", "shots", "seeds") if not board.get(key)]
     if missing:
         raise MetabenchError(f"{where}: leaderboard needs {', '.join(missing)} (lists)")
-    return [resolve_run(params, {"algorithm": a, "shots": k, "seed": s, **location}, where=where)
-            for a in board["algorithms"] for k in board["shots"] for s in board["seeds"]]
+    return [
+        resolve_run(params, {"algorithm": a, "shots": k, "seed": s, **location}, where=where)
+        for a in board["algorithms"]
+        for k in board["shots"]
+        for s in board["seeds"]
+    ]
 
 
 def resolve_device(name: str) -> torch.device:

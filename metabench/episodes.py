@@ -63,7 +63,17 @@ class EpisodeIndices:
     def __len__(self) -> int:
         return len(self.classes)
 
-    def __getitem__(self, item) -> "EpisodeIndices":
+    def digest(self) -> str:
+        """sha256 of the indices: two runs are paired only when their episodes are identical."""
+        import hashlib
+
+        hasher = hashlib.sha256()
+        for array in (self.support, self.query, self.classes):
+            hasher.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+            hasher.update(str(array.shape).encode())
+        return hasher.hexdigest()
+
+    def __getitem__(self, item) -> EpisodeIndices:
         return EpisodeIndices(self.support[item], self.query[item], self.classes[item])
 
 
@@ -92,7 +102,7 @@ class Episode:
     ways: int
     classes: torch.Tensor | None = None  # split-level class id of each way, (…, ways)
 
-    def to(self, device) -> "Episode":
+    def to(self, device) -> Episode:
         tensors = (self.support_x, self.support_y, self.query_x, self.query_y)
         classes = None if self.classes is None else self.classes.to(device)
         return Episode(*(t.to(device) for t in tensors), self.ways, classes)
@@ -100,11 +110,12 @@ class Episode:
     def __len__(self) -> int:
         return len(self.support_x)
 
-    def task(self, index: int) -> "Episode":
+    def task(self, index: int) -> Episode:
         """Episode ``index`` of a batch, without the leading episode axis."""
         classes = None if self.classes is None else self.classes[index]
-        return Episode(self.support_x[index], self.support_y[index], self.query_x[index], self.query_y[index],
-                       self.ways, classes)
+        return Episode(
+            self.support_x[index], self.support_y[index], self.query_x[index], self.query_y[index], self.ways, classes
+        )
 
 
 class ImageBank:
@@ -166,8 +177,14 @@ def augment_episode(episode: Episode, kind: str, generator: torch.Generator) -> 
     """``episode`` with support and query images augmented (labels unchanged)."""
     if kind == "none":
         return episode
-    return Episode(augment_images(episode.support_x, kind, generator), episode.support_y,
-                   augment_images(episode.query_x, kind, generator), episode.query_y, episode.ways, episode.classes)
+    return Episode(
+        augment_images(episode.support_x, kind, generator),
+        episode.support_y,
+        augment_images(episode.query_x, kind, generator),
+        episode.query_y,
+        episode.ways,
+        episode.classes,
+    )
 
 
 def episode_key(dataset_name: str, split: str, checksum: str) -> str:

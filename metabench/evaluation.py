@@ -17,8 +17,8 @@ from metabench.algorithms import Algorithm
 from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import EpisodeIndices, ImageBank
 
-# Images per forward pass when filling the embedding cache. On CPU small batches keep the
-# activations in cache: Conv-4/64 embedding 11k 28×28 images took 8.3 s at 500, 4.4 s at 50.
+# Images per forward pass when filling the embedding cache: on CPU, small batches keep the
+# activations in the processor's cache, which is faster than larger batches.
 EMBED_BATCH = 50
 # Memory layout of the images and weights while the cache is filled (see ``inference_form``).
 CACHE_LAYOUT = torch.channels_last
@@ -26,8 +26,9 @@ CACHE_LAYOUT = torch.channels_last
 SCORE_EPISODES = 100
 
 
-def episode_accuracies(algorithm: Algorithm, bank: ImageBank, episodes: EpisodeIndices, progress=None,
-                       cached: bool = True) -> np.ndarray:
+def episode_accuracies(
+    algorithm: Algorithm, bank: ImageBank, episodes: EpisodeIndices, progress=None, cached: bool = True
+) -> np.ndarray:
     """Accuracy on the queries of each episode.
 
     Algorithms with a frozen per-image embedding are scored from a cache of every distinct
@@ -48,16 +49,24 @@ def episode_accuracies(algorithm: Algorithm, bank: ImageBank, episodes: EpisodeI
 
 
 @torch.no_grad()
-def cached_episode_accuracies(algorithm: EmbeddingAlgorithm, bank: ImageBank, episodes: EpisodeIndices,
-                              progress=None) -> np.ndarray:
+def cached_episode_accuracies(
+    algorithm: EmbeddingAlgorithm, bank: ImageBank, episodes: EpisodeIndices, progress=None
+) -> np.ndarray:
     """Embed each distinct image of ``episodes`` once, then score every episode from the cache."""
     algorithm.train(False)
-    distinct, position = np.unique(np.concatenate([episodes.support.ravel(), episodes.query.ravel()]),
-                                   return_inverse=True)
+    distinct, position = np.unique(
+        np.concatenate([episodes.support.ravel(), episodes.query.ravel()]), return_inverse=True
+    )
     networks = [part for part in algorithm.modules().values() if isinstance(part, nn.Module)]
     with inference_form(networks):
-        cache = torch.cat([algorithm.embed(bank.batch(distinct[start : start + EMBED_BATCH]).contiguous(memory_format=CACHE_LAYOUT))
-                           for start in range(0, len(distinct), EMBED_BATCH)])
+        cache = torch.cat(
+            [
+                algorithm.embed(
+                    bank.batch(distinct[start : start + EMBED_BATCH]).contiguous(memory_format=CACHE_LAYOUT)
+                )
+                for start in range(0, len(distinct), EMBED_BATCH)
+            ]
+        )
     n_support = episodes.support.size
     support_rows = torch.from_numpy(position[:n_support].reshape(len(episodes), -1)).to(cache.device)
     query_rows = torch.from_numpy(position[n_support:].reshape(len(episodes), -1)).to(cache.device)
@@ -68,7 +77,9 @@ def cached_episode_accuracies(algorithm: EmbeddingAlgorithm, bank: ImageBank, ep
     accuracies = np.empty(count)
     for start in range(0, count, SCORE_EPISODES):
         chunk = slice(start, min(start + SCORE_EPISODES, count))
-        logits = algorithm.predict_embedded_episodes(cache[support_rows[chunk]], support_y, cache[query_rows[chunk]], ways)
+        logits = algorithm.predict_embedded_episodes(
+            cache[support_rows[chunk]], support_y, cache[query_rows[chunk]], ways
+        )
         accuracies[chunk] = (logits.argmax(-1) == query_y).double().mean(-1).cpu().numpy()
         if progress:
             progress(chunk.stop - chunk.start)
@@ -96,9 +107,14 @@ def inference_form(networks: list[nn.Module]):
     for network in networks:
         for block in network.modules():
             if isinstance(block, nn.Sequential):
-                pairs += [(block, i) for i in range(len(block) - 1)
-                          if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.BatchNorm2d)
-                          and not block[i + 1].training and block[i + 1].running_mean is not None]
+                pairs += [
+                    (block, i)
+                    for i in range(len(block) - 1)
+                    if isinstance(block[i], nn.Conv2d)
+                    and isinstance(block[i + 1], nn.BatchNorm2d)
+                    and not block[i + 1].training
+                    and block[i + 1].running_mean is not None
+                ]
     originals = [(block[i], block[i + 1]) for block, i in pairs]
     try:
         for block, i in pairs:

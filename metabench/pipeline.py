@@ -65,8 +65,11 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
         raise MetabenchError(f"{layout.folder / 'params.yaml'} has no leaderboard.algorithms to build a pipeline from")
     run = params.get("run") or {}
     runs_option = " --runs-dir runs" if layout.profile else ""
-    fetch_cmd = (f"metabench fetch ${{source}}{layout.options} --record dataset.json" if layout.profile
-                 else "metabench fetch ${run.dataset}")
+    fetch_cmd = (
+        f"metabench fetch ${{source}}{layout.options} --record dataset.json"
+        if layout.profile
+        else "metabench fetch ${run.dataset}"
+    )
     out: dict[str, Any] = {
         "fetch": {
             "cmd": fetch_cmd,
@@ -107,7 +110,9 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
             "params": _keys(run, "run", lambda key: key not in EVALUATION_ONLY) + algorithm_params,
             "outs": [{f"profiles/{profile_path}": {"cache": False}}],
         }
-    report_options = f"{layout.options}{runs_option} --profiles-dir profiles --out-dir reports" if layout.profile else ""
+    report_options = (
+        f"{layout.options}{runs_option} --profiles-dir profiles --out-dir reports" if layout.profile else ""
+    )
     out["report"] = {
         "cmd": f"metabench report{report_options}",
         "deps": ["runs", "profiles", *layout.code(sources.import_closure("metabench.report") + [cli])],

@@ -38,7 +38,9 @@ def _images_in(directory: Path) -> list[Path]:
 def load_support(directory: Path, channels: int, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     directory = Path(directory)
     if not directory.is_dir():
-        raise MetabenchError(f"support directory {directory} does not exist; give a folder with one sub-folder per class")
+        raise MetabenchError(
+            f"support directory {directory} does not exist; give a folder with one sub-folder per class"
+        )
     classes = sorted(p for p in directory.iterdir() if p.is_dir())
     if len(classes) < 2:
         raise MetabenchError(f"{directory} must hold at least 2 class sub-folders of images, found {len(classes)}")

@@ -65,7 +65,10 @@ def profile_run(config: RunConfig, steps: int = 5, episodes: int = 20) -> dict:
     train, test = dataset.split("train"), dataset.split("test")
     train_bank, test_bank = ImageBank(train, device), ImageBank(test, device)
     train_spec = EpisodeSpec(task.train_ways, config.shots, config.queries_in_training)
-    batches = [train_bank.episodes(sample_indices(train, train_spec, algorithm.episodes_per_step, rng)) for _ in range(steps + 1)]
+    batches = [
+        train_bank.episodes(sample_indices(train, train_spec, algorithm.episodes_per_step, rng))
+        for _ in range(steps + 1)
+    ]
 
     algorithm.meta_train_step(batches[0])  # warm-up
     with FlopCounterMode(display=False) as counter:
@@ -105,8 +108,12 @@ def profile_run(config: RunConfig, steps: int = 5, episodes: int = 20) -> dict:
     peak = matmul_peak_gflops(device)
     achieved = flops_per_step / step_seconds / 1e9
     result = {
-        "algorithm": config.algorithm, "dataset": config.dataset, "ways": config.ways, "shots": config.shots,
-        "device": str(device), "threads": torch.get_num_threads(),
+        "algorithm": config.algorithm,
+        "dataset": config.dataset,
+        "ways": config.ways,
+        "shots": config.shots,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
         "meta_batch": algorithm.episodes_per_step,
         "meta_train_steps_per_second": 1 / step_seconds,
         "meta_train_tasks_per_second": algorithm.episodes_per_step / step_seconds,

@@ -12,20 +12,21 @@ import base64
 import html
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from metabench import MetabenchError, published, stats  # noqa: E402
-from metabench.algorithms import REGISTRY  # noqa: E402
-from metabench.summary import pixel_baseline  # noqa: E402
+from metabench import MetabenchError, published, stats
+from metabench.algorithms import REGISTRY
+from metabench.summary import pixel_baseline
 
 FORMULAS = """\
 - **Per run**: accuracy of each test episode (its queries per class); mean ± 1.96·s/√n over the
@@ -62,7 +63,9 @@ def load_runs(runs_dir: Path, profiles_dir: Path, run_ids: list[str] | None = No
         paths = [Path(runs_dir) / run_id / "metrics.json" for run_id in run_ids]
         missing = [p.parent.name for p in paths if not p.is_file()]
         if missing:
-            raise MetabenchError(f"runs {', '.join(missing)} have no metrics.json; run `dvc repro` (or train and evaluate them)")
+            raise MetabenchError(
+                f"runs {', '.join(missing)} have no metrics.json; run `dvc repro` (after `metabench pipeline` if the leaderboard changed)"
+            )
     for metrics_path in paths:
         run_dir = metrics_path.parent
         metrics = json.loads(metrics_path.read_text())
@@ -78,8 +81,15 @@ def load_runs(runs_dir: Path, profiles_dir: Path, run_ids: list[str] | None = No
             log = pd.read_csv(log_path)
             if "val_accuracy" in log:
                 log = log.dropna(subset=["val_accuracy"])[["iteration", "val_accuracy"]]
-                curves.append(log.assign(run_id=metrics["run_id"], algorithm=metrics["algorithm"],
-                                         shots=metrics["shots"], seed=metrics["seed"], dataset=metrics["dataset"]))
+                curves.append(
+                    log.assign(
+                        run_id=metrics["run_id"],
+                        algorithm=metrics["algorithm"],
+                        shots=metrics["shots"],
+                        seed=metrics["seed"],
+                        dataset=metrics["dataset"],
+                    )
+                )
     if not rows:
         raise MetabenchError(f"no evaluated runs in {runs_dir}; run the train and evaluate stages first")
     profiles = [json.loads(p.read_text()) for p in sorted(Path(profiles_dir).glob("*.json"))]
@@ -93,40 +103,71 @@ def aggregate(runs: Runs) -> pd.DataFrame:
     for (dataset, ways, shots, algorithm), group in runs.metrics.groupby(keys):
         mean, half = stats.seed_interval(group["accuracy"])
         row = {
-            "dataset": dataset, "ways": ways, "shots": shots, "algorithm": algorithm,
-            "accuracy": mean, "seed_ci95": half, "seeds": len(group),
-            "episode_ci95": float(group["ci95"].mean()), "episodes": int(group["episodes"].iloc[0]),
+            "dataset": dataset,
+            "ways": ways,
+            "shots": shots,
+            "algorithm": algorithm,
+            "accuracy": mean,
+            "seed_ci95": half,
+            "seeds": len(group),
+            "episode_ci95": float(group["ci95"].mean()),
+            "episodes": int(group["episodes"].iloc[0]),
             "train_seconds": float(group["train_seconds"].mean()) if "train_seconds" in group else float("nan"),
             "transductive": bool(group["transductive"].iloc[0]),
             "mlflow_run_ids": " ".join(r[:8] for r in group["mlflow_run_id"] if r),
             "seed_accuracies": list(group.sort_values("seed")["accuracy"]),
         }
         if not runs.profiles.empty:
-            match = runs.profiles[(runs.profiles["algorithm"] == algorithm) & (runs.profiles["shots"] == shots)
-                                  & (runs.profiles["dataset"] == dataset) & (runs.profiles["ways"] == ways)]
+            match = runs.profiles[
+                (runs.profiles["algorithm"] == algorithm)
+                & (runs.profiles["shots"] == shots)
+                & (runs.profiles["dataset"] == dataset)
+                & (runs.profiles["ways"] == ways)
+            ]
             if not match.empty:
                 profile = match.iloc[0]
                 row.update({key: float(profile.get(key, float("nan"))) for key in COST_COLUMNS})
         entry = published.lookup(dataset, algorithm, ways, shots)
-        row["published"] = (f"{entry[0]}" + (f" ± {entry[1]}" if entry[1] is not None else "") + f" ({entry[2]})") if entry else ""
+        row["published"] = (
+            (f"{entry[0]}" + (f" ± {entry[1]}" if entry[1] is not None else "") + f" ({entry[2]})") if entry else ""
+        )
         out.append(row)
     return pd.DataFrame(out)
 
 
 def pairwise(runs: Runs) -> pd.DataFrame:
-    """Paired comparisons between every two algorithms of each (dataset, ways, shots)."""
+    """Paired comparisons between every two algorithms of each (dataset, ways, shots).
+
+    Runs are paired only when they were scored on identical episodes (the same
+    ``episodes_sha256`` in every seed of both algorithms); runs from before that hash was
+    recorded are never paired.
+    """
     rows = []
     metrics = runs.metrics
+    if "episodes_sha256" not in metrics:
+        return pd.DataFrame(rows)
     for (dataset, ways, shots), group in metrics.groupby(["dataset", "ways", "shots"]):
-        pooled = {}
+        pooled, episodes_of = {}, {}
         for algorithm, runs_of in group.groupby("algorithm"):
+            hashes = set(runs_of["episodes_sha256"].dropna())
+            if len(hashes) != 1 or runs_of["episodes_sha256"].isna().any():
+                continue  # its seeds were scored on different episodes: nothing to pair them on
             pooled[algorithm] = np.mean([runs.episodes[r] for r in runs_of["run_id"]], axis=0)
+            episodes_of[algorithm] = hashes.pop()
         setting = []
         for a, b in itertools.combinations(sorted(pooled), 2):
-            if len(pooled[a]) != len(pooled[b]):
+            if episodes_of[a] != episodes_of[b]:
                 continue
-            setting.append({"dataset": dataset, "ways": ways, "shots": shots, "a": a, "b": b,
-                            **stats.paired_comparison(pooled[a], pooled[b])})
+            setting.append(
+                {
+                    "dataset": dataset,
+                    "ways": ways,
+                    "shots": shots,
+                    "a": a,
+                    "b": b,
+                    **stats.paired_comparison(pooled[a], pooled[b]),
+                }
+            )
         if setting:
             adjusted = stats.adjust_p_values([r["p_value"] for r in setting])
             for row, p in zip(setting, adjusted):
@@ -146,11 +187,24 @@ def _figure_accuracy(table: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, len(shots), figsize=(4.5 * len(shots), 3.6), squeeze=False)
     for ax, k in zip(axes[0], shots):
         part = table[table["shots"] == k].sort_values("accuracy")
-        ax.errorbar(100 * part["accuracy"], part["algorithm"], xerr=100 * part["seed_ci95"].fillna(0),
-                    fmt="o", capsize=4, color=sns.color_palette()[0], label="mean over seeds ± t-interval")
+        ax.errorbar(
+            100 * part["accuracy"],
+            part["algorithm"],
+            xerr=100 * part["seed_ci95"].fillna(0),
+            fmt="o",
+            capsize=4,
+            color=sns.color_palette()[0],
+            label="mean over seeds ± t-interval",
+        )
         for _, row in part.iterrows():
-            ax.scatter([100 * a for a in row["seed_accuracies"]], [row["algorithm"]] * len(row["seed_accuracies"]),
-                       s=12, color="grey", alpha=0.7, zorder=3)
+            ax.scatter(
+                [100 * a for a in row["seed_accuracies"]],
+                [row["algorithm"]] * len(row["seed_accuracies"]),
+                s=12,
+                color="grey",
+                alpha=0.7,
+                zorder=3,
+            )
         ax.set_title(f"{part['ways'].iloc[0]}-way {k}-shot")
         ax.set_xlabel("test accuracy (%)")
     axes[0][0].legend(loc="lower right", fontsize=7)
@@ -163,8 +217,9 @@ def _figure_cost(table: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if "adaptation_tasks_per_second" in table and table["adaptation_tasks_per_second"].notna().any():
         data = table.assign(accuracy_pct=100 * table["accuracy"], shot=table["shots"].astype(str) + "-shot")
-        sns.scatterplot(data=data, x="adaptation_tasks_per_second", y="accuracy_pct", hue="algorithm", style="shot",
-                        s=80, ax=ax)
+        sns.scatterplot(
+            data=data, x="adaptation_tasks_per_second", y="accuracy_pct", hue="algorithm", style="shot", s=80, ax=ax
+        )
         ax.set_xscale("log")
         ax.set_xlabel("test-time adaptation throughput (tasks/s, log scale)")
     else:
@@ -181,8 +236,16 @@ def _figure_curves(curves: pd.DataFrame, path: Path) -> None:
     for ax, k in zip(axes[0], shots):
         part = curves[curves["shots"] == k] if not curves.empty else curves
         if not part.empty:
-            sns.lineplot(data=part.assign(val=100 * part["val_accuracy"]), x="iteration", y="val",
-                         hue="algorithm", units="seed", estimator=None, alpha=0.8, ax=ax)
+            sns.lineplot(
+                data=part.assign(val=100 * part["val_accuracy"]),
+                x="iteration",
+                y="val",
+                hue="algorithm",
+                units="seed",
+                estimator=None,
+                alpha=0.8,
+                ax=ax,
+            )
         ax.set_title(f"validation accuracy, {k}-shot (one line per seed)")
         ax.set_ylabel("validation accuracy (%)")
     fig.tight_layout()
@@ -204,8 +267,17 @@ def _figure_pairs(pairs: pd.DataFrame, path: Path) -> None:
                 star = "*" if row["p_adjusted"] < 0.05 else ""
                 labels.loc[x, y] = f"{sign * 100 * row['difference']:+.1f}{star}"
         limit = max(1.0, float(np.abs(grid.to_numpy()).max()))
-        sns.heatmap(grid, annot=labels, fmt="", cmap="RdBu", vmin=-limit, vmax=limit, cbar=True, ax=ax,
-                    cbar_kws={"label": "row − column (points)"})
+        sns.heatmap(
+            grid,
+            annot=labels,
+            fmt="",
+            cmap="RdBu",
+            vmin=-limit,
+            vmax=limit,
+            cbar=True,
+            ax=ax,
+            cbar_kws={"label": "row − column (points)"},
+        )
         ax.set_title(f"{ways}-way {k}-shot (* adjusted p < 0.05)")
     if not settings:
         axes[0][0].text(0.5, 0.5, "one algorithm only: nothing to compare", ha="center", va="center")
@@ -251,7 +323,10 @@ def leaderboard_table(table: pd.DataFrame) -> pd.DataFrame:
             row[f"{setting} episode CI"] = f"± {100 * r['episode_ci95']:.2f}"
             row[f"{setting} published"] = r["published"] or "–"
             row[f"{setting} train s"] = f"{r['train_seconds']:.0f}"
-            if "adaptation_tasks_per_second" in r and r["adaptation_tasks_per_second"] == r["adaptation_tasks_per_second"]:
+            if (
+                "adaptation_tasks_per_second" in r
+                and r["adaptation_tasks_per_second"] == r["adaptation_tasks_per_second"]
+            ):
                 row[f"{setting} adapt tasks/s"] = f"{r['adaptation_tasks_per_second']:.1f}"
         row["seeds"] = int(group["seeds"].max())
         row["transductive"] = "yes" if group["transductive"].iloc[0] else "no"
@@ -260,8 +335,50 @@ def leaderboard_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, data_dir: Path | None = None,
-          run_ids: list[str] | None = None) -> dict:
+@dataclass
+class Figures:
+    """What a figure may draw from: the loaded runs, the aggregated table, the pairwise tests."""
+
+    runs: Runs
+    table: pd.DataFrame
+    pairs: pd.DataFrame
+
+
+@dataclass
+class Figure:
+    file: str  # under reports/figures/
+    caption: str
+    draw: Callable[[Figures, Path], None]
+
+
+# Adding a figure: one function of (Figures, path) above, one entry here.
+FIGURES: dict[str, Figure] = {
+    "accuracy": Figure(
+        "accuracy.png",
+        "Accuracy per algorithm and shot: mean over seeds with its t-interval; grey dots are seeds.",
+        lambda data, path: _figure_accuracy(data.table, path),
+    ),
+    "cost": Figure(
+        "accuracy_vs_cost.png",
+        "Accuracy against test-time adaptation cost.",
+        lambda data, path: _figure_cost(data.table, path),
+    ),
+    "curves": Figure(
+        "learning_curves.png",
+        "Validation accuracy during meta-training, one line per seed.",
+        lambda data, path: _figure_curves(data.runs.curves, path),
+    ),
+    "pairs": Figure(
+        "pairwise.png",
+        "Pairwise differences on shared episodes (row − column, points); * adjusted p < 0.05.",
+        lambda data, path: _figure_pairs(data.pairs, path),
+    ),
+}
+
+
+def build(
+    runs_dir: Path, profiles_dir: Path, out_dir: Path, data_dir: Path | None = None, run_ids: list[str] | None = None
+) -> dict:
     """Write the report; return the headline numbers (also written to summary.json)."""
     runs = load_runs(runs_dir, profiles_dir, run_ids)
     table = aggregate(runs)
@@ -270,31 +387,38 @@ def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, data_dir: Path | No
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="notebook")
-    paths = {
-        "accuracy": figures / "accuracy.png", "cost": figures / "accuracy_vs_cost.png",
-        "curves": figures / "learning_curves.png", "pairs": figures / "pairwise.png",
-    }
-    _figure_accuracy(table, paths["accuracy"])
-    _figure_cost(table, paths["cost"])
-    _figure_curves(runs.curves, paths["curves"])
-    _figure_pairs(pairs, paths["pairs"])
+    paths = {}
+    for key, figure in FIGURES.items():
+        paths[key] = figures / figure.file
+        figure.draw(Figures(runs, table, pairs), paths[key])
 
     baselines = []
     if data_dir is not None:
         settings = runs.metrics[["dataset", "ways", "shots", "queries", "episodes", "episode_seed"]].drop_duplicates()
         for s in settings.itertuples(index=False):
             result = pixel_baseline(s.dataset, Path(data_dir), s.ways, s.shots, s.queries, s.episodes, s.episode_seed)
-            baselines.append({"dataset": s.dataset, "setting": f"{s.ways}w{s.shots}s",
-                              "pixel nearest-neighbour %": _pct(result["accuracy"], result["ci95"])})
+            baselines.append(
+                {
+                    "dataset": s.dataset,
+                    "setting": f"{s.ways}w{s.shots}s",
+                    "pixel nearest-neighbour %": _pct(result["accuracy"], result["ci95"]),
+                }
+            )
     board = leaderboard_table(table)
-    pair_table = pairs.assign(
-        setting=pairs["ways"].astype(str) + "w" + pairs["shots"].astype(str) + "s",
-        **{"difference % (a − b)": [_pct(d, c) for d, c in zip(pairs["difference"], pairs["ci95"])]},
-    )[["setting", "a", "b", "difference % (a − b)", "p_value", "p_adjusted"]] if not pairs.empty else pd.DataFrame()
+    pair_table = (
+        pairs.assign(
+            setting=pairs["ways"].astype(str) + "w" + pairs["shots"].astype(str) + "s",
+            **{"difference % (a − b)": [_pct(d, c) for d, c in zip(pairs["difference"], pairs["ci95"])]},
+        )[["setting", "a", "b", "difference % (a − b)", "p_value", "p_adjusted"]]
+        if not pairs.empty
+        else pd.DataFrame()
+    )
     hyper = {}
-    for metrics_path in sorted(Path(runs_dir).glob("*/config.json")):
-        config = json.loads(metrics_path.read_text())
-        hyper.setdefault(config["algorithm"], config["hyper"])
+    for run_id in sorted(runs.metrics["run_id"]):  # the reported runs only, never a stray folder's
+        config_path = Path(runs_dir) / run_id / "config.json"
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+            hyper.setdefault(config["algorithm"], config["hyper"])
 
     summary = {f"{r.algorithm}_{r.ways}w{r.shots}s": round(float(r.accuracy), 6) for r in table.itertuples()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
@@ -316,21 +440,35 @@ def _notes(table: pd.DataFrame) -> list[str]:
 def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs, costs: pd.DataFrame) -> None:
     episodes = int(runs.metrics["episodes"].iloc[0])
     lines = [
-        "# metabench leaderboard", "",
+        "# metabench leaderboard",
+        "",
         f"Generated from {len(runs.metrics)} runs (`runs/*/metrics.json`, `episodes.csv`); "
-        f"{episodes} fixed test episodes per run, shared by every algorithm and seed.", "",
-        board.to_markdown(index=False, disable_numparse=True), "",
+        f"{episodes} fixed test episodes per run, shared by every algorithm and seed.",
+        "",
+        board.to_markdown(index=False, disable_numparse=True),
+        "",
         "*acc*: mean over seeds ± 95% t-interval over seeds; *episode CI*: mean per-run ± 1.96·s/√n over "
         "episodes; *train s*: meta-training seconds per run on the machine that made the report; "
-        "*adapt tasks/s*: test-time episodes per second (profile stage).", "",
+        "*adapt tasks/s*: test-time episodes per second (profile stage).",
+        "",
     ]
     if baselines:
-        lines += ["## Reference: pixel nearest-neighbour on the same episodes", "",
-                  pd.DataFrame(baselines).to_markdown(index=False, disable_numparse=True), ""]
+        lines += [
+            "## Reference: pixel nearest-neighbour on the same episodes",
+            "",
+            pd.DataFrame(baselines).to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
     if not costs.empty:
-        lines += ["## Cost (profile stage, this machine)", "", costs.to_markdown(index=False, disable_numparse=True), "",
-                  "Measured on freshly initialised weights with the run's settings; GFLOP/s from "
-                  "`torch.utils.flop_counter`, relative to a float32 matmul measured in the same process.", ""]
+        lines += [
+            "## Cost (profile stage, this machine)",
+            "",
+            costs.to_markdown(index=False, disable_numparse=True),
+            "",
+            "Measured on freshly initialised weights with the run's settings; GFLOP/s from "
+            "`torch.utils.flop_counter`, relative to a float32 matmul measured in the same process.",
+            "",
+        ]
     if not pairs.empty:
         lines += ["## Pairwise comparisons (same episodes)", "", pairs.to_markdown(index=False, floatfmt=".3g"), ""]
     lines += ["## How the numbers are computed", "", FORMULAS]
@@ -338,10 +476,17 @@ def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs, cos
         lines += [f"- {note}"]
     lines += ["", "## Hyper-parameters (fully resolved, from each run's config.json)", ""]
     for algorithm, values in sorted(hyper.items()):
-        transductive = "transductive" if REGISTRY.get(algorithm) and REGISTRY[algorithm].transductive else "not transductive"
+        transductive = (
+            "transductive" if REGISTRY.get(algorithm) and REGISTRY[algorithm].transductive else "not transductive"
+        )
         lines += [f"- **{algorithm}** ({transductive}): `{json.dumps(values, sort_keys=True)}`"]
-    lines += ["", "Figures: `figures/accuracy.png`, `figures/accuracy_vs_cost.png`, `figures/learning_curves.png`, "
-              "`figures/pairwise.png` (all embedded in `leaderboard.html`).", ""]
+    lines += [
+        "",
+        "Figures: "
+        + ", ".join(f"`figures/{f.file}`" for f in FIGURES.values())
+        + " (all embedded in `leaderboard.html`).",
+        "",
+    ]
     Path(path).write_text("\n".join(lines))
 
 
@@ -350,30 +495,41 @@ def _embed(path: Path) -> str:
 
 
 def _write_html(path, board, pairs, baselines, hyper, figures: dict, runs: Runs, costs: pd.DataFrame) -> None:
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}code{font-size:12px}")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>metabench leaderboard</title>"
-             f"<style>{style}</style></head><body>",
-             "<h1>metabench leaderboard</h1>",
-             f"<p>{len(runs.metrics)} runs; {int(runs.metrics['episodes'].iloc[0])} fixed test episodes per run, "
-             "shared by every algorithm and seed.</p>",
-             board.to_html(index=False, escape=True, border=0)]
-    captions = {"accuracy": "Accuracy per algorithm and shot: mean over seeds with its t-interval; grey dots are seeds.",
-                "cost": "Accuracy against test-time adaptation cost.",
-                "curves": "Validation accuracy during meta-training, one line per seed.",
-                "pairs": "Pairwise differences on shared episodes (row − column, points); * adjusted p < 0.05."}
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}code{font-size:12px}"
+    )
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>metabench leaderboard</title>"
+        f"<style>{style}</style></head><body>",
+        "<h1>metabench leaderboard</h1>",
+        f"<p>{len(runs.metrics)} runs; {int(runs.metrics['episodes'].iloc[0])} fixed test episodes per run, "
+        "shared by every algorithm and seed.</p>",
+        board.to_html(index=False, escape=True, border=0),
+    ]
     for key, figure in figures.items():
-        parts.append(f"<figure><img alt='{key}' src='{_embed(figure)}'><figcaption>{html.escape(captions[key])}</figcaption></figure>")
+        parts.append(
+            f"<figure><img alt='{key}' src='{_embed(figure)}'><figcaption>{html.escape(FIGURES[key].caption)}</figcaption></figure>"
+        )
     if baselines:
         parts += ["<h2>Reference: pixel nearest-neighbour</h2>", pd.DataFrame(baselines).to_html(index=False, border=0)]
     if not costs.empty:
         parts += ["<h2>Cost (profile stage)</h2>", costs.to_html(index=False, border=0)]
     if not pairs.empty:
-        parts += ["<h2>Pairwise comparisons</h2>", pairs.to_html(index=False, border=0, float_format=lambda v: f"{v:.3g}")]
-    formulas = "".join(f"<li>{html.escape(line[2:])}</li>" for line in FORMULAS.replace("\n  ", " ").splitlines() if line.startswith("- "))
+        parts += [
+            "<h2>Pairwise comparisons</h2>",
+            pairs.to_html(index=False, border=0, float_format=lambda v: f"{v:.3g}"),
+        ]
+    formulas = "".join(
+        f"<li>{html.escape(line[2:])}</li>"
+        for line in FORMULAS.replace("\n  ", " ").splitlines()
+        if line.startswith("- ")
+    )
     parts += ["<h2>How the numbers are computed</h2>", f"<ul>{formulas}</ul>", "<h2>Hyper-parameters</h2><ul>"]
     for algorithm, values in sorted(hyper.items()):
-        parts.append(f"<li><b>{html.escape(algorithm)}</b>: <code>{html.escape(json.dumps(values, sort_keys=True))}</code></li>")
+        parts.append(
+            f"<li><b>{html.escape(algorithm)}</b>: <code>{html.escape(json.dumps(values, sort_keys=True))}</code></li>"
+        )
     parts.append("</ul></body></html>")
     Path(path).write_text("\n".join(parts))

@@ -15,11 +15,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import warnings
 import math
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -45,8 +45,13 @@ def task_shape(config: RunConfig, dataset: store.Dataset, hyper) -> TaskShape:
     if height != width:
         raise MetabenchError(f"dataset {dataset.name!r} has {height}x{width} images; backbones expect square images")
     train_ways = getattr(hyper, "train_ways", 0) or config.ways
-    return TaskShape(channels=channels, image_size=height, train_ways=train_ways, test_ways=config.ways,
-                     train_classes=dataset.split("train").n_classes)
+    return TaskShape(
+        channels=channels,
+        image_size=height,
+        train_ways=train_ways,
+        test_ways=config.ways,
+        train_classes=dataset.split("train").n_classes,
+    )
 
 
 def fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
@@ -85,8 +90,12 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
     train_spec.check(train_split, "train")
     val_spec = EpisodeSpec(config.ways, config.shots, config.queries)
     val_episodes = fixed_episodes(
-        val_split, val_spec, config.val_episodes, config.episode_seed,
-        Path(config.data_dir) / "episodes", _episode_key(dataset, "val"),
+        val_split,
+        val_spec,
+        config.val_episodes,
+        config.episode_seed,
+        Path(config.data_dir) / "episodes",
+        _episode_key(dataset, "val"),
     )
 
     torch.manual_seed(config.seed)
@@ -114,8 +123,11 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
     if state_path.is_file():
         saved = checkpoint.load(state_path)
         if saved["fingerprint"] != current:
-            warnings.warn(f"{state_path} was saved with other {_differences(saved['fingerprint'], current)}; "
-                          f"training {config.run_id} from scratch", stacklevel=2)
+            warnings.warn(
+                f"{state_path} was saved with other {_differences(saved['fingerprint'], current)}; "
+                f"training {config.run_id} from scratch",
+                stacklevel=2,
+            )
         elif saved["iteration"] > config.iterations:
             raise MetabenchError(
                 f"{run_dir} already trained {saved['iteration']} iterations, more than the {config.iterations} asked; "
@@ -125,7 +137,12 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
             algorithm.load_state_dict(saved["algorithm"])
             rng.bit_generator.state = saved["numpy_rng"]
             torch.set_rng_state(saved["torch_rng"])
-            start, history, validations, best = saved["iteration"], saved["history"], saved["validations"], saved["best"]
+            start, history, validations, best = (
+                saved["iteration"],
+                saved["history"],
+                saved["validations"],
+                saved["best"],
+            )
             best_weights, elapsed = saved["best_weights"], saved["elapsed"]
 
     if start < config.iterations:
@@ -137,8 +154,12 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
         "hyper": dataclasses.asdict(hyper),
         "task": dataclasses.asdict(task),
         "config": config.to_dict(),
-        "dataset": {"name": dataset.name, "checksum": dataset.checksum, "image_shape": list(dataset.image_shape),
-                    "preprocessing": dataset.info.get("preprocessing", "")},
+        "dataset": {
+            "name": dataset.name,
+            "checksum": dataset.checksum,
+            "image_shape": list(dataset.image_shape),
+            "preprocessing": dataset.info.get("preprocessing", ""),
+        },
     }
     # the fully resolved settings, and what a later `train` compares before touching this run
     (run_dir / "config.json").write_text(json.dumps({**meta, "fingerprint": current}, indent=1) + "\n")
@@ -179,16 +200,34 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
             elapsed += now - clock
             clock = now
             checkpoint.save_atomic(
-                {"fingerprint": current, "algorithm": algorithm.state_dict(), "numpy_rng": rng.bit_generator.state,
-                 "torch_rng": torch.get_rng_state(), "iteration": iteration, "history": history,
-                 "validations": validations, "best": best, "best_weights": best_weights, "elapsed": elapsed},
+                {
+                    "fingerprint": current,
+                    "algorithm": algorithm.state_dict(),
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "iteration": iteration,
+                    "history": history,
+                    "validations": validations,
+                    "best": best,
+                    "best_weights": best_weights,
+                    "elapsed": elapsed,
+                },
                 state_path,
             )
     checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
-    log = pd.DataFrame(history).merge(pd.DataFrame(validations), on="iteration", how="left") if history else pd.DataFrame()
+    log = (
+        pd.DataFrame(history).merge(pd.DataFrame(validations), on="iteration", how="left")
+        if history
+        else pd.DataFrame()
+    )
     log.to_csv(run_dir / "train_log.csv", index=False)
-    summary = {"run_id": config.run_id, "best_iteration": best["iteration"], "best_val_accuracy": best["val_accuracy"],
-               "train_seconds": round(elapsed, 3), "device": str(device)}
+    summary = {
+        "run_id": config.run_id,
+        "best_iteration": best["iteration"],
+        "best_val_accuracy": best["val_accuracy"],
+        "train_seconds": round(elapsed, 3),
+        "device": str(device),
+    }
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     tracker.log_final({k: v for k, v in summary.items() if k != "run_id"})
     tracker.log_artifacts([best_path, run_dir / "config.json", run_dir / "train_log.csv"])
@@ -236,8 +275,12 @@ def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
     test_split = dataset.split("test")
     spec = EpisodeSpec(config.ways, config.shots, config.queries)
     episodes = fixed_episodes(
-        test_split, spec, config.test_episodes, config.episode_seed,
-        Path(config.data_dir) / "episodes", _episode_key(dataset, "test"),
+        test_split,
+        spec,
+        config.test_episodes,
+        config.episode_seed,
+        Path(config.data_dir) / "episodes",
+        _episode_key(dataset, "test"),
     )
     bank = ImageBank(test_split, device)
     done = [0]
@@ -250,9 +293,17 @@ def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
     start = time.perf_counter()
     accuracies = episode_accuracies(algorithm, bank, episodes, tick)
     extra = {
-        "run_id": config.run_id, "algorithm": config.algorithm, "dataset": dataset.name, "ways": config.ways,
-        "shots": config.shots, "queries": config.queries, "seed": config.seed, "episode_seed": config.episode_seed,
-        "best_iteration": saved["iteration"], "val_accuracy": saved["val_accuracy"],
+        "run_id": config.run_id,
+        "algorithm": config.algorithm,
+        "dataset": dataset.name,
+        "ways": config.ways,
+        "shots": config.shots,
+        "queries": config.queries,
+        "seed": config.seed,
+        "episode_seed": config.episode_seed,
+        "episodes_sha256": episodes.digest(),
+        "best_iteration": saved["iteration"],
+        "val_accuracy": saved["val_accuracy"],
         "transductive": type(algorithm).transductive,
     }
     timing = {"eval_seconds": round(time.perf_counter() - start, 3), "episodes_per_second": None}

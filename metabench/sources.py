@@ -52,7 +52,9 @@ def import_closure(*module_names: str, skip: tuple[str, ...] = (REGISTRY,)) -> l
         module = sys.modules.get(name) or importlib.import_module(name)
         todo.extend(_referenced_modules(module) - seen)
     found = seen - set(skip)
-    files = {Path(sys.modules[name].__file__).resolve() for name in found if getattr(sys.modules[name], "__file__", None)}
+    files = {
+        Path(sys.modules[name].__file__).resolve() for name in found if getattr(sys.modules[name], "__file__", None)
+    }
     return sorted(files)
 
 

@@ -39,8 +39,14 @@ def paired_comparison(a, b, confidence: float = 0.95) -> dict[str, float]:
     if a.shape != b.shape:
         raise ValueError(f"paired samples must have the same shape, got {a.shape} and {b.shape}")
     difference = a - b
+    if len(difference) < 2:  # no variance to test against: no evidence either way
+        return {
+            "difference": float(difference.mean()) if len(difference) else float("nan"),
+            "ci95": float("nan"),
+            "p_value": float("nan"),
+        }
     mean = float(difference.mean())
-    if len(difference) < 2 or np.all(difference == difference[0]):
+    if np.all(difference == difference[0]):
         return {"difference": mean, "ci95": 0.0, "p_value": 1.0 if mean == 0 else 0.0}
     t = stats.t.ppf(0.5 + confidence / 2, df=len(difference) - 1)
     return {
@@ -53,6 +59,8 @@ def paired_comparison(a, b, confidence: float = 0.95) -> dict[str, float]:
 def adjust_p_values(p_values) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (``scipy.stats.false_discovery_control``)."""
     p_values = np.asarray(p_values, dtype=np.float64)
-    if len(p_values) == 0:
-        return p_values
-    return stats.false_discovery_control(p_values, method="bh")
+    adjusted = np.full_like(p_values, np.nan)
+    tested = np.isfinite(p_values)  # an untestable pair (fewer than two episodes) stays NaN
+    if tested.any():
+        adjusted[tested] = stats.false_discovery_control(p_values[tested], method="bh")
+    return adjusted

@@ -21,7 +21,9 @@ def collect(runs_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pixel_baseline(dataset_name: str, data_dir: Path, ways: int, shots: int, queries: int, count: int, seed: int) -> dict:
+def pixel_baseline(
+    dataset_name: str, data_dir: Path, ways: int, shots: int, queries: int, count: int, seed: int
+) -> dict:
     dataset = store.load(dataset_name, data_dir)
     split = dataset.split("test")
     key = episode_key(dataset.name, "test", dataset.checksum)
@@ -34,13 +36,24 @@ def table(runs_dir: Path, data_dir: Path) -> pd.DataFrame:
     runs = collect(runs_dir)
     if runs.empty:
         return runs
-    rows = runs[["dataset", "algorithm", "ways", "shots", "seed", "accuracy", "ci95", "episodes", "transductive"]].copy()
+    rows = runs[
+        ["dataset", "algorithm", "ways", "shots", "seed", "accuracy", "ci95", "episodes", "transductive"]
+    ].copy()
     baselines = []
     for (name, ways, shots, queries, count, seed), _ in runs.groupby(
         ["dataset", "ways", "shots", "queries", "episodes", "episode_seed"]
     ):
         result = pixel_baseline(name, data_dir, ways, shots, queries, count, seed)
-        baselines.append({"dataset": name, "algorithm": "pixel-NN (reference)", "ways": ways, "shots": shots,
-                          "seed": None, **result, "transductive": False})
+        baselines.append(
+            {
+                "dataset": name,
+                "algorithm": "pixel-NN (reference)",
+                "ways": ways,
+                "shots": shots,
+                "seed": None,
+                **result,
+                "transductive": False,
+            }
+        )
     combined = pd.concat([rows, pd.DataFrame(baselines)], ignore_index=True)
     return combined.sort_values(["dataset", "ways", "shots", "algorithm", "seed"]).reset_index(drop=True)

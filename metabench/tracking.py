@@ -17,8 +17,9 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rich.console import Console
 
@@ -139,7 +140,8 @@ class Tracker:
             now = int(time.time() * 1000)
             metrics = [
                 Metric(prefix + key, float(value), now, int(row[step_key]))
-                for row in rows for key, value in row.items()
+                for row in rows
+                for key, value in row.items()
                 if key != step_key and isinstance(value, (int, float)) and value == value
             ]
             for start in range(0, len(metrics), BATCH):
@@ -148,8 +150,16 @@ class Tracker:
         self._safely("logging metrics", send)
 
     def log_final(self, metrics: dict[str, Any], prefix: str = "") -> None:
-        self.log_rows([{**{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                        "_step": 0}], step_key="_step", prefix=prefix)
+        self.log_rows(
+            [
+                {
+                    **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                    "_step": 0,
+                }
+            ],
+            step_key="_step",
+            prefix=prefix,
+        )
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id is None:
@@ -191,9 +201,13 @@ def run_tags(config: dict[str, Any], dataset_checksum: str, device: str) -> dict
 
     params_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {
-        "git_commit": git_commit(), "params_hash": params_hash, "dataset_checksum": dataset_checksum,
-        "seed": str(config.get("config", {}).get("seed")), "device": device,
-        "algorithm": str(config.get("algorithm")), "dataset": str(config.get("dataset", {}).get("name")),
+        "git_commit": git_commit(),
+        "params_hash": params_hash,
+        "dataset_checksum": dataset_checksum,
+        "seed": str(config.get("config", {}).get("seed")),
+        "device": device,
+        "algorithm": str(config.get("algorithm")),
+        "dataset": str(config.get("dataset", {}).get("name")),
     }
 
 
@@ -212,8 +226,12 @@ def resend(run_dir: Path) -> str | None:
         tracker.log_rows(pd.read_csv(log).to_dict("records"))
     for name in ("train_summary.json", "metrics.json"):
         if (run_dir / name).is_file():
-            tracker.log_final(json.loads((run_dir / name).read_text()), prefix="test_" if name == "metrics.json" else "")
-    tracker.log_artifacts([run_dir / n for n in ("checkpoint.pt", "config.json", "train_log.csv", "episodes.csv", "metrics.json")])
+            tracker.log_final(
+                json.loads((run_dir / name).read_text()), prefix="test_" if name == "metrics.json" else ""
+            )
+    tracker.log_artifacts(
+        [run_dir / n for n in ("checkpoint.pt", "config.json", "train_log.csv", "episodes.csv", "metrics.json")]
+    )
     tracker.finish()
     if tracker.enabled and tracker.run_id:
         (run_dir / PENDING_FILE).unlink(missing_ok=True)

@@ -22,7 +22,9 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_TRACKING_DIR}/mlflow.db"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def tiny_split(classes: int, instances: int, size: int = 28, seed: int = 0, prefix: str = "c", channels: int = 1) -> store.Split:
+def tiny_split(
+    classes: int, instances: int, size: int = 28, seed: int = 0, prefix: str = "c", channels: int = 1
+) -> store.Split:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(classes * instances, size, size, channels), dtype=np.uint8)
     offsets = np.arange(classes + 1, dtype=np.int64) * instances

@@ -40,7 +40,9 @@ def leaves(params: dict) -> dict:
     return {n: p.detach().clone().requires_grad_() for n, p in params.items()}
 
 
-def numerical_gradient(function: Callable[[torch.Tensor], float], point: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def numerical_gradient(
+    function: Callable[[torch.Tensor], float], point: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
     """Central finite differences of a scalar function of a flat float64 vector."""
     point = point.detach()
     gradient = torch.empty_like(point)

@@ -9,8 +9,15 @@ from metabench.algorithms import REGISTRY, TaskShape, build_algorithm
 from metabench.episodes import Episode
 
 SMALL = {"hidden": 4}
-CHEAP = {"baseline": {"finetune_epochs": 2}, "baselinepp": {"finetune_epochs": 2}, "reptile": {"test_inner_steps": 2},
-         "maml": {"meta_batch": 2}, "fomaml": {"meta_batch": 2}, "metasgd": {"meta_batch": 2}, "anil": {"meta_batch": 2}}
+CHEAP = {
+    "baseline": {"finetune_epochs": 2},
+    "baselinepp": {"finetune_epochs": 2},
+    "reptile": {"test_inner_steps": 2},
+    "maml": {"meta_batch": 2},
+    "fomaml": {"meta_batch": 2},
+    "metasgd": {"meta_batch": 2},
+    "anil": {"meta_batch": 2},
+}
 
 
 def build(name: str):
@@ -29,8 +36,14 @@ def batch(count: int, seed: int = 0) -> Episode:
 
 
 def weights(algorithm) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for part in algorithm.modules().values()
-                      if isinstance(part, torch.nn.Module) for p in part.parameters()])
+    return torch.cat(
+        [
+            p.detach().reshape(-1)
+            for part in algorithm.modules().values()
+            if isinstance(part, torch.nn.Module)
+            for p in part.parameters()
+        ]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

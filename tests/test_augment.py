@@ -49,8 +49,17 @@ def test_unknown_augmentation_is_a_clear_error():
 
 def test_augmented_training_is_reproducible_and_differs_from_plain(tiny_dataset, tmp_path):
     _, data = tiny_dataset
-    base = dict(dataset="tiny", algorithm="protonet", iterations=6, val_every=3, val_episodes=5, test_episodes=10,
-                queries=5, data_dir=str(data), hyper={"hidden": 8})
+    base = dict(
+        dataset="tiny",
+        algorithm="protonet",
+        iterations=6,
+        val_every=3,
+        val_episodes=5,
+        test_episodes=10,
+        queries=5,
+        data_dir=str(data),
+        hyper={"hidden": 8},
+    )
     results = []
     for name, augment in (("a", "crop+flip"), ("b", "crop+flip"), ("c", "none")):
         config = RunConfig(runs_dir=str(tmp_path / name), augment=augment, **base)

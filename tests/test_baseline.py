@@ -17,8 +17,14 @@ def test_linear_fine_tuning_equals_numpy_gradient_descent_on_softmax_regression(
     head = torch.nn.Linear(4, 3).double()
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(w)), head.bias.copy_(torch.from_numpy(b))
-    hyper = BaselineHyper(finetune_lr=0.5, finetune_momentum=0.0, finetune_dampening=0.0,
-                          finetune_weight_decay=0.01, finetune_batch=6, finetune_epochs=5)
+    hyper = BaselineHyper(
+        finetune_lr=0.5,
+        finetune_momentum=0.0,
+        finetune_dampening=0.0,
+        finetune_weight_decay=0.01,
+        finetune_batch=6,
+        finetune_epochs=5,
+    )
     fine_tune_head(head, torch.from_numpy(x), torch.from_numpy(y), hyper, torch.Generator().manual_seed(0))
 
     one_hot = np.eye(3)[y]
@@ -71,7 +77,10 @@ def test_prediction_is_deterministic_and_leaves_the_body_unchanged():
         algorithm = build(name)
         algorithm.train(False)
         before = [p.clone() for p in algorithm.net.parameters()]
-        support_x, query_x = torch.rand(6, 1, 16, 16, dtype=torch.float64), torch.rand(4, 1, 16, 16, dtype=torch.float64)
+        support_x, query_x = (
+            torch.rand(6, 1, 16, 16, dtype=torch.float64),
+            torch.rand(4, 1, 16, 16, dtype=torch.float64),
+        )
         labels = torch.tensor([0, 1, 2, 0, 1, 2])
         first = algorithm.predict(support_x, labels, query_x, 3)
         torch.manual_seed(123)  # the global RNG must not matter

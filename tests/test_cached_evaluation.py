@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from metabench import evaluation
 from metabench.algorithms import REGISTRY, TaskShape, build_algorithm
 from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import EpisodeSpec, ImageBank, sample_indices
-from metabench import evaluation
 from metabench.evaluation import episode_accuracies
 from tests.conftest import tiny_split
 
@@ -15,7 +15,9 @@ EMBEDDING = sorted(name for name, cls in REGISTRY.items() if issubclass(cls, Emb
 
 
 def test_every_non_transductive_algorithm_with_a_frozen_body_uses_the_cache():
-    assert {"protonet", "matchingnet", "relationnet", "siamese", "baseline", "baselinepp", "metaoptnet"} <= set(EMBEDDING)
+    assert {"protonet", "matchingnet", "relationnet", "siamese", "baseline", "baselinepp", "metaoptnet"} <= set(
+        EMBEDDING
+    )
     assert all(not REGISTRY[name].transductive for name in EMBEDDING)
 
 
@@ -28,8 +30,9 @@ def test_cached_accuracies_equal_per_episode_accuracies(name, shots, monkeypatch
     episodes = sample_indices(split, EpisodeSpec(4, shots, 3), 12, np.random.default_rng(0))
     task = TaskShape(channels=1, image_size=16, train_ways=4, test_ways=4, train_classes=10)
     torch.manual_seed(0)
-    algorithm = build_algorithm(name, {"hidden": 8, "finetune_epochs": 3} if "baseline" in name else {"hidden": 8},
-                                task, torch.device("cpu"))
+    algorithm = build_algorithm(
+        name, {"hidden": 8, "finetune_epochs": 3} if "baseline" in name else {"hidden": 8}, task, torch.device("cpu")
+    )
     # a few training steps so running statistics and weights are not at their initial values
     train = sample_indices(split, EpisodeSpec(4, shots, 3), 3, np.random.default_rng(1))
     for index in range(3):
@@ -77,5 +80,7 @@ def test_cached_accuracies_equal_per_episode_with_resnet12(name):
     train = sample_indices(split, EpisodeSpec(4, 2, 3), 2, np.random.default_rng(2))
     for index in range(2):
         algorithm.meta_train_step(bank.episodes(train[index : index + 1]))
-    np.testing.assert_array_equal(episode_accuracies(algorithm, bank, episodes, cached=True),
-                                  episode_accuracies(algorithm, bank, episodes, cached=False))
+    np.testing.assert_array_equal(
+        episode_accuracies(algorithm, bank, episodes, cached=True),
+        episode_accuracies(algorithm, bank, episodes, cached=False),
+    )

@@ -44,9 +44,17 @@ def make_archive(path, pairs):
                 rows.append(image.reshape(-1))
                 fine.append(label)
                 coarse.append(coarse_names.index(sup))
-        parts[part] = {b"data": np.stack(rows), b"fine_labels": fine, b"coarse_labels": coarse,
-                       b"filenames": [b"x.png"] * len(fine), b"batch_label": part.encode()}
-    meta = {b"fine_label_names": [n.encode() for n in fine_names], b"coarse_label_names": [n.encode() for n in coarse_names]}
+        parts[part] = {
+            b"data": np.stack(rows),
+            b"fine_labels": fine,
+            b"coarse_labels": coarse,
+            b"filenames": [b"x.png"] * len(fine),
+            b"batch_label": part.encode(),
+        }
+    meta = {
+        b"fine_label_names": [n.encode() for n in fine_names],
+        b"coarse_label_names": [n.encode() for n in coarse_names],
+    }
     with tarfile.open(path, "w:gz") as archive:
         for name, obj in (("meta", meta), ("train", parts["train"]), ("test", parts["test"])):
             data = pickled(obj)

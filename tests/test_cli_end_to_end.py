@@ -28,7 +28,8 @@ def run_cli(*args):
 def workdir(tmp_path, glyphs_dir):
     shutil.copytree(glyphs_dir / "glyphs", tmp_path / "data" / "glyphs")
     (tmp_path / "params.yaml").write_text(
-        "run:\n" + "".join(f"  {k}: {v}\n" for k, v in QUICK.items())
+        "run:\n"
+        + "".join(f"  {k}: {v}\n" for k, v in QUICK.items())
         + "algorithms:\n  maml:\n    hyper:\n      meta_batch: 2\n      hidden: 16\n"
         + "  protonet:\n    hyper:\n      hidden: 32\n"
     )
@@ -36,7 +37,14 @@ def workdir(tmp_path, glyphs_dir):
 
 
 def cli_in(workdir, *args):
-    common = ["--params", str(workdir / "params.yaml"), "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs")]
+    common = [
+        "--params",
+        str(workdir / "params.yaml"),
+        "--data-dir",
+        str(workdir / "data"),
+        "--runs-dir",
+        str(workdir / "runs"),
+    ]
     return run_cli(*args, *common)
 
 
@@ -56,13 +64,20 @@ def test_train_then_evaluate_writes_metrics_above_chance(workdir, algorithm):
 def test_same_seed_gives_identical_metrics_and_another_seed_differs(workdir):
     results = []
     for seed, runs in ((0, "a"), (0, "b"), (1, "c")):
-        config = RunConfig(algorithm="protonet", seed=seed, data_dir=str(workdir / "data"),
-                           runs_dir=str(workdir / runs), hyper={"hidden": 32}, **QUICK)
+        config = RunConfig(
+            algorithm="protonet",
+            seed=seed,
+            data_dir=str(workdir / "data"),
+            runs_dir=str(workdir / runs),
+            hyper={"hidden": 32},
+            **QUICK,
+        )
         train_run(config)
         results.append(evaluate_run(config))
     assert results[0] == results[1]
-    assert (workdir / "a" / results[0]["run_id"] / "episodes.csv").read_bytes() == \
-        (workdir / "b" / results[1]["run_id"] / "episodes.csv").read_bytes()
+    assert (workdir / "a" / results[0]["run_id"] / "episodes.csv").read_bytes() == (
+        workdir / "b" / results[1]["run_id"] / "episodes.csv"
+    ).read_bytes()
     assert results[2]["accuracy"] != results[0]["accuracy"]
 
 
@@ -104,8 +119,13 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_best_checkpoint(workdir
         return metrics
 
     monkeypatch.setattr(ProtoNet, "meta_train_step", nan_after_15)
-    config = RunConfig(algorithm="protonet", data_dir=str(workdir / "data"), runs_dir=str(workdir / "runs"),
-                       hyper={"hidden": 32}, **QUICK)
+    config = RunConfig(
+        algorithm="protonet",
+        data_dir=str(workdir / "data"),
+        runs_dir=str(workdir / "runs"),
+        hyper={"hidden": 32},
+        **QUICK,
+    )
     with pytest.raises(MetabenchError, match="lower the learning rate"):
         train_run(config)
     assert (config.run_dir / "checkpoint.pt").is_file()
@@ -125,10 +145,19 @@ def test_predict_classifies_a_users_folders_of_any_size_and_mode(workdir, glyphs
         Image.fromarray(images[0]).convert("RGB").resize((64, 64)).save(support / name / "shot.jpg")
         for q in range(1, 4):
             filename = f"{name}_q{q}.png"
-            Image.fromarray(images[q]).resize((50, 50)).convert("RGBA").save((query.mkdir(exist_ok=True), query / filename)[1])
+            Image.fromarray(images[q]).resize((50, 50)).convert("RGBA").save(
+                (query.mkdir(exist_ok=True), query / filename)[1]
+            )
             truth[filename] = name
-    result = run_cli("predict", "--checkpoint", str(workdir / "runs" / "glyphs-protonet-5w1s-seed0" / "checkpoint.pt"),
-                     "--support", str(support), "--query", str(query))
+    result = run_cli(
+        "predict",
+        "--checkpoint",
+        str(workdir / "runs" / "glyphs-protonet-5w1s-seed0" / "checkpoint.pt"),
+        "--support",
+        str(support),
+        "--query",
+        str(query),
+    )
     rows = [line.split(",") for line in result.stdout.strip().splitlines()]
     assert rows[0] == ["image", "predicted_class"]
     predictions = dict(rows[1:])
@@ -139,7 +168,9 @@ def test_predict_classifies_a_users_folders_of_any_size_and_mode(workdir, glyphs
 def test_bad_input_gives_a_one_line_error_through_the_real_command(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "metabench", "train", "--data-dir", str(tmp_path)],  # no params.yaml here: defaults
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -150,12 +181,37 @@ def test_unknown_hyper_parameter_and_algorithm_are_named(workdir):
     from metabench import MetabenchError
 
     with pytest.raises(MetabenchError, match="valid: .*inner_lr"):
-        runner.invoke(app, ["train", "--algorithm", "maml", "--hp", "innr_lr=0.1",
-                                          "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs"),
-                                          "--params", str(workdir / "params.yaml")], catch_exceptions=False)
+        runner.invoke(
+            app,
+            [
+                "train",
+                "--algorithm",
+                "maml",
+                "--hp",
+                "innr_lr=0.1",
+                "--data-dir",
+                str(workdir / "data"),
+                "--runs-dir",
+                str(workdir / "runs"),
+                "--params",
+                str(workdir / "params.yaml"),
+            ],
+            catch_exceptions=False,
+        )
     with pytest.raises(MetabenchError, match="choose one of .*protonet"):
-        runner.invoke(app, ["train", "--algorithm", "mamll", "--data-dir", str(workdir / "data"),
-                            "--params", str(workdir / "params.yaml")], catch_exceptions=False)
+        runner.invoke(
+            app,
+            [
+                "train",
+                "--algorithm",
+                "mamll",
+                "--data-dir",
+                str(workdir / "data"),
+                "--params",
+                str(workdir / "params.yaml"),
+            ],
+            catch_exceptions=False,
+        )
 
 
 def test_profile_without_an_algorithm_profiles_the_whole_leaderboard(tmp_path, tiny_dataset, monkeypatch):
@@ -167,7 +223,12 @@ def test_profile_without_an_algorithm_profiles_the_whole_leaderboard(tmp_path, t
     )
     run_cli("profile", "--params", "params.yaml", "--data-dir", str(tmp_path / "data"))
     written = sorted(p.name for p in (tmp_path / "profiles").iterdir())
-    assert written == ["tiny-fomaml-5w1s.json", "tiny-fomaml-5w2s.json", "tiny-protonet-5w1s.json", "tiny-protonet-5w2s.json"]
+    assert written == [
+        "tiny-fomaml-5w1s.json",
+        "tiny-fomaml-5w2s.json",
+        "tiny-protonet-5w1s.json",
+        "tiny-protonet-5w2s.json",
+    ]
     profile = json.loads((tmp_path / "profiles" / "tiny-fomaml-5w2s.json").read_text())
     assert profile["shots"] == 2 and profile["meta_batch"] == 2 and profile["meta_train_tasks_per_second"] > 0
     result = runner.invoke(app, ["profile", "--params", "params.yaml", "--out", "x.json"])

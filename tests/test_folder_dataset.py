@@ -1,6 +1,5 @@
 """A user's folder of class sub-folders becomes a dataset with a seeded, disjoint class split."""
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -35,8 +34,13 @@ def test_flat_folder_split_by_class_is_disjoint_complete_and_seeded(tmp_path):
 
 def test_nested_folders_split_by_superclass(tmp_path):
     make_tree(tmp_path / "mine", superclasses=5, classes=20)
-    options = {"source": str(tmp_path / "mine"), "split_by": "superclass", "mode": "L", "image_size": 8,
-               "fractions": [0.6, 0.2, 0.2]}
+    options = {
+        "source": str(tmp_path / "mine"),
+        "split_by": "superclass",
+        "mode": "L",
+        "image_size": 8,
+        "fractions": [0.6, 0.2, 0.2],
+    }
     dataset = fetch("folder", options, tmp_path / "data")
     groups = {part: set(split.groups) for part, split in dataset.splits.items()}
     assert [len(groups[p]) for p in ("train", "val", "test")] == [3, 1, 1]
@@ -74,7 +78,16 @@ def test_fetch_record_holds_the_stored_checksum_and_changes_with_the_data(tmp_pa
     make_tree(tmp_path / "mine")
     (tmp_path / "params.yaml").write_text(f"data:\n  folder:\n    source: {tmp_path / 'mine'}\n    image_size: 8\n")
     record = tmp_path / "dataset.json"
-    command = ["fetch", "folder", "--params", str(tmp_path / "params.yaml"), "--data-dir", str(tmp_path / "data"), "--record", str(record)]
+    command = [
+        "fetch",
+        "folder",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--record",
+        str(record),
+    ]
 
     def fetch_receipt():
         result = CliRunner().invoke(app, command)

@@ -23,7 +23,9 @@ def test_glyphs_is_omniglot_shaped(dataset):
     for name in ("train", "val", "test"):
         assert set(np.unique(dataset.split(name).class_sizes)) == {20}
     # background and evaluation alphabets are disjoint, as in Omniglot
-    assert not set(dataset.split("test").groups) & (set(dataset.split("train").groups) | set(dataset.split("val").groups))
+    assert not set(dataset.split("test").groups) & (
+        set(dataset.split("train").groups) | set(dataset.split("val").groups)
+    )
 
 
 def test_generation_matches_the_recorded_reference_bit_for_bit(dataset):

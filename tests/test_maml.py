@@ -90,8 +90,12 @@ def test_pooling_before_relu_gives_bitwise_the_papers_block(first_order):
     ours = Classifier(body, body.out_features(28), 5)
     papers = textbook_order(ours)
     generator = torch.Generator().manual_seed(3)
-    task = (torch.randn(5, 1, 28, 28, generator=generator), torch.arange(5),
-            torch.randn(25, 1, 28, 28, generator=generator), torch.arange(5).repeat_interleave(5))
+    task = (
+        torch.randn(5, 1, 28, 28, generator=generator),
+        torch.arange(5),
+        torch.randn(25, 1, 28, 28, generator=generator),
+        torch.arange(5).repeat_interleave(5),
+    )
     assert torch.equal(ours(task[2]), papers(task[2]))
     gradients = []
     for model in (ours, papers):
@@ -107,14 +111,25 @@ def test_compiled_first_order_path_gives_the_eager_meta_gradient():
     from metabench.episodes import Episode
 
     generator = torch.Generator().manual_seed(5)
-    tasks = [Episode(torch.rand(6, 1, 16, 16, generator=generator, dtype=torch.float64), torch.arange(3).repeat(2),
-                     torch.rand(9, 1, 16, 16, generator=generator, dtype=torch.float64), torch.arange(3).repeat(3), 3)
-             for _ in range(2)]
+    tasks = [
+        Episode(
+            torch.rand(6, 1, 16, 16, generator=generator, dtype=torch.float64),
+            torch.arange(3).repeat(2),
+            torch.rand(9, 1, 16, 16, generator=generator, dtype=torch.float64),
+            torch.arange(3).repeat(3),
+            3,
+        )
+        for _ in range(2)
+    ]
     gradients = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        algorithm = build_algorithm("fomaml", {"hidden": 8, "meta_batch": 2, "compile": compiled},
-                                    TaskShape(channels=1, image_size=16, train_ways=3, test_ways=3), torch.device("cpu"))
+        algorithm = build_algorithm(
+            "fomaml",
+            {"hidden": 8, "meta_batch": 2, "compile": compiled},
+            TaskShape(channels=1, image_size=16, train_ways=3, test_ways=3),
+            torch.device("cpu"),
+        )
         algorithm.model.double()
         for task in tasks:
             (algorithm.episode_loss(task)[0] / 2).backward()

@@ -16,8 +16,10 @@ def test_metasgd_meta_gradient_for_weights_and_learned_rates_matches_finite_diff
     model, task = tiny_model(), tiny_task()
     params = leaves(dict(model.named_parameters()))
     generator = torch.Generator().manual_seed(3)
-    rates = {n: (0.05 + 0.3 * torch.rand(p.shape, generator=generator, dtype=torch.float64)).requires_grad_()
-             for n, p in params.items()}
+    rates = {
+        n: (0.05 + 0.3 * torch.rand(p.shape, generator=generator, dtype=torch.float64)).requires_grad_()
+        for n, p in params.items()
+    }
     loss, _ = query_loss(model, params, task, 2, rates, first_order=False)
     analytic = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, [*params.values(), *rates.values()])])
 
@@ -83,8 +85,15 @@ def test_anil_adapts_only_the_head():
 
 def reptile(serial: bool, meta_batch: int = 2):
     task = TaskShape(channels=1, image_size=16, train_ways=3, test_ways=3)
-    hyper = {"inner_steps": 2, "inner_lr": 0.2, "outer_lr": 0.5, "meta_batch": meta_batch, "serial": serial,
-             "hidden": 3, "anneal_iterations": 4}
+    hyper = {
+        "inner_steps": 2,
+        "inner_lr": 0.2,
+        "outer_lr": 0.5,
+        "meta_batch": meta_batch,
+        "serial": serial,
+        "hidden": 3,
+        "anneal_iterations": 4,
+    }
     torch.manual_seed(0)
     algorithm = build_algorithm("reptile", hyper, task, torch.device("cpu"))
     algorithm.model.double()

@@ -58,7 +58,7 @@ def test_meta_gradient_of_the_learned_optimiser_matches_finite_differences():
         """The query loss with the meta-learner's weights set to ``params`` (restored afterwards)."""
         original = {n: p.detach().clone() for n, p in meta.named_parameters()}
         with torch.no_grad():
-            for (n, p), value in zip(meta.named_parameters(), params.values()):
+            for (_, p), value in zip(meta.named_parameters(), params.values()):
                 p.copy_(value)
         try:
             updated = learn(meta, model, theta, x, y, steps=1)

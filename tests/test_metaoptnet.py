@@ -50,12 +50,19 @@ def test_svm_dual_solver_reaches_the_crammer_singer_primal_optimum(c):
     constraints = []
     for i in range(n):
         for m in range(ways):
+
             def margin(z, i=i, m=m):
                 w, slack = z[: ways * d].reshape(ways, d), z[ways * d :]
                 return (w[y[i]] - w[m]) @ x[i] - float(m != y[i]) + slack[i]
+
             constraints.append({"type": "ineq", "fun": margin})
-    result = minimize(objective, np.zeros(ways * d + n), constraints=constraints, method="SLSQP",
-                      options={"ftol": 1e-14, "maxiter": 1000})
+    result = minimize(
+        objective,
+        np.zeros(ways * d + n),
+        constraints=constraints,
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
     assert result.success
     primal = result.x[: ways * d].reshape(ways, d)
     ours = svm_weights(torch.from_numpy(x), torch.from_numpy(np.eye(ways)[y]), c, iterations=5000).numpy()

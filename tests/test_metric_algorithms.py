@@ -3,7 +3,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from metabench.algorithms import TaskShape, build_algorithm
 from metabench.algorithms.matchingnet import attention_log_probs
@@ -20,9 +19,7 @@ def test_matching_attention_matches_the_papers_formula_computed_by_loops():
     labels = torch.tensor([2, 0, 1, 1, 0, 2])
     ours = attention_log_probs(support, labels, query, 3).exp()
     for q in range(3):
-        cosines = [
-            float(query[q] @ support[i] / (query[q].norm() * support[i].norm())) for i in range(6)
-        ]
+        cosines = [float(query[q] @ support[i] / (query[q].norm() * support[i].norm())) for i in range(6)]
         weights = [math.exp(c) / sum(math.exp(d) for d in cosines) for c in cosines]
         for c in range(3):
             expected = sum(w for w, y in zip(weights, labels.tolist()) if y == c)

@@ -32,7 +32,7 @@ def subset(tmp_path, shared_data):
             if seen[label] < IMAGES_PER_CLASS:
                 seen[label] += 1
                 rows.append((name, label))
-        (splits / f"{part}.csv").write_text("filename,label\n" + "".join(f"{n},{l}\n" for n, l in rows))
+        (splits / f"{part}.csv").write_text("filename,label\n" + "".join(f"{n},{label}\n" for n, label in rows))
         chosen[part] = rows
     return splits, chosen
 
@@ -67,7 +67,9 @@ def test_tar_of_jpegs_matches_the_folder(tmp_path, subset):
     write_jpegs(tmp_path / "mini" / "images", chosen)
     with tarfile.open(tmp_path / "mini.tar", "w") as archive:
         archive.add(tmp_path / "mini" / "images", arcname="images")
-    from_tar = fetch("miniimagenet", {"source": str(tmp_path / "mini.tar"), "splits_source": str(splits)}, tmp_path / "a")
+    from_tar = fetch(
+        "miniimagenet", {"source": str(tmp_path / "mini.tar"), "splits_source": str(splits)}, tmp_path / "a"
+    )
     from_dir = fetch("miniimagenet", {"source": str(tmp_path / "mini"), "splits_source": str(splits)}, tmp_path / "b")
     for part in ("train", "val", "test"):
         np.testing.assert_array_equal(from_tar.split(part).images, from_dir.split(part).images)
@@ -93,7 +95,7 @@ def write_caches(folder, chosen, size=84):
     for part, rows in chosen.items():
         labels = list(dict.fromkeys(label for _, label in rows))
         images = np.stack([np.full((size, size, 3), i, np.uint8) for i in range(len(rows))])
-        class_dict = {label: [i for i, (_, l) in enumerate(rows) if l == label] for label in labels}
+        class_dict = {label: [i for i, (_, name) in enumerate(rows) if name == label] for label in labels}
         path = folder / f"mini-imagenet-cache-{part}.pkl"
         path.write_bytes(pickle.dumps({"image_data": images, "class_dict": class_dict}))
         checksums[path.name] = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()

@@ -51,8 +51,9 @@ def test_lake_split_has_background_for_training_and_evaluation_for_test(lake):
 
 def test_vinyals_split_with_rotations_from_served_list_files(served, lake, shared_data):
     splits_url = served.replace("/omniglot/", "/omniglot/splits/vinyals/")
-    config = omniglot.OmniglotConfig(source=served, checksums=CHECKSUMS, split="vinyals",
-                                     splits_source=splits_url, rotations=True)
+    config = omniglot.OmniglotConfig(
+        source=served, checksums=CHECKSUMS, split="vinyals", splits_source=splits_url, rotations=True
+    )
     dataset = omniglot.build(config, lake / "raw", lake / "data")
     assert dataset.name == "omniglot-vinyals-rot"
     counts = {s: dataset.split(s).n_classes for s in ("train", "val", "test")}

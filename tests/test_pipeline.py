@@ -11,12 +11,23 @@ import pandas as pd
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # real `dvc repro` in a temporary repository
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "leaderboard": {"algorithms": ["protonet", "fomaml"], "shots": [1], "seeds": [0]},
     "data": {"glyphs": {"seed": 0, "max_classes_per_alphabet": 10}},
-    "run": {"dataset": "glyphs", "ways": 5, "shots": 1, "queries": 5, "val_every": 5, "val_episodes": 10,
-            "test_episodes": 30, "episode_seed": 0, "device": "cpu"},
+    "run": {
+        "dataset": "glyphs",
+        "ways": 5,
+        "shots": 1,
+        "queries": 5,
+        "val_every": 5,
+        "val_episodes": 10,
+        "test_episodes": 30,
+        "episode_seed": 0,
+        "device": "cpu",
+    },
     "algorithms": {
         "protonet": {"run": {"iterations": 10}, "hyper": {"hidden": 16}},
         "fomaml": {"run": {"iterations": 10, "train_queries": 1}, "hyper": {"hidden": 16, "meta_batch": 2}},

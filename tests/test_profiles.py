@@ -52,7 +52,9 @@ def test_every_pipeline_is_a_real_file_generated_from_the_one_template_and_up_to
 
     folders = sorted(p.parent for p in (ROOT / "pipelines").glob("*/params.yaml"))
     assert folders and folders == sorted(p.parent for p in PIPELINES)
-    assert not [p for p in [*PIPELINES, ROOT / "dvc.yaml"] if p.is_symlink()], "DVC cannot read a linked dvc.yaml from git"
+    assert not [p for p in [*PIPELINES, ROOT / "dvc.yaml"] if p.is_symlink()], (
+        "DVC cannot read a linked dvc.yaml from git"
+    )
     assert write_all(check=True, root=ROOT) == [], "run `metabench pipeline` and commit the dvc.yaml files"
 
 
@@ -99,10 +101,14 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
             assert options["source"] == params["source"] and params["source"] in params["data"]
             assert outs == {folder / options["record"]}
         elif command in ("train", "evaluate"):
-            config = resolve_run(load_params(settings), {k: options[k] for k in ("algorithm", "shots", "seed", "runs_dir")})
+            config = resolve_run(
+                load_params(settings), {k: options[k] for k in ("algorithm", "shots", "seed", "runs_dir")}
+            )
             run_dir = folder / config.run_dir
-            wanted = {"train": ["checkpoint.pt", "train_log.csv", "config.json", "train_summary.json"],
-                      "evaluate": ["episodes.csv", "metrics.json"]}[command]
+            wanted = {
+                "train": ["checkpoint.pt", "train_log.csv", "config.json", "train_summary.json"],
+                "evaluate": ["episodes.csv", "metrics.json"],
+            }[command]
             assert outs == {run_dir / name for name in wanted}
         elif command == "profile":
             config = resolve_run(load_params(settings), {"algorithm": options["algorithm"], "shots": options["shots"]})

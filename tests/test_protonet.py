@@ -8,7 +8,9 @@ from metabench.algorithms.protonet import prototype_logits, prototypes
 def test_prototypes_are_class_means():
     support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 2.0]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 1, 1])
-    torch.testing.assert_close(prototypes(support, labels, 2), torch.tensor([[1.0, 0.0], [0.0, 3.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        prototypes(support, labels, 2), torch.tensor([[1.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    )
 
 
 def test_logits_are_negative_squared_distances_to_class_means():

@@ -1,6 +1,7 @@
 """The report's numbers come from the per-episode files, and its pieces are all there."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -21,24 +22,55 @@ def make_runs(root, algorithms=("protonet", "maml"), seeds=(0, 1, 2), shots=(1, 
                 run_dir = runs_dir / run_id
                 run_dir.mkdir(parents=True)
                 accuracies = np.clip(rng.normal(0.7 + 0.1 * a_index + 0.02 * k, 0.1, episodes), 0, 1).round(4)
-                pd.DataFrame({"episode": range(episodes), "accuracy": accuracies}).to_csv(run_dir / "episodes.csv", index=False)
+                pd.DataFrame({"episode": range(episodes), "accuracy": accuracies}).to_csv(
+                    run_dir / "episodes.csv", index=False
+                )
                 mean, half = stats.mean_interval(accuracies)
-                (run_dir / "metrics.json").write_text(json.dumps({
-                    "accuracy": mean, "ci95": half, "episodes": episodes, "run_id": run_id, "algorithm": algorithm,
-                    "dataset": "glyphs", "ways": 5, "shots": k, "queries": 15, "seed": seed, "episode_seed": 0,
-                    "best_iteration": 10, "val_accuracy": 0.7, "transductive": algorithm == "maml"}))
+                (run_dir / "metrics.json").write_text(
+                    json.dumps(
+                        {
+                            "accuracy": mean,
+                            "ci95": half,
+                            "episodes": episodes,
+                            "run_id": run_id,
+                            "algorithm": algorithm,
+                            "dataset": "glyphs",
+                            "ways": 5,
+                            "shots": k,
+                            "queries": 15,
+                            "seed": seed,
+                            "episode_seed": 0,
+                            "episodes_sha256": f"episodes-{k}-{episodes}",
+                            "best_iteration": 10,
+                            "val_accuracy": 0.7,
+                            "transductive": algorithm == "maml",
+                        }
+                    )
+                )
                 (run_dir / "train_summary.json").write_text(json.dumps({"train_seconds": 12.5}))
                 (run_dir / "config.json").write_text(json.dumps({"algorithm": algorithm, "hyper": {"lr": 0.001}}))
-                pd.DataFrame({"iteration": [5, 10], "loss": [1.0, 0.5],
-                              "val_accuracy": [0.5, 0.6]}).to_csv(run_dir / "train_log.csv", index=False)
+                pd.DataFrame({"iteration": [5, 10], "loss": [1.0, 0.5], "val_accuracy": [0.5, 0.6]}).to_csv(
+                    run_dir / "train_log.csv", index=False
+                )
     (root / "profiles").mkdir()
     for algorithm in algorithms:
         for k in shots:
-            (root / "profiles" / f"glyphs-{algorithm}-5w{k}s.json").write_text(json.dumps({
-                "algorithm": algorithm, "dataset": "glyphs", "ways": 5, "shots": k,
-                "adaptation_tasks_per_second": 10.0 if algorithm == "maml" else 200.0,
-                "meta_train_tasks_per_second": 5.0, "achieved_gflops": 9.0, "utilisation": 0.1, "peak_rss_mb": 500.0,
-                "evaluation_episodes_per_second": 123.4 if algorithm == "protonet" else 7.0}))
+            (root / "profiles" / f"glyphs-{algorithm}-5w{k}s.json").write_text(
+                json.dumps(
+                    {
+                        "algorithm": algorithm,
+                        "dataset": "glyphs",
+                        "ways": 5,
+                        "shots": k,
+                        "adaptation_tasks_per_second": 10.0 if algorithm == "maml" else 200.0,
+                        "meta_train_tasks_per_second": 5.0,
+                        "achieved_gflops": 9.0,
+                        "utilisation": 0.1,
+                        "peak_rss_mb": 500.0,
+                        "evaluation_episodes_per_second": 123.4 if algorithm == "protonet" else 7.0,
+                    }
+                )
+            )
     return runs_dir
 
 
@@ -47,8 +79,10 @@ def test_report_numbers_equal_those_recomputed_from_episode_files(tmp_path):
     summary = build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
     for algorithm in ("protonet", "maml"):
         for k in (1, 5):
-            seed_means = [pd.read_csv(runs_dir / f"glyphs-{algorithm}-5w{k}s-seed{s}" / "episodes.csv")["accuracy"].mean()
-                          for s in range(3)]
+            seed_means = [
+                pd.read_csv(runs_dir / f"glyphs-{algorithm}-5w{k}s-seed{s}" / "episodes.csv")["accuracy"].mean()
+                for s in range(3)
+            ]
             mean, half = stats.seed_interval(seed_means)
             assert summary[f"{algorithm}_5w{k}s"] == pytest.approx(mean, abs=1e-6)
             markdown = (tmp_path / "reports" / "leaderboard.md").read_text()
@@ -77,8 +111,12 @@ def test_paired_difference_in_report_matches_direct_computation(tmp_path):
     runs_dir = make_runs(tmp_path)
     pairs = pairwise(load_runs(runs_dir, tmp_path / "profiles"))
     row = pairs[(pairs["shots"] == 1)].iloc[0]
-    pooled = {a: np.mean([pd.read_csv(runs_dir / f"glyphs-{a}-5w1s-seed{s}" / "episodes.csv")["accuracy"] for s in range(3)], axis=0)
-              for a in ("maml", "protonet")}
+    pooled = {
+        a: np.mean(
+            [pd.read_csv(runs_dir / f"glyphs-{a}-5w1s-seed{s}" / "episodes.csv")["accuracy"] for s in range(3)], axis=0
+        )
+        for a in ("maml", "protonet")
+    }
     expected = stats.paired_comparison(pooled[row["a"]], pooled[row["b"]])
     assert row["difference"] == pytest.approx(expected["difference"])
     assert row["p_value"] == pytest.approx(expected["p_value"])
@@ -90,3 +128,27 @@ def test_missing_run_is_a_clear_error(tmp_path):
     runs_dir = make_runs(tmp_path)
     with pytest.raises(MetabenchError, match="glyphs-relationnet-5w1s-seed0"):
         build(runs_dir, tmp_path / "profiles", tmp_path / "reports", run_ids=["glyphs-relationnet-5w1s-seed0"])
+
+
+def test_runs_scored_on_different_episodes_are_not_paired(tmp_path):
+    from metabench.report import load_runs, pairwise
+
+    runs_dir = make_runs(tmp_path, algorithms=("protonet", "maml", "anil"), seeds=(0,), shots=(1,))
+    assert len(pairwise(load_runs(runs_dir, tmp_path / "profiles"))) == 3
+    path = runs_dir / "glyphs-anil-5w1s-seed0" / "metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "episodes_sha256": "other episodes"}))
+    pairs = pairwise(load_runs(runs_dir, tmp_path / "profiles"))
+    assert [(r.a, r.b) for r in pairs.itertuples()] == [("maml", "protonet")]
+
+
+def test_a_stray_run_beside_the_leaderboard_is_not_reported(tmp_path):
+    from metabench.config import leaderboard_runs
+
+    runs_dir = make_runs(tmp_path, algorithms=("protonet", "maml"), seeds=(0,), shots=(1,))
+    stray = make_runs(tmp_path / "stray", algorithms=("relationnet",), seeds=(0,), shots=(1,))
+    shutil.copytree(stray / "glyphs-relationnet-5w1s-seed0", runs_dir / "glyphs-relationnet-5w20s-seed0")
+    params = {"leaderboard": {"algorithms": ["protonet", "maml"], "shots": [1], "seeds": [0]}}
+    run_ids = [config.run_id for config in leaderboard_runs(params)]
+    summary = build(runs_dir, tmp_path / "profiles", tmp_path / "reports", run_ids=run_ids)
+    assert set(summary) == {"protonet_5w1s", "maml_5w1s"}
+    assert "relationnet" not in (tmp_path / "reports" / "leaderboard.md").read_text()

@@ -1,7 +1,6 @@
 """leaderboard.html in headless Chromium: every figure renders, nothing is fetched from outside."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,12 @@ from PIL import Image
 from tests.test_report import make_runs
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="Debian chromium and chromium-driver not installed (.ci/run installs them)")
+pytestmark = [
+    pytest.mark.slow,  # headless Chromium
+    pytest.mark.skipif(
+        not (CHROMIUM and DRIVER), reason="Debian chromium and chromium-driver not installed (.ci/run installs them)"
+    ),
+]
 
 
 def test_every_figure_renders_and_no_request_fails(tmp_path):
@@ -26,23 +30,34 @@ def test_every_figure_renders_and_no_request_fails(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1300,1000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+        "--window-size=1300,1000",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     try:
         driver.get(page.as_uri())
         images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+        )
         assert len(images) == 4
         for alt, complete, width, height in images:
             assert complete and width > 100 and height > 100, alt
         failed = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert failed == []
         resources = driver.execute_script(
-            "return performance.getEntriesByType('resource').filter(r => !r.name.startsWith('data:')).map(r => r.name)")
+            "return performance.getEntriesByType('resource').filter(r => !r.name.startsWith('data:')).map(r => r.name)"
+        )
         assert resources == []
         shot = tmp_path / "page.png"
         driver.save_screenshot(str(shot))

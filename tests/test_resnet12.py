@@ -29,8 +29,12 @@ def test_maml_second_order_gradient_through_resnet12_matches_directional_finite_
     body = ResNet12(1, 2, track_running_stats=False)
     model = Classifier(body, body.out_features(16), 3).double()
     generator = torch.Generator().manual_seed(1)
-    task = (torch.rand(6, 1, 16, 16, generator=generator, dtype=torch.float64), torch.arange(3).repeat(2),
-            torch.rand(9, 1, 16, 16, generator=generator, dtype=torch.float64), torch.arange(3).repeat(3))
+    task = (
+        torch.rand(6, 1, 16, 16, generator=generator, dtype=torch.float64),
+        torch.arange(3).repeat(2),
+        torch.rand(9, 1, 16, 16, generator=generator, dtype=torch.float64),
+        torch.arange(3).repeat(3),
+    )
     params = leaves(dict(model.named_parameters()))
     loss, _ = query_loss(model, params, task, 1, 0.3, first_order=False)
     gradient = flat(dict(zip(params, torch.autograd.grad(loss, list(params.values())))))
@@ -39,8 +43,10 @@ def test_maml_second_order_gradient_through_resnet12_matches_directional_finite_
         direction = torch.randn(point.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         direction /= direction.norm()
         eps = 1e-5
-        values = [query_loss(model, leaves(unflat(point + s * eps * direction, params)), task, 1, 0.3, False)[0].item()
-                  for s in (1, -1)]
+        values = [
+            query_loss(model, leaves(unflat(point + s * eps * direction, params)), task, 1, 0.3, False)[0].item()
+            for s in (1, -1)
+        ]
         numeric = (values[0] - values[1]) / (2 * eps)
         assert abs(float(gradient @ direction) - numeric) < 1e-6 * max(1.0, abs(numeric))
 

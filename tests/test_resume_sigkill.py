@@ -11,6 +11,8 @@ import time
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # SIGKILLs real training processes
+
 PARAMS = """run:
   dataset: tiny
   ways: 5
@@ -29,8 +31,18 @@ algorithms:
 
 
 def metabench(workdir, *args, **popen):
-    command = [sys.executable, "-m", "metabench", *args, "--params", str(workdir / "params.yaml"),
-               "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs")]
+    command = [
+        sys.executable,
+        "-m",
+        "metabench",
+        *args,
+        "--params",
+        str(workdir / "params.yaml"),
+        "--data-dir",
+        str(workdir / "data"),
+        "--runs-dir",
+        str(workdir / "runs"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
 

@@ -49,15 +49,18 @@ def test_leaderboard_lists_exactly_its_runs():
     assert ids == [f"glyphs-{a}-5w{k}s-seed{s}" for a in ("protonet", "maml") for k in (1, 5) for s in (0, 1)]
 
 
-@pytest.mark.parametrize("setting, value, message", [
-    ("iterations", "ten", "iterations must be int"),
-    ("ways", 5.5, "ways must be int"),
-    ("ways", True, "ways must be int"),
-    ("ways", 1, "ways must be at least 2"),
-    ("seed", -1, "seed must be at least 0"),
-    ("dataset", 3, "dataset must be str"),
-    ("hyper", [1, 2], "hyper must be dict"),
-])
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("iterations", "ten", "iterations must be int"),
+        ("ways", 5.5, "ways must be int"),
+        ("ways", True, "ways must be int"),
+        ("ways", 1, "ways must be at least 2"),
+        ("seed", -1, "seed must be at least 0"),
+        ("dataset", 3, "dataset must be str"),
+        ("hyper", [1, 2], "hyper must be dict"),
+    ],
+)
 def test_every_setting_is_type_and_range_checked(setting, value, message):
     with pytest.raises(MetabenchError, match=message):
         RunConfig(**{setting: value})
@@ -86,7 +89,9 @@ def test_unknown_sections_and_missing_files_are_errors(tmp_path):
         load_params(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("raw, value", [("1e6", 1e6), ("0.01", 0.01), ("3", 3), ("true", True), ("[1, 2]", [1, 2]), ("sgd", "sgd")])
+@pytest.mark.parametrize(
+    "raw, value", [("1e6", 1e6), ("0.01", 0.01), ("3", 3), ("true", True), ("[1, 2]", [1, 2]), ("sgd", "sgd")]
+)
 def test_command_line_values_parse_as_numbers_first(raw, value):
     assert parse_value(raw) == value and type(parse_value(raw)) is type(value)
 
@@ -104,7 +109,14 @@ def workdir(tmp_path, glyphs_dir):
 
 
 def cli(workdir, *args, code=0):
-    common = ["--params", str(workdir / "params.yaml"), "--data-dir", str(workdir / "data"), "--runs-dir", str(workdir / "runs")]
+    common = [
+        "--params",
+        str(workdir / "params.yaml"),
+        "--data-dir",
+        str(workdir / "data"),
+        "--runs-dir",
+        str(workdir / "runs"),
+    ]
     result = runner.invoke(app, [*args, *common])
     assert result.exit_code == code, (result.output, result.exception)
     return result
@@ -137,17 +149,54 @@ def test_a_finished_run_with_another_config_is_kept_unless_forced(workdir):
     changed = dict(PARAMS, algorithms={"protonet": {"hyper": {"hidden": 4}}})
     other = workdir / "other.yaml"
     other.write_text(json.dumps(changed))
-    result = runner.invoke(app, ["train", "--algorithm", "protonet", "--params", str(other), "--data-dir",
-                                 str(workdir / "data"), "--runs-dir", str(workdir / "runs")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--algorithm",
+            "protonet",
+            "--params",
+            str(other),
+            "--data-dir",
+            str(workdir / "data"),
+            "--runs-dir",
+            str(workdir / "runs"),
+        ],
+    )
     assert result.exit_code != 0 and isinstance(result.exception, MetabenchError)
     assert "--force" in str(result.exception) and "config.hyper" in str(result.exception)
     assert snapshot(run_dir) == before
     # evaluating the finished run with the other settings is refused too: it would mislabel the numbers
-    result = runner.invoke(app, ["evaluate", "--algorithm", "protonet", "--params", str(other), "--data-dir",
-                                 str(workdir / "data"), "--runs-dir", str(workdir / "runs")])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--algorithm",
+            "protonet",
+            "--params",
+            str(other),
+            "--data-dir",
+            str(workdir / "data"),
+            "--runs-dir",
+            str(workdir / "runs"),
+        ],
+    )
     assert isinstance(result.exception, MetabenchError) and "trained with other" in str(result.exception)
-    forced = runner.invoke(app, ["train", "--algorithm", "protonet", "--force", "--params", str(other), "--data-dir",
-                                 str(workdir / "data"), "--runs-dir", str(workdir / "runs")])
+    forced = runner.invoke(
+        app,
+        [
+            "train",
+            "--algorithm",
+            "protonet",
+            "--force",
+            "--params",
+            str(other),
+            "--data-dir",
+            str(workdir / "data"),
+            "--runs-dir",
+            str(workdir / "runs"),
+        ],
+    )
     assert forced.exit_code == 0, forced.output
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "episodes.csv").exists()  # stale scores removed
     assert json.loads((run_dir / "config.json").read_text())["config"]["hyper"]["hidden"] == 4
@@ -157,8 +206,14 @@ def test_the_resume_fingerprint_covers_the_training_code_only():
     from metabench import sources
 
     names = sources.relative(sources.training_sources("maml"))
-    assert {"metabench/algorithms/maml.py", "metabench/algorithms/base.py", "metabench/models/conv4.py",
-            "metabench/runner.py", "metabench/episodes.py", "metabench/config.py"} <= set(names)
+    assert {
+        "metabench/algorithms/maml.py",
+        "metabench/algorithms/base.py",
+        "metabench/models/conv4.py",
+        "metabench/runner.py",
+        "metabench/episodes.py",
+        "metabench/config.py",
+    } <= set(names)
     # a comment in the report, the tracker or another algorithm never restarts a MAML run
     assert not {"metabench/report.py", "metabench/tracking.py", "metabench/algorithms/protonet.py"} & set(names)
     assert "metabench/algorithms/maml.py" in sources.relative(sources.training_sources("anil"))  # ANIL subclasses MAML

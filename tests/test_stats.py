@@ -26,7 +26,7 @@ def test_paired_comparison_on_a_hand_worked_case():
     a = np.array([0.8, 0.6, 0.9, 0.7])
     b = np.array([0.7, 0.6, 0.7, 0.6])
     result = stats.paired_comparison(a, b)
-    d = a - b  # 0.1, 0, 0.2, 0.1: mean 0.1, sd sqrt(0.02/3)
+    # a - b = 0.1, 0, 0.2, 0.1: mean 0.1, sd sqrt(0.02/3)
     sd = math.sqrt(0.02 / 3)
     t_stat = 0.1 / (sd / 2)
     assert result["difference"] == pytest.approx(0.1)
@@ -41,3 +41,11 @@ def test_benjamini_hochberg_adjustment():
     adjusted = stats.adjust_p_values([0.01, 0.04, 0.03])
     # sorted p: 0.01, 0.03, 0.04 -> 0.03, 0.045, 0.04 -> monotone from the top: 0.03, 0.04, 0.04
     np.testing.assert_allclose(adjusted, [0.03, 0.04, 0.04])
+
+
+def test_fewer_than_two_paired_episodes_give_no_p_value():
+    result = stats.paired_comparison([0.9], [0.1])
+    assert result["difference"] == pytest.approx(0.8)
+    assert np.isnan(result["p_value"]) and np.isnan(result["ci95"])
+    adjusted = stats.adjust_p_values([0.01, float("nan"), 0.04])
+    assert np.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04)

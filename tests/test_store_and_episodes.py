@@ -82,8 +82,11 @@ def test_image_bank_builds_labelled_float_batches():
 
 @pytest.mark.parametrize(
     "spec, message",
-    [(EpisodeSpec(13, 1, 1), "lower ways"), (EpisodeSpec(5, 10, 11), "lower shots or queries"),
-     (EpisodeSpec(5, 0, 1), "at least 1")],
+    [
+        (EpisodeSpec(13, 1, 1), "lower ways"),
+        (EpisodeSpec(5, 10, 11), "lower shots or queries"),
+        (EpisodeSpec(5, 0, 1), "at least 1"),
+    ],
 )
 def test_impossible_episodes_are_clear_errors(spec, message):
     with pytest.raises(MetabenchError, match=message):

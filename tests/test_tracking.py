@@ -37,10 +37,23 @@ class Server:
     def start(self):
         mlflow = Path(sys.executable).with_name("mlflow")
         self.process = subprocess.Popen(
-            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'store.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                str(mlflow),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'store.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
         )
         deadline = time.time() + 120
@@ -78,14 +91,20 @@ def data(tmp_path, glyphs_dir):
 
 
 def config(tmp_path, data, **extra) -> RunConfig:
-    return RunConfig(algorithm="protonet", data_dir=str(data), runs_dir=str(tmp_path / "runs"),
-                     hyper={"hidden": 16}, **{**QUICK, **extra})
+    return RunConfig(
+        algorithm="protonet",
+        data_dir=str(data),
+        runs_dir=str(tmp_path / "runs"),
+        hyper={"hidden": 16},
+        **{**QUICK, **extra},
+    )
 
 
 def run_record(run_dir: Path) -> str:
     return json.loads((run_dir / tracking.RUN_FILE).read_text())["run_id"]
 
 
+@pytest.mark.slow  # a real mlflow server
 def test_params_metrics_tags_and_artifacts_arrive_through_the_rest_api(tmp_path, data, server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     run = config(tmp_path, data)
@@ -107,6 +126,7 @@ def test_params_metrics_tags_and_artifacts_arrive_through_the_rest_api(tmp_path,
     assert info["info"]["status"] == "FINISHED"
 
 
+@pytest.mark.slow  # a real mlflow server, killed
 def test_server_killed_mid_run_loses_nothing(tmp_path, data, server, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     monkeypatch.setattr(tracking, "_warned", False)

@@ -46,7 +46,9 @@ class ANIL(MAML):
     def episode_loss(self, task):
         parts = (task.support_x, task.support_y, task.query_x, task.query_y)
         hyper = self.hyper
-        return anil_query_loss(self.model, self.parameters(), parts, hyper.inner_steps, hyper.inner_lr, hyper.first_order)
+        return anil_query_loss(
+            self.model, self.parameters(), parts, hyper.inner_steps, hyper.inner_lr, hyper.first_order
+        )
 
     def predict(self, support_x, support_y, query_x, ways):
         with torch.no_grad():
@@ -55,5 +57,7 @@ class ANIL(MAML):
         with torch.enable_grad():
             weight = self.model.head.weight.detach().requires_grad_()
             bias = self.model.head.bias.detach().requires_grad_()
-            weight, bias = adapt_head(weight, bias, support, support_y, self.hyper.test_inner_steps, self.hyper.inner_lr, True)
+            weight, bias = adapt_head(
+                weight, bias, support, support_y, self.hyper.test_inner_steps, self.hyper.inner_lr, True
+            )
         return F.linear(query, weight.detach(), bias.detach())

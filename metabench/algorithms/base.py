@@ -84,7 +84,9 @@ class Algorithm(abc.ABC):
         return {"loss": torch.stack(losses).mean().item(), "accuracy": torch.stack(accuracies).mean().item()}
 
     @abc.abstractmethod
-    def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, ways: int) -> torch.Tensor:
+    def predict(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, ways: int
+    ) -> torch.Tensor:
         """Logits (n_query, ways) for one episode."""
 
     @abc.abstractmethod
@@ -123,12 +125,14 @@ class EmbeddingAlgorithm(Algorithm):
         """Embeddings of a batch of images, (n, …); called in evaluation mode under no_grad."""
 
     @abc.abstractmethod
-    def predict_embedded(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
-                         ways: int) -> torch.Tensor:
+    def predict_embedded(
+        self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int
+    ) -> torch.Tensor:
         """Query logits (n_query, ways) from support and query embeddings."""
 
-    def predict_embedded_episodes(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
-                                  ways: int) -> torch.Tensor:
+    def predict_embedded_episodes(
+        self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int
+    ) -> torch.Tensor:
         """Query logits (E, n_query, ways) of E episodes with the same labels: support (E, n_support, …).
 
         One episode at a time by default. A method whose head is a few tensor operations scores

@@ -59,11 +59,17 @@ class CosineHead(nn.Module):
         return self.scale * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).T
 
 
-def fine_tune_head(head: nn.Module, features: torch.Tensor, labels: torch.Tensor, hyper: BaselineHyper,
-                   generator: torch.Generator) -> nn.Module:
+def fine_tune_head(
+    head: nn.Module, features: torch.Tensor, labels: torch.Tensor, hyper: BaselineHyper, generator: torch.Generator
+) -> nn.Module:
     """Fit ``head`` to (features, labels) by mini-batch SGD with momentum, shuffling with ``generator``."""
-    optimizer = torch.optim.SGD(head.parameters(), lr=hyper.finetune_lr, momentum=hyper.finetune_momentum,
-                                dampening=hyper.finetune_dampening, weight_decay=hyper.finetune_weight_decay)
+    optimizer = torch.optim.SGD(
+        head.parameters(),
+        lr=hyper.finetune_lr,
+        momentum=hyper.finetune_momentum,
+        dampening=hyper.finetune_dampening,
+        weight_decay=hyper.finetune_weight_decay,
+    )
     with torch.enable_grad():
         for _ in range(hyper.finetune_epochs):
             order = torch.randperm(len(features), generator=generator).to(features.device)

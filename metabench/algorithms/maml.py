@@ -54,8 +54,10 @@ class MAMLHyper:
 
     def validate(self) -> None:
         if self.compile and not self.first_order:
-            raise MetabenchError("maml compile: true needs first_order: true (torch.compile does not support the "
-                                 "double backward of second-order MAML)")
+            raise MetabenchError(
+                "maml compile: true needs first_order: true (torch.compile does not support the "
+                "double backward of second-order MAML)"
+            )
         if self.inner_steps < 1 or self.test_inner_steps < 1:
             raise MetabenchError("maml needs inner_steps >= 1 and test_inner_steps >= 1")
         if self.inner_lr <= 0 or self.meta_lr <= 0 or self.meta_batch < 1:
@@ -69,8 +71,14 @@ def loss_and_logits(model: nn.Module, params: Params, x: torch.Tensor, y: torch.
 
 
 def adapt(
-    model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float | Params,
-    first_order: bool, loss_fn=None,
+    model: nn.Module,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    lr: float | Params,
+    first_order: bool,
+    loss_fn=None,
 ) -> Params:
     """``steps`` SGD steps on the cross-entropy of (x, y), starting from ``params``.
 
@@ -90,7 +98,12 @@ def adapt(
 
 
 def query_loss(
-    model: nn.Module, params: Params, task: tuple[torch.Tensor, ...], steps: int, lr: float | Params, first_order: bool,
+    model: nn.Module,
+    params: Params,
+    task: tuple[torch.Tensor, ...],
+    steps: int,
+    lr: float | Params,
+    first_order: bool,
     loss_fn=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MAML's per-task objective: query loss after adapting on the support; also the logits."""
@@ -135,8 +148,15 @@ class MAML(Algorithm):
     def episode_loss(self, task: Episode):
         parts = (task.support_x, task.support_y, task.query_x, task.query_y)
         hyper = self.hyper
-        return query_loss(self.model, self.parameters(), parts, hyper.inner_steps, self.inner_lr(), hyper.first_order,
-                          self.train_loss_fn)
+        return query_loss(
+            self.model,
+            self.parameters(),
+            parts,
+            hyper.inner_steps,
+            self.inner_lr(),
+            hyper.first_order,
+            self.train_loss_fn,
+        )
 
     def predict(self, support_x, support_y, query_x, ways):
         with torch.enable_grad():

@@ -39,9 +39,7 @@ class MetaSGD(MAML):
 
     def __init__(self, hyper: MetaSGDHyper, task, device):
         super().__init__(hyper, task, device)
-        rates = [
-            torch.empty_like(p).uniform_(hyper.lr_init_low, hyper.lr_init_high) for p in self.model.parameters()
-        ]
+        rates = [torch.empty_like(p).uniform_(hyper.lr_init_low, hyper.lr_init_high) for p in self.model.parameters()]
         self.rates = nn.ParameterList(rates).to(device)
         self.optimizer = torch.optim.Adam([*self.model.parameters(), *self.rates], lr=hyper.meta_lr)
 

@@ -79,7 +79,9 @@ class RelationNet(EmbeddingAlgorithm):
     def __init__(self, hyper: RelationNetHyper, task, device):
         super().__init__(hyper, task, device)
         self.body = Conv4(task.channels, hyper.hidden, pooled=2, flatten=False).to(device)
-        self.relation = RelationModule(hyper.hidden, self.body.out_size(task.image_size), hyper.relation_hidden).to(device)
+        self.relation = RelationModule(hyper.hidden, self.body.out_size(task.image_size), hyper.relation_hidden).to(
+            device
+        )
         self.optimizer = torch.optim.Adam([*self.body.parameters(), *self.relation.parameters()], lr=hyper.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=hyper.lr_halve_every, gamma=0.5)
 

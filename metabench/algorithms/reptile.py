@@ -96,8 +96,11 @@ class Reptile(Algorithm):
             y = torch.cat([task.support_y, task.query_y])
             with torch.no_grad():
                 losses.append(F.cross_entropy(self.model(x), y))
-            adapted.append(inner_sgd(self.model, dict(self.model.named_parameters()), x, y,
-                                     self.hyper.inner_steps, self.hyper.inner_lr))
+            adapted.append(
+                inner_sgd(
+                    self.model, dict(self.model.named_parameters()), x, y, self.hyper.inner_steps, self.hyper.inner_lr
+                )
+            )
             if self.hyper.serial:
                 self._outer_step(adapted)
                 adapted = []
@@ -109,7 +112,13 @@ class Reptile(Algorithm):
         return {"loss": torch.stack(losses).mean().item(), "outer_lr": self.scheduler.get_last_lr()[0]}
 
     def predict(self, support_x, support_y, query_x, ways):
-        adapted = inner_sgd(self.model, dict(self.model.named_parameters()), support_x, support_y,
-                            self.hyper.test_inner_steps, self.hyper.inner_lr)
+        adapted = inner_sgd(
+            self.model,
+            dict(self.model.named_parameters()),
+            support_x,
+            support_y,
+            self.hyper.test_inner_steps,
+            self.hyper.inner_lr,
+        )
         with torch.no_grad():
             return functional_call(self.model, adapted, (query_x,))

@@ -41,8 +41,15 @@ class Conv4(nn.Module):
     ``flatten=False`` to keep feature maps for their relation module.
     """
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, depth: int = 4, track_running_stats: bool = True,
-                 pooled: int | None = None, flatten: bool = True):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden: int = 64,
+        depth: int = 4,
+        track_running_stats: bool = True,
+        pooled: int | None = None,
+        flatten: bool = True,
+    ):
         super().__init__()
         channels = [in_channels] + [hidden] * depth
         self.pooled = depth if pooled is None else pooled

@@ -23,13 +23,17 @@ class ResidualBlock(nn.Module):
         super().__init__()
         layers = []
         for i in range(3):
-            layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats)]
+            layers += [
+                nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats),
+            ]
             if i < 2:
                 layers.append(nn.LeakyReLU(0.1))
         self.body = nn.Sequential(*layers)
-        self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                                      nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats))
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(F.leaky_relu(self.body(x) + self.shortcut(x), 0.1), 2)
@@ -40,7 +44,9 @@ class ResNet12(nn.Module):
         super().__init__()
         widths = [hidden, int(2.5 * hidden), 5 * hidden, 10 * hidden]
         channels = [in_channels, *widths]
-        self.blocks = nn.Sequential(*(ResidualBlock(channels[i], channels[i + 1], track_running_stats) for i in range(4)))
+        self.blocks = nn.Sequential(
+            *(ResidualBlock(channels[i], channels[i + 1], track_running_stats) for i in range(4))
+        )
         self.width = widths[-1]
 
     def out_features(self, image_size: int) -> int:
