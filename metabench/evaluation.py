@@ -36,16 +36,28 @@ def episode_accuracies(
     """
     if cached and isinstance(algorithm, EmbeddingAlgorithm):
         return cached_episode_accuracies(algorithm, bank, episodes, progress)
-    algorithm.train(False)
-    accuracies = np.empty(len(episodes))
-    for index in range(len(episodes)):
-        episode = bank.episodes(episodes[index : index + 1])
-        logits = algorithm.predict(episode.support_x[0], episode.support_y[0], episode.query_x[0], episode.ways)
-        accuracies[index] = (logits.argmax(1) == episode.query_y[0]).double().mean().item()
-        if progress:
-            progress(1)
-    algorithm.train(True)
+    with evaluation_mode(algorithm):
+        accuracies = np.empty(len(episodes))
+        for index in range(len(episodes)):
+            episode = bank.episodes(episodes[index : index + 1])
+            logits = algorithm.predict(episode.support_x[0], episode.support_y[0], episode.query_x[0], episode.ways)
+            accuracies[index] = (logits.argmax(1) == episode.query_y[0]).double().mean().item()
+            if progress:
+                progress(1)
     return accuracies
+
+
+@contextlib.contextmanager
+def evaluation_mode(algorithm: Algorithm):
+    """Evaluation mode inside, the previous mode restored afterwards, even after an error."""
+    networks = [part for part in algorithm.modules().values() if isinstance(part, nn.Module)]
+    previous = [network.training for network in networks]
+    algorithm.train(False)
+    try:
+        yield
+    finally:
+        for network, mode in zip(networks, previous):
+            network.train(mode)
 
 
 @torch.no_grad()
@@ -53,7 +65,11 @@ def cached_episode_accuracies(
     algorithm: EmbeddingAlgorithm, bank: ImageBank, episodes: EpisodeIndices, progress=None
 ) -> np.ndarray:
     """Embed each distinct image of ``episodes`` once, then score every episode from the cache."""
-    algorithm.train(False)
+    with evaluation_mode(algorithm):
+        return _score_from_cache(algorithm, bank, episodes, progress)
+
+
+def _score_from_cache(algorithm: EmbeddingAlgorithm, bank: ImageBank, episodes: EpisodeIndices, progress) -> np.ndarray:
     distinct, position = np.unique(
         np.concatenate([episodes.support.ravel(), episodes.query.ravel()]), return_inverse=True
     )
@@ -83,7 +99,6 @@ def cached_episode_accuracies(
         accuracies[chunk] = (logits.argmax(-1) == query_y).double().mean(-1).cpu().numpy()
         if progress:
             progress(chunk.stop - chunk.start)
-    algorithm.train(True)
     return accuracies
 
 

@@ -222,3 +222,33 @@ def test_the_resume_fingerprint_covers_the_training_code_only():
 def test_a_missing_params_file_is_a_one_line_error(tmp_path):
     result = runner.invoke(app, ["train", "--params", str(tmp_path / "nope.yaml")])
     assert isinstance(result.exception, MetabenchError) and "does not exist" in str(result.exception)
+
+
+def test_evaluation_restores_the_training_mode_even_after_an_error():
+    import numpy as np
+    import torch
+
+    from metabench.algorithms import TaskShape, build_algorithm
+    from metabench.episodes import EpisodeIndices, ImageBank
+    from metabench.evaluation import episode_accuracies
+    from tests.conftest import tiny_split
+
+    algorithm = build_algorithm("maml", {"hidden": 4, "meta_batch": 1}, TaskShape(1, 28, 5, 5, train_classes=6), "cpu")
+    algorithm.train(True)
+    bank = ImageBank(tiny_split(6, 4))
+    episodes = EpisodeIndices(np.zeros((1, 5, 1), np.int64), np.zeros((1, 5, 1), np.int64), np.arange(5)[None])
+
+    def fail(*args):
+        raise RuntimeError("a failing episode")
+
+    algorithm.predict = fail
+    with pytest.raises(RuntimeError):
+        episode_accuracies(algorithm, bank, episodes)
+    assert all(m.training for m in algorithm.modules().values() if isinstance(m, torch.nn.Module))
+
+
+def test_anil_refuses_compile_instead_of_ignoring_it():
+    from metabench.algorithms import TaskShape, build_algorithm
+
+    with pytest.raises(MetabenchError, match="anil has no compiled path"):
+        build_algorithm("anil", {"hidden": 4, "compile": True, "first_order": True}, TaskShape(1, 28, 5, 5, 6), "cpu")

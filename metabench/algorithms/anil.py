@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from metabench import MetabenchError
 from metabench.algorithms.maml import MAML, MAMLHyper, Params
 
 
@@ -42,6 +43,11 @@ class ANIL(MAML):
     paper = "Raghu et al. 2020, Rapid Learning or Feature Reuse? Towards Understanding the Effectiveness of MAML"
     adapts = "only the linear head, by a few SGD steps on the support features"
     Hyper = MAMLHyper
+
+    def __init__(self, hyper: MAMLHyper, task, device):
+        if hyper.compile:  # its inner loop runs on cached body features, not the compiled task loss
+            raise MetabenchError("anil has no compiled path; remove compile: true from its hyper-parameters")
+        super().__init__(hyper, task, device)
 
     def episode_loss(self, task):
         parts = (task.support_x, task.support_y, task.query_x, task.query_y)

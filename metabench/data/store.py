@@ -162,7 +162,7 @@ def load(name: str, root: Path, verify: bool = False) -> Dataset:
         for filename, expected in files.items():
             if sha256_file(directory / filename) != expected:
                 raise MetabenchError(
-                    f"{directory / filename} is corrupt (checksum mismatch); run `metabench fetch {name} --force`"
+                    f"{directory / filename} is corrupt (checksum mismatch); run `metabench fetch` for its source again to rebuild it"
                 )
     splits = {}
     for split_name, split_meta in meta["splits"].items():
@@ -171,7 +171,7 @@ def load(name: str, root: Path, verify: bool = False) -> Dataset:
             offsets = np.load(directory / f"{split_name}.offsets.npy")
         except (OSError, ValueError) as error:
             raise MetabenchError(
-                f"{directory} is damaged ({error}); run `metabench fetch {name} --force`"
+                f"{directory} is damaged ({error}); run `metabench fetch` for its source again to rebuild it"
             ) from error
         splits[split_name] = Split(np.asarray(images), offsets, split_meta["class_names"], split_meta["groups"])
     return Dataset(name=meta["name"], splits=splits, info=meta["info"])
