@@ -50,7 +50,7 @@ def episode_accuracies(
 @contextlib.contextmanager
 def evaluation_mode(algorithm: Algorithm):
     """Evaluation mode inside, the previous mode restored afterwards, even after an error."""
-    networks = [part for part in algorithm.modules().values() if isinstance(part, nn.Module)]
+    networks = list(algorithm.networks().values())
     previous = [network.training for network in networks]
     algorithm.train(False)
     try:
@@ -73,7 +73,7 @@ def _score_from_cache(algorithm: EmbeddingAlgorithm, bank: ImageBank, episodes: 
     distinct, position = np.unique(
         np.concatenate([episodes.support.ravel(), episodes.query.ravel()]), return_inverse=True
     )
-    networks = [part for part in algorithm.modules().values() if isinstance(part, nn.Module)]
+    networks = list(algorithm.networks().values())
     with inference_form(networks):
         cache = torch.cat(
             [

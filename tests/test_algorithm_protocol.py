@@ -36,14 +36,7 @@ def batch(count: int, seed: int = 0) -> Episode:
 
 
 def weights(algorithm) -> torch.Tensor:
-    return torch.cat(
-        [
-            p.detach().reshape(-1)
-            for part in algorithm.modules().values()
-            if isinstance(part, torch.nn.Module)
-            for p in part.parameters()
-        ]
-    )
+    return torch.cat([p.detach().reshape(-1) for part in algorithm.networks().values() for p in part.parameters()])
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -226,7 +226,6 @@ def test_a_missing_params_file_is_a_one_line_error(tmp_path):
 
 def test_evaluation_restores_the_training_mode_even_after_an_error():
     import numpy as np
-    import torch
 
     from metabench.algorithms import TaskShape, build_algorithm
     from metabench.episodes import EpisodeIndices, ImageBank
@@ -244,7 +243,7 @@ def test_evaluation_restores_the_training_mode_even_after_an_error():
     algorithm.predict = fail
     with pytest.raises(RuntimeError):
         episode_accuracies(algorithm, bank, episodes)
-    assert all(m.training for m in algorithm.modules().values() if isinstance(m, torch.nn.Module))
+    assert all(network.training for network in algorithm.networks().values())
 
 
 def test_anil_refuses_compile_instead_of_ignoring_it():

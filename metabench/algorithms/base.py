@@ -93,18 +93,19 @@ class Algorithm(abc.ABC):
     def modules(self) -> dict[str, torch.nn.Module | torch.optim.Optimizer]:
         """The stateful parts (networks, optimisers, schedulers) saved in checkpoints."""
 
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """The networks among ``modules()`` (what has weights and a train/eval mode)."""
+        return {key: part for key, part in self.modules().items() if isinstance(part, torch.nn.Module)}
+
     def train(self, mode: bool = True) -> None:
-        for part in self.modules().values():
-            if isinstance(part, torch.nn.Module):
-                part.train(mode)
+        for network in self.networks().values():
+            network.train(mode)
 
     def state_dict(self) -> dict[str, Any]:
         return {key: part.state_dict() for key, part in self.modules().items()}
 
     def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
-        for key, part in self.modules().items():
-            if weights_only and not isinstance(part, torch.nn.Module):
-                continue
+        for key, part in (self.networks() if weights_only else self.modules()).items():
             part.load_state_dict(state[key])
 
 
