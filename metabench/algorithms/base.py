@@ -25,6 +25,7 @@ import torch
 
 from metabench import MetabenchError
 from metabench.episodes import Episode
+from metabench.models import Classifier, build_backbone
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,25 @@ class Algorithm(abc.ABC):
     def load_state_dict(self, state: dict[str, Any], weights_only: bool = False) -> None:
         for key, part in (self.networks() if weights_only else self.modules()).items():
             part.load_state_dict(state[key])
+
+
+@dataclass
+class BackboneHyper:
+    """The body every algorithm builds (extended by each algorithm's ``Hyper``)."""
+
+    backbone: str = "conv4"  # conv4 or resnet12 (metabench.models)
+    hidden: int = 64  # channels of each block (Conv-4; ResNet-12 scales its widths by it)
+
+
+def build_body(hyper: BackboneHyper, task: TaskShape, track_running_stats: bool) -> torch.nn.Module:
+    return build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=track_running_stats)
+
+
+def episodic_classifier(hyper: BackboneHyper, task: TaskShape) -> torch.nn.Module:
+    """Backbone plus a linear head over the test ways, normalising with each episode's batch
+    statistics (the MAML family, Reptile and the LSTM meta-learner adapt it per task)."""
+    body = build_body(hyper, task, track_running_stats=False)
+    return Classifier(body, body.out_features(task.image_size), task.test_ways)
 
 
 class EmbeddingAlgorithm(Algorithm):

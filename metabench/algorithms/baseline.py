@@ -24,12 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabench import MetabenchError
-from metabench.algorithms.base import EmbeddingAlgorithm
-from metabench.models import build_backbone
+from metabench.algorithms.base import BackboneHyper, EmbeddingAlgorithm, build_body
 
 
 @dataclass
-class BaselineHyper:
+class BaselineHyper(BackboneHyper):
     lr: float = 1e-3  # Adam learning rate of pre-training (paper: 1e-3)
     train_ways: int = 0  # classes per pre-training batch; 0: same as test ways
     finetune_lr: float = 0.01  # SGD of the new head on the support set (paper's code: 0.01)
@@ -38,8 +37,6 @@ class BaselineHyper:
     finetune_weight_decay: float = 1e-3
     finetune_batch: int = 4  # support images per fine-tuning step (paper's code: 4)
     finetune_epochs: int = 100  # passes over the support set (paper's code: 100)
-    backbone: str = "conv4"
-    hidden: int = 64
 
     def validate(self) -> None:
         if self.lr <= 0 or self.finetune_lr <= 0 or self.finetune_batch < 1 or self.finetune_epochs < 1:
@@ -94,7 +91,7 @@ class Baseline(EmbeddingAlgorithm):
         super().__init__(hyper, task, device)
         if task.train_classes < 2:
             raise MetabenchError(f"{self.name} pre-trains on all training classes but was told of {task.train_classes}")
-        self.body = build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=True)
+        self.body = build_body(hyper, task, track_running_stats=True)
         self.features = self.body.out_features(task.image_size)
         self.net = nn.Sequential(self.body, self.make_head(self.features, task.train_classes)).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hyper.lr)

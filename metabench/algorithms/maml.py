@@ -31,15 +31,14 @@ from torch import nn
 from torch.func import functional_call
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm
+from metabench.algorithms.base import Algorithm, BackboneHyper, episodic_classifier
 from metabench.episodes import Episode
-from metabench.models import Classifier, build_backbone
 
 Params = dict[str, torch.Tensor]
 
 
 @dataclass
-class MAMLHyper:
+class MAMLHyper(BackboneHyper):
     meta_lr: float = 1e-3  # Adam learning rate of the outer loop (paper: 1e-3)
     inner_lr: float = 0.4  # SGD step size of the inner loop (paper, Omniglot: 0.4)
     inner_steps: int = 1  # inner steps while meta-training (paper, Omniglot: 1)
@@ -49,8 +48,6 @@ class MAMLHyper:
     # first order only: run each task's loss through torch.compile (1.3-1.4x per meta-step on this
     # CPU, about a minute of compilation per process; float-rounding differences only)
     compile: bool = False
-    backbone: str = "conv4"
-    hidden: int = 64
 
     def validate(self) -> None:
         if self.compile and not self.first_order:
@@ -127,8 +124,7 @@ class MAML(Algorithm):
             raise MetabenchError(
                 f"{self.name} has a {task.test_ways}-way head; set train_ways equal to ways ({task.test_ways})"
             )
-        body = build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=False)
-        self.model = Classifier(body, body.out_features(task.image_size), task.test_ways).to(device)
+        self.model = episodic_classifier(hyper, task).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=hyper.meta_lr)
         # the meta-training loss; compiled once per process and input shape when asked
         self.train_loss_fn = partial(loss_and_logits, self.model)

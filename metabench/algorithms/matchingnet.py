@@ -24,19 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabench import MetabenchError
-from metabench.algorithms.base import EmbeddingAlgorithm
-from metabench.models import build_backbone
+from metabench.algorithms.base import BackboneHyper, EmbeddingAlgorithm, build_body
 
 
 @dataclass
-class MatchingNetHyper:
+class MatchingNetHyper(BackboneHyper):
     lr: float = 1e-3  # Adam learning rate
     meta_batch: int = 1  # episodes per update
     train_ways: int = 0  # ways of training episodes; 0: same as test
     fce: bool = False  # full-context embeddings (paper Appendix A.2)
     fce_steps: int = 5  # processing steps of the attention LSTM (only with fce)
-    backbone: str = "conv4"
-    hidden: int = 64
 
     def validate(self) -> None:
         if self.lr <= 0 or self.meta_batch < 1 or self.train_ways < 0 or self.fce_steps < 1:
@@ -86,7 +83,7 @@ class MatchingNet(EmbeddingAlgorithm):
 
     def __init__(self, hyper: MatchingNetHyper, task, device):
         super().__init__(hyper, task, device)
-        self.body = build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=True).to(device)
+        self.body = build_body(hyper, task, track_running_stats=True).to(device)
         parts = {"body": self.body}
         self.context = None
         if hyper.fce:

@@ -31,18 +31,16 @@ from torch import nn
 from torch.func import functional_call
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm
-from metabench.models import Classifier, build_backbone
+from metabench.algorithms.base import Algorithm, BackboneHyper, episodic_classifier
 
 
 @dataclass
-class MetaLSTMHyper:
+class MetaLSTMHyper(BackboneHyper):
     meta_lr: float = 1e-3  # Adam on the meta-learner (paper: 1e-3)
     inner_steps: int = 5  # learner updates per episode (paper: 5 for 5-shot, 12 for 1-shot)
     meta_batch: int = 1
     lstm_hidden: int = 20  # units of the first LSTM (paper: 20)
     clip_grad_norm: float = 0.25  # paper: 0.25
-    backbone: str = "conv4"
     hidden: int = 32  # learner filters (paper: 32)
 
     def validate(self) -> None:
@@ -114,8 +112,7 @@ class MetaLSTM(Algorithm):
         super().__init__(hyper, task, device)
         if task.train_ways != task.test_ways:
             raise MetabenchError(f"metalstm has a {task.test_ways}-way learner; set train_ways equal to ways")
-        body = build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=False)
-        self.model = Classifier(body, body.out_features(task.image_size), task.test_ways).to(device)
+        self.model = episodic_classifier(hyper, task).to(device)
         self.meta = MetaLearner(hyper.lstm_hidden).to(device)
         self.optimizer = torch.optim.Adam([*self.model.parameters(), *self.meta.parameters()], lr=hyper.meta_lr)
         self.clip_grad_norm = hyper.clip_grad_norm

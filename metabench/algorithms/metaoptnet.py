@@ -26,12 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabench import MetabenchError
-from metabench.algorithms.base import EmbeddingAlgorithm
-from metabench.models import build_backbone
+from metabench.algorithms.base import BackboneHyper, EmbeddingAlgorithm, build_body
 
 
 @dataclass
-class MetaOptNetHyper:
+class MetaOptNetHyper(BackboneHyper):
     head: str = "svm"  # svm (MetaOptNet-SVM) or ridge (MetaOptNet-RR / R2-D2)
     lr: float = 1e-3  # Adam learning rate (paper: SGD with Nesterov momentum on ResNet-12)
     meta_batch: int = 1
@@ -40,8 +39,6 @@ class MetaOptNetHyper:
     svm_c: float = 0.1  # C of the SVM head (paper's code: 0.1)
     svm_iterations: int = 50  # unrolled FISTA iterations of the SVM dual
     label_smoothing: float = 0.1  # paper's code: 0.1
-    backbone: str = "conv4"
-    hidden: int = 64
 
     def validate(self) -> None:
         if self.head not in ("svm", "ridge"):
@@ -97,7 +94,7 @@ class MetaOptNet(EmbeddingAlgorithm):
     def __init__(self, hyper: MetaOptNetHyper, task, device):
         super().__init__(hyper, task, device)
         self.net = nn.Module()
-        self.net.body = build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=True)
+        self.net.body = build_body(hyper, task, track_running_stats=True)
         self.net.scale = nn.Parameter(torch.ones(()))  # learned temperature of the logits
         self.net.to(device)
         self.body = self.net.body

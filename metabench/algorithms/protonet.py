@@ -15,19 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from metabench import MetabenchError
-from metabench.algorithms.base import EmbeddingAlgorithm
+from metabench.algorithms.base import BackboneHyper, EmbeddingAlgorithm, build_body
 from metabench.episodes import Episode
-from metabench.models import build_backbone
 
 
 @dataclass
-class ProtoNetHyper:
+class ProtoNetHyper(BackboneHyper):
     lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
     lr_halve_every: int = 2000  # halve the learning rate every this many updates (paper: 2,000)
     meta_batch: int = 1  # episodes per update (paper: 1)
     train_ways: int = 0  # ways of training episodes; 0: same as test (paper, Omniglot: 60)
-    backbone: str = "conv4"
-    hidden: int = 64  # channels of each conv block
 
     def validate(self) -> None:
         if self.lr <= 0 or self.meta_batch < 1 or self.lr_halve_every < 1 or self.train_ways < 0:
@@ -55,7 +52,7 @@ class ProtoNet(EmbeddingAlgorithm):
 
     def __init__(self, hyper: ProtoNetHyper, task, device):
         super().__init__(hyper, task, device)
-        self.body = build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=True).to(device)
+        self.body = build_body(hyper, task, track_running_stats=True).to(device)
         self.optimizer = torch.optim.Adam(self.body.parameters(), lr=hyper.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=hyper.lr_halve_every, gamma=0.5)
 

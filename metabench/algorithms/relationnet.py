@@ -19,20 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabench import MetabenchError
-from metabench.algorithms.base import EmbeddingAlgorithm
+from metabench.algorithms.base import BackboneHyper, EmbeddingAlgorithm
 from metabench.models import Conv4
 from metabench.models.conv4 import conv_block
 
 
 @dataclass
-class RelationNetHyper:
+class RelationNetHyper(BackboneHyper):
     lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
     lr_halve_every: int = 100_000  # halve the learning rate every this many updates (paper: 100,000)
     meta_batch: int = 1
     train_ways: int = 0  # ways of training episodes; 0: same as test
     relation_hidden: int = 8  # width of the relation module's fully connected layer (paper: 8)
-    backbone: str = "conv4"
-    hidden: int = 64
 
     def validate(self) -> None:
         if self.backbone != "conv4":

@@ -25,14 +25,13 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm
+from metabench.algorithms.base import Algorithm, BackboneHyper, episodic_classifier
 from metabench.algorithms.maml import Params, adapt
 from metabench.episodes import Episode
-from metabench.models import Classifier, build_backbone
 
 
 @dataclass
-class ReptileHyper:
+class ReptileHyper(BackboneHyper):
     inner_lr: float = 0.1  # SGD step size of the inner loop (paper: Adam 1e-3; see module docstring)
     inner_steps: int = 5  # inner steps per task in training (paper, Omniglot: 5)
     test_inner_steps: int = 50  # inner steps at evaluation (paper: 50)
@@ -41,8 +40,6 @@ class ReptileHyper:
     anneal_iterations: int = 100_000  # meta-steps over which ε decays linearly (paper: 100,000)
     meta_batch: int = 5  # tasks per outer update (paper, Omniglot: 5)
     serial: bool = False  # Algorithm 1 (one outer step per task) instead of the batched Algorithm 2
-    backbone: str = "conv4"
-    hidden: int = 64
 
     def validate(self) -> None:
         if self.inner_steps < 1 or self.test_inner_steps < 1 or self.meta_batch < 1 or self.anneal_iterations < 1:
@@ -71,8 +68,7 @@ class Reptile(Algorithm):
         super().__init__(hyper, task, device)
         if task.train_ways != task.test_ways:
             raise MetabenchError(f"reptile has a {task.test_ways}-way head; set train_ways equal to ways")
-        body = build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=False)
-        self.model = Classifier(body, body.out_features(task.image_size), task.test_ways).to(device)
+        self.model = episodic_classifier(hyper, task).to(device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=hyper.outer_lr)
         self.scheduler = torch.optim.lr_scheduler.LinearLR(
             self.optimizer, 1.0, hyper.outer_lr_final / hyper.outer_lr, total_iters=hyper.anneal_iterations

@@ -20,17 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabench import MetabenchError
-from metabench.algorithms.base import EmbeddingAlgorithm
-from metabench.models import build_backbone
+from metabench.algorithms.base import BackboneHyper, EmbeddingAlgorithm, build_body
 
 
 @dataclass
-class SiameseHyper:
+class SiameseHyper(BackboneHyper):
     lr: float = 1e-3  # Adam learning rate
     meta_batch: int = 1
     train_ways: int = 0  # ways of training episodes; 0: same as test
-    backbone: str = "conv4"
-    hidden: int = 64
 
     def validate(self) -> None:
         if self.lr <= 0 or self.meta_batch < 1 or self.train_ways < 0:
@@ -64,7 +61,7 @@ class Siamese(EmbeddingAlgorithm):
 
     def __init__(self, hyper: SiameseHyper, task, device):
         super().__init__(hyper, task, device)
-        self.body = build_backbone(hyper.backbone, task.channels, hyper.hidden, track_running_stats=True)
+        self.body = build_body(hyper, task, track_running_stats=True)
         self.head = nn.Linear(self.body.out_features(task.image_size), 1)  # w and c of the distance layer
         self.net = nn.ModuleDict({"body": self.body, "head": self.head}).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hyper.lr)
