@@ -52,7 +52,8 @@ def _progress() -> Progress:
     )
 
 
-def _resolve(params_path: Path | None, selection: dict, overrides: dict | None = None, hp: list[str] = ()):
+def _resolve(params_path: Path | None, overrides: dict | None, hp: list[str], **selection):
+    """The run picked by ``selection`` (identity and location options) with ``overrides`` and ``--hp``."""
     from metabench.config import load_params, parse_overrides, resolve_run
 
     where = str(params_path or "built-in defaults")
@@ -126,17 +127,20 @@ def train(
     """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy."""
     from metabench.runner import train_run
 
-    selection = {
-        "algorithm": algorithm,
-        "dataset": dataset,
-        "ways": ways,
-        "shots": shots,
-        "seed": seed,
-        "device": device,
-        "runs_dir": runs_dir,
-        "data_dir": data_dir,
-    }
-    config = _resolve(params, selection, {"iterations": iterations, "train_queries": train_queries}, hp)
+    overrides = {"iterations": iterations, "train_queries": train_queries}
+    config = _resolve(
+        params,
+        overrides,
+        hp,
+        algorithm=algorithm,
+        dataset=dataset,
+        ways=ways,
+        shots=shots,
+        seed=seed,
+        device=device,
+        runs_dir=runs_dir,
+        data_dir=data_dir,
+    )
     with _progress() as progress:
         task = progress.add_task(f"train {config.run_id}", total=config.iterations)
 
@@ -169,17 +173,19 @@ def evaluate(
     """
     from metabench.runner import evaluate_run
 
-    selection = {
-        "algorithm": algorithm,
-        "dataset": dataset,
-        "ways": ways,
-        "shots": shots,
-        "seed": seed,
-        "device": device,
-        "runs_dir": runs_dir,
-        "data_dir": data_dir,
-    }
-    config = _resolve(params, selection, {"train_queries": train_queries}, hp)
+    config = _resolve(
+        params,
+        {"train_queries": train_queries},
+        hp,
+        algorithm=algorithm,
+        dataset=dataset,
+        ways=ways,
+        shots=shots,
+        seed=seed,
+        device=device,
+        runs_dir=runs_dir,
+        data_dir=data_dir,
+    )
     with _progress() as progress:
         task = progress.add_task(f"evaluate {config.run_id}", total=config.test_episodes)
         metrics = evaluate_run(config, lambda phase, done, total: progress.update(task, completed=done))
@@ -256,16 +262,18 @@ def profile(
     with _progress() as progress:
         task = progress.add_task("profile", total=len(selection))
         for name, count in selection:
-            selection = {
-                "algorithm": name,
-                "dataset": dataset,
-                "ways": ways,
-                "shots": count,
-                "seed": 0,
-                "device": device,
-                "data_dir": data_dir,
-            }
-            config = _resolve(params, selection, None, hp)
+            config = _resolve(
+                params,
+                None,
+                hp,
+                algorithm=name,
+                dataset=dataset,
+                ways=ways,
+                shots=count,
+                seed=0,
+                device=device,
+                data_dir=data_dir,
+            )
             progress.update(task, description=f"profile {config.algorithm} {config.ways}-way {config.shots}-shot")
             result = profile_run(config)
             path = out or config.profile_path()

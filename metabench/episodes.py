@@ -16,6 +16,7 @@ makes paired comparisons between algorithms valid.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -65,8 +66,6 @@ class EpisodeIndices:
 
     def digest(self) -> str:
         """sha256 of the indices: two runs are paired only when their episodes are identical."""
-        import hashlib
-
         hasher = hashlib.sha256()
         for array in (self.support, self.query, self.classes):
             hasher.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())

@@ -64,6 +64,8 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
     if not board.get("algorithms"):
         raise MetabenchError(f"{layout.folder / 'params.yaml'} has no leaderboard.algorithms to build a pipeline from")
     run = params.get("run") or {}
+    cli = sources.ROOT / "metabench" / "cli.py"
+    profiling = sources.import_closure("metabench.profiling")
     runs_option = " --runs-dir runs" if layout.profile else ""
     fetch_cmd = (
         f"metabench fetch ${{source}}{layout.options} --record dataset.json"
@@ -73,12 +75,11 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
     out: dict[str, Any] = {
         "fetch": {
             "cmd": fetch_cmd,
-            "deps": layout.code([sources.ROOT / "metabench" / "data", sources.ROOT / "metabench" / "cli.py"]),
+            "deps": layout.code([sources.ROOT / "metabench" / "data", cli]),
             "params": ["data.${source}" if layout.profile else "data.${run.dataset}"],
             "outs": [{layout.data: {"cache": False}} if layout.profile else layout.data],
         },
     }
-    cli = sources.ROOT / "metabench" / "cli.py"
     for algorithm in board["algorithms"]:
         code = sources.training_sources(algorithm) + [cli]
         run_dir = _run_dir(algorithm)
@@ -102,7 +103,6 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
             "metrics": [{f"{run_dir}/metrics.json": {"cache": False}}],
         }
         profile_path = RunConfig.format_profile("${run.dataset}", algorithm, "${run.ways}", "${item.shots}")
-        profiling = sources.import_closure("metabench.profiling")
         out[f"profile-{algorithm}"] = {
             "matrix": {"shots": "${leaderboard.shots}"},
             "cmd": f"metabench profile{layout.options} --algorithm {algorithm} --shots ${{item.shots}}",

@@ -64,9 +64,13 @@ def fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
     return {"config": config.training_settings(), "dataset": dataset.checksum, "code": code}
 
 
+def _changed(before: dict, after: dict) -> list[str]:
+    """The keys whose values differ between two settings dicts, sorted."""
+    return [key for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+
+
 def _differences(saved: dict, current: dict) -> str:
-    before, after = saved.get("config") or {}, current["config"]
-    changed = [f"config.{k}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    changed = [f"config.{k}" for k in _changed(saved.get("config") or {}, current["config"])]
     changed += [k for k in ("dataset", "code") if saved.get(k) != current.get(k)]
     return ", ".join(changed) or "nothing"
 
@@ -261,9 +265,9 @@ def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
     device = resolve_device(config.device)
     dataset = store.load(config.dataset, Path(config.data_dir))
     algorithm, saved = load_trained(config.run_dir / "checkpoint.pt", device)
-    trained = {k: v for k, v in saved["config"].items() if k in config.training_settings()}
-    if trained != config.training_settings():
-        changed = sorted(k for k in config.training_settings() if trained.get(k) != config.training_settings()[k])
+    settings = config.training_settings()
+    changed = _changed({k: v for k, v in saved["config"].items() if k in settings}, settings)
+    if changed:
         raise MetabenchError(
             f"{config.run_dir} was trained with other {', '.join(changed)}; give the options it was trained with, "
             f"or retrain it (metabench train --force)"
