@@ -35,6 +35,7 @@ PARAMS = typer.Option(
 HP = typer.Option(
     [], "--hp", help="Hyper-parameter override key=value (repeatable); a run with overrides gets its own folder."
 )
+EPISODES_DIR = typer.Option(None, help="Where the fixed validation/test episodes are (default: <data-dir>/episodes).")
 TRAIN_QUERIES = typer.Option(
     None, help="Query images per class in training episodes (an override: the run gets its own folder)."
 )
@@ -118,6 +119,7 @@ def train(
     device: str | None = typer.Option(None, help="auto (CUDA if present), cpu or cuda."),
     data_dir: str | None = typer.Option(None, help="Dataset store directory."),
     runs_dir: str | None = typer.Option(None, help="Where run outputs go."),
+    episodes_dir: str | None = EPISODES_DIR,
     hp: list[str] = HP,
     force: bool = typer.Option(
         False, "--force", help="Retrain over a finished run that was trained with other settings or code."
@@ -140,6 +142,7 @@ def train(
         device=device,
         runs_dir=runs_dir,
         data_dir=data_dir,
+        episodes_dir=episodes_dir,
     )
     with _progress() as progress:
         task = progress.add_task(f"train {config.run_id}", total=config.iterations)
@@ -154,6 +157,27 @@ def train(
 
 
 @app.command()
+def episodes(
+    params: Path | None = PARAMS,
+    data_dir: str | None = typer.Option(None, help="Dataset store directory."),
+    episodes_dir: str | None = EPISODES_DIR,
+) -> None:
+    """Make the fixed validation and test episodes of every leaderboard run, once.
+
+    Train and evaluate make a missing episode file themselves; the pipelines run this first so
+    the episodes every algorithm is scored on are one declared, cached output.
+    """
+    from metabench.config import leaderboard_runs, load_params
+    from metabench.runner import prepare_episodes
+
+    configs = leaderboard_runs(
+        load_params(params), str(params or "params.yaml"), data_dir=data_dir, episodes_dir=episodes_dir
+    )
+    count = prepare_episodes(configs)
+    console.print(f"{count} fixed episode sets ready in {configs[0].episodes_path}")
+
+
+@app.command()
 def evaluate(
     algorithm: str | None = typer.Option(None, help="Registered algorithm of the run."),
     dataset: str | None = typer.Option(None, help="Stored dataset name."),
@@ -163,6 +187,7 @@ def evaluate(
     device: str | None = typer.Option(None, help="auto, cpu or cuda."),
     data_dir: str | None = typer.Option(None, help="Dataset store directory."),
     runs_dir: str | None = typer.Option(None, help="Where run outputs are."),
+    episodes_dir: str | None = EPISODES_DIR,
     train_queries: int | None = TRAIN_QUERIES,
     hp: list[str] = HP,
     params: Path | None = PARAMS,
@@ -185,6 +210,7 @@ def evaluate(
         device=device,
         runs_dir=runs_dir,
         data_dir=data_dir,
+        episodes_dir=episodes_dir,
     )
     with _progress() as progress:
         task = progress.add_task(f"evaluate {config.run_id}", total=config.test_episodes)
@@ -291,25 +317,23 @@ def profile(
 @app.command()
 def summary(
     runs_dir: Path = typer.Option(Path("runs"), help="Where run outputs are."),
-    data_dir: Path = typer.Option(Path("data"), help="Dataset store directory."),
 ) -> None:
-    """Table of every evaluated run (accuracy ± 95% interval) beside pixel nearest-neighbour."""
+    """Table of every evaluated run (accuracy ± 95% interval), reference methods included."""
     from metabench.summary import table as results_table
 
-    results = results_table(runs_dir, data_dir)
+    results = results_table(runs_dir)
     if results.empty:
         raise MetabenchError(f"no evaluated runs in {runs_dir}; run `metabench train` and `metabench evaluate` first")
     out = Table(title=f"results in {runs_dir} (95% interval over the shared test episodes)")
     for column in ("dataset", "ways", "shots", "algorithm", "seed", "accuracy %", "episodes", "transductive"):
         out.add_column(column)
     for row in results.itertuples():
-        seed = "" if row.seed is None or row.seed != row.seed else str(int(row.seed))
         out.add_row(
             row.dataset,
             str(row.ways),
             str(row.shots),
             row.algorithm,
-            seed,
+            str(row.seed),
             f"{100 * row.accuracy:.2f} ± {100 * row.ci95:.2f}",
             str(row.episodes),
             "yes" if row.transductive else "no",
@@ -322,7 +346,6 @@ def report(
     runs_dir: Path = typer.Option(Path("runs"), help="Where run outputs are."),
     profiles_dir: Path = typer.Option(Path("profiles"), help="Where profile JSON files are."),
     out_dir: Path = typer.Option(Path("reports"), help="Where to write leaderboard.md/.html and figures."),
-    data_dir: Path = typer.Option(Path("data"), help="Dataset store (for the pixel nearest-neighbour reference)."),
     params: Path | None = PARAMS,
 ) -> None:
     """Write the leaderboard (markdown, self-contained HTML, figures) from run outputs only.
@@ -337,7 +360,7 @@ def report(
     run_ids = None
     if settings.get("leaderboard"):
         run_ids = [config.run_id for config in leaderboard_runs(settings, str(params or "params.yaml"))]
-    headline = build(runs_dir, profiles_dir, out_dir, data_dir, run_ids)
+    headline = build(runs_dir, profiles_dir, out_dir, run_ids)
     console.print(f"wrote {out_dir / 'leaderboard.md'} and {out_dir / 'leaderboard.html'}")
     console.print_json(json.dumps(headline))
 

@@ -28,7 +28,17 @@ TOP_LEVEL_SECTIONS = ("data", "leaderboard", "run", "algorithms", "source")
 # name the run readably: <dataset>-<algorithm>-<ways>w<shots>s-seed<seed>
 IDENTITY = ("dataset", "algorithm", "ways", "shots", "seed")
 # where and how long a run trains, never what it is: changing them continues or moves the same run
-NOT_IDENTITY = ("device", "data_dir", "runs_dir", "iterations", "checkpoint_every", "test_episodes", "variant")
+NOT_IDENTITY = (
+    "device",
+    "data_dir",
+    "runs_dir",
+    "episodes_dir",
+    "iterations",
+    "checkpoint_every",
+    "test_episodes",
+    "variant",
+)
+LOCATION = ("device", "data_dir", "runs_dir", "episodes_dir")  # where a run is, never what it is
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -51,6 +61,7 @@ class RunConfig:
     device: str = "auto"  # auto: CUDA when present, else CPU
     data_dir: str = "data"
     runs_dir: str = "runs"
+    episodes_dir: str = ""  # the fixed validation/test episodes; "": <data_dir>/episodes
     hyper: dict[str, Any] = field(default_factory=dict)  # the algorithm's hyper-parameters
     # set by resolve_run: "" for the settings params.yaml gives, else a hash of the other settings,
     # so a run with overridden settings never shares a folder with the default run
@@ -97,6 +108,10 @@ class RunConfig:
     @staticmethod
     def format_profile(dataset: Any, algorithm: Any, ways: Any, shots: Any, variant: str = "") -> str:
         return f"{dataset}-{algorithm}-{ways}w{shots}s" + (f"-{variant}" if variant else "") + ".json"
+
+    @property
+    def episodes_path(self) -> Path:
+        return Path(self.episodes_dir) if self.episodes_dir else Path(self.data_dir) / "episodes"
 
     @property
     def readable_id(self) -> str:
@@ -209,14 +224,14 @@ def resolve_run(
     """The one resolved run spec.
 
     ``selection`` picks a run of the params (identity and location: algorithm, dataset, ways,
-    shots, seed, device, data_dir, runs_dir); ``overrides`` (other run settings) and
+    shots, seed, device, data_dir, runs_dir, episodes_dir); ``overrides`` (other run settings) and
     ``hyper_overrides`` change what is trained. A run whose training settings differ from what
     the params give for its selection gets a ``variant`` (a hash of those settings) in its id,
     so it can never train into the default run's folder.
     """
     selection = {k: v for k, v in (selection or {}).items() if v is not None}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    stray = sorted(set(selection) - set(IDENTITY) - {"device", "data_dir", "runs_dir"})
+    stray = sorted(set(selection) - set(IDENTITY) - set(LOCATION))
     if stray:
         raise MetabenchError(f"{', '.join(stray)} change what is trained; pass them as overrides, not as the selection")
     default = _layer(params, selection, {}, where)
@@ -228,16 +243,27 @@ def resolve_run(
 
 
 def leaderboard_runs(params: dict[str, Any], where: str = "params", **location: Any) -> list[RunConfig]:
-    """Every run of the params' ``leaderboard`` section (algorithm × shots × seed), in that order."""
+    """Every run of the params' ``leaderboard`` section, in order: algorithm × shots × seed, then
+    each reference method × shots (seed 0: a reference has nothing random to seed)."""
+    from metabench.algorithms import get_algorithm
+
     board = params.get("leaderboard") or {}
     missing = [key for key in ("algorithms", "shots", "seeds") if not board.get(key)]
     if missing:
         raise MetabenchError(f"{where}: leaderboard needs {', '.join(missing)} (lists)")
+    references = board.get("references") or []
+    for kind, names, trained in (("algorithms", board["algorithms"], True), ("references", references, False)):
+        wrong = [name for name in names if get_algorithm(name).trained != trained]
+        if wrong:
+            other = "references" if trained else "algorithms"
+            raise MetabenchError(
+                f"{where}: leaderboard.{kind} lists {', '.join(wrong)}; move them to leaderboard.{other}"
+            )
+    trained_runs = [(a, k, s) for a in board["algorithms"] for k in board["shots"] for s in board["seeds"]]
+    reference_runs = [(a, k, 0) for a in references for k in board["shots"]]
     return [
         resolve_run(params, {"algorithm": a, "shots": k, "seed": s, **location}, where=where)
-        for a in board["algorithms"]
-        for k in board["shots"]
-        for s in board["seeds"]
+        for a, k, s in trained_runs + reference_runs
     ]
 
 

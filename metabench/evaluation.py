@@ -158,16 +158,3 @@ def write_results(run_dir: Path, accuracies: np.ndarray, extra: dict) -> dict:
     metrics = {**summarise(accuracies), **extra}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
-
-
-@torch.no_grad()
-def pixel_nearest_neighbour(bank: ImageBank, episodes: EpisodeIndices) -> np.ndarray:
-    """Reference baseline: label each query with its nearest support image in pixel space."""
-    accuracies = np.empty(len(episodes))
-    for index in range(len(episodes)):
-        episode = bank.episodes(episodes[index : index + 1])
-        support = episode.support_x[0].flatten(1)
-        query = episode.query_x[0].flatten(1)
-        nearest = torch.cdist(query, support).argmin(1)
-        accuracies[index] = (episode.support_y[0][nearest] == episode.query_y[0]).double().mean().item()
-    return accuracies

@@ -24,6 +24,7 @@ EVALUATION_ONLY = ("test_episodes",)
 # run keys each stage's command sets itself (--algorithm, --shots, --seed): params.yaml's value is unused
 SET_BY_COMMAND = ("algorithm", "shots", "seed")
 EVALUATION_READS = ("dataset", "ways", "queries", "test_episodes", "episode_seed", "device")
+EPISODE_READS = ("dataset", "ways", "queries", "val_episodes", "test_episodes", "episode_seed")
 
 
 @dataclass
@@ -48,6 +49,15 @@ class Layout:
     def data(self) -> str:
         return "dataset.json" if self.profile else "data/${run.dataset}"
 
+    @property
+    def episodes(self) -> str:
+        """The pipeline's own fixed episodes (profiles share the data store, not the episodes)."""
+        return "episodes" if self.profile else "data/episodes"
+
+    @property
+    def episodes_option(self) -> str:
+        return " --episodes-dir episodes" if self.profile else ""
+
 
 def _run_dir(algorithm: str) -> str:
     readable = RunConfig.format_id("${run.dataset}", algorithm, "${run.ways}", "${item.shots}", "${item.seed}")
@@ -65,6 +75,7 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
         raise MetabenchError(f"{layout.folder / 'params.yaml'} has no leaderboard.algorithms to build a pipeline from")
     run = params.get("run") or {}
     cli = sources.ROOT / "metabench" / "cli.py"
+    runner = sources.ROOT / "metabench" / "runner.py"  # prepare_episodes
     profiling = sources.import_closure("metabench.profiling")
     runs_option = " --runs-dir runs" if layout.profile else ""
     fetch_cmd = (
@@ -80,6 +91,23 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
             "outs": [{layout.data: {"cache": False}} if layout.profile else layout.data],
         },
     }
+    out["episodes"] = {
+        "cmd": f"metabench episodes{layout.options}{layout.episodes_option}",
+        "deps": [layout.data, *layout.code(sorted({*sources.import_closure("metabench.episodes"), runner, cli}))],
+        "params": ["leaderboard", *_keys(run, "run", lambda key: key in EPISODE_READS), "algorithms"],
+        "outs": [layout.episodes],
+    }
+    for algorithm in board.get("references") or []:
+        run_dir = RunConfig.format_id("${run.dataset}", algorithm, "${run.ways}", "${item.shots}", 0)
+        out[f"evaluate-{algorithm}"] = {
+            "matrix": {"shots": "${leaderboard.shots}"},
+            "cmd": f"metabench evaluate{layout.options}{layout.episodes_option}{runs_option}"
+            f" --algorithm {algorithm} --shots ${{item.shots}} --seed 0",
+            "deps": [layout.data, layout.episodes, *layout.code(sources.training_sources(algorithm) + [cli])],
+            "params": _keys(run, "run", lambda key: key in EVALUATION_READS),
+            "outs": [f"runs/{run_dir}/{name}" for name in ("episodes.csv", "config.json")],
+            "metrics": [{f"runs/{run_dir}/metrics.json": {"cache": False}}],
+        }
     for algorithm in board["algorithms"]:
         code = sources.training_sources(algorithm) + [cli]
         run_dir = _run_dir(algorithm)
@@ -88,16 +116,16 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
         matrix = {"shots": "${leaderboard.shots}", "seed": "${leaderboard.seeds}"}
         out[f"train-{algorithm}"] = {
             "matrix": dict(matrix),
-            "cmd": f"metabench train{layout.options}{runs_option}{selection}",
-            "deps": [layout.data, *layout.code(code)],
+            "cmd": f"metabench train{layout.options}{layout.episodes_option}{runs_option}{selection}",
+            "deps": [layout.data, layout.episodes, *layout.code(code)],
             "params": _keys(run, "run", lambda key: key not in EVALUATION_ONLY) + algorithm_params,
             "outs": [f"{run_dir}/{name}" for name in ("checkpoint.pt", "train_log.csv", "config.json")],
             "metrics": [{f"{run_dir}/train_summary.json": {"cache": False}}],
         }
         out[f"evaluate-{algorithm}"] = {
             "matrix": dict(matrix),
-            "cmd": f"metabench evaluate{layout.options}{runs_option}{selection}",
-            "deps": [layout.data, f"{run_dir}/checkpoint.pt", *layout.code(code)],
+            "cmd": f"metabench evaluate{layout.options}{layout.episodes_option}{runs_option}{selection}",
+            "deps": [layout.data, layout.episodes, f"{run_dir}/checkpoint.pt", *layout.code(code)],
             "params": _keys(run, "run", lambda key: key in EVALUATION_READS),
             "outs": [f"{run_dir}/episodes.csv"],
             "metrics": [{f"{run_dir}/metrics.json": {"cache": False}}],
@@ -110,11 +138,9 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
             "params": _keys(run, "run", lambda key: key not in EVALUATION_ONLY) + algorithm_params,
             "outs": [{f"profiles/{profile_path}": {"cache": False}}],
         }
-    report_options = (
-        f"{layout.options}{runs_option} --profiles-dir profiles --out-dir reports" if layout.profile else ""
-    )
+    report_options = " --params params.yaml --runs-dir runs --profiles-dir profiles --out-dir reports"
     out["report"] = {
-        "cmd": f"metabench report{report_options}",
+        "cmd": f"metabench report{report_options if layout.profile else ''}",
         "deps": ["runs", "profiles", *layout.code(sources.import_closure("metabench.report") + [cli])],
         "params": ["leaderboard", *_keys(run, "run", lambda key: key in ("dataset", "ways"))],
         "outs": [{f"reports/{name}": {"cache": False}} for name in ("leaderboard.md", "leaderboard.html", "figures")],
@@ -127,8 +153,10 @@ HEADER = """\
 # Generated by `metabench pipeline` from {params} and metabench/pipeline.py: edit those, not this
 # file, then run `metabench pipeline` again (a test fails while a pipeline is out of date).
 # `{command}` fetches the data, trains and evaluates every algorithm x shots x seed of
-# the leaderboard, profiles each setting's cost and writes the report. Stage names:
-# train-<algorithm>@<shots>-<seed>, evaluate-<algorithm>@<shots>-<seed>, profile-<algorithm>@<shots>.
+# the leaderboard on fixed episodes (the `episodes` stage), scores the reference methods on the
+# same episodes, profiles each setting's cost and writes the report. Stage names:
+# train-<algorithm>@<shots>-<seed>, evaluate-<algorithm>@<shots>-<seed>, profile-<algorithm>@<shots>,
+# evaluate-<reference>@<shots>.
 """
 
 

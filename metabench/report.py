@@ -26,7 +26,6 @@ import seaborn as sns
 
 from metabench import MetabenchError, published, stats
 from metabench.algorithms import REGISTRY
-from metabench.summary import pixel_baseline
 
 FORMULAS = """\
 - **Per run**: accuracy of each test episode (its queries per class); mean ± 1.96·s/√n over the
@@ -111,7 +110,7 @@ def aggregate(runs: Runs) -> pd.DataFrame:
             "seed_ci95": half,
             "seeds": len(group),
             "episode_ci95": float(group["ci95"].mean()),
-            "episodes": int(group["episodes"].iloc[0]),
+            "episodes": ", ".join(str(n) for n in sorted(set(group["episodes"]))),  # per run, usually one count
             "train_seconds": float(group["train_seconds"].mean()) if "train_seconds" in group else float("nan"),
             "transductive": bool(group["transductive"].iloc[0]),
             "mlflow_run_ids": " ".join(r[:8] for r in group["mlflow_run_id"] if r),
@@ -323,6 +322,7 @@ def leaderboard_table(table: pd.DataFrame) -> pd.DataFrame:
             row[f"{setting} episode CI"] = f"± {100 * r['episode_ci95']:.2f}"
             row[f"{setting} published"] = r["published"] or "–"
             row[f"{setting} train s"] = f"{r['train_seconds']:.0f}"
+            row[f"{setting} test episodes"] = r["episodes"]
             if (
                 "adaptation_tasks_per_second" in r
                 and r["adaptation_tasks_per_second"] == r["adaptation_tasks_per_second"]
@@ -376,11 +376,38 @@ FIGURES: dict[str, Figure] = {
 }
 
 
-def build(
-    runs_dir: Path, profiles_dir: Path, out_dir: Path, data_dir: Path | None = None, run_ids: list[str] | None = None
-) -> dict:
+def is_reference(algorithm: str) -> bool:
+    """A reference method (nothing trained): reported beside the ranking, not in it."""
+    return algorithm in REGISTRY and not REGISTRY[algorithm].trained
+
+
+def split_references(runs: Runs) -> tuple[Runs, pd.DataFrame]:
+    """The ranked runs, and the reference methods' runs (one row per run)."""
+    mask = runs.metrics["algorithm"].map(is_reference)
+    ranked = Runs(runs.metrics[~mask].reset_index(drop=True), runs.episodes, runs.curves, runs.profiles)
+    if ranked.metrics.empty:
+        raise MetabenchError("only reference methods were evaluated; train and evaluate an algorithm first")
+    return ranked, runs.metrics[mask]
+
+
+def reference_table(references: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "dataset": r["dataset"],
+                "setting": f"{r['ways']}w{r['shots']}s",
+                "reference": f"{r['algorithm']} ({REGISTRY[r['algorithm']].paper})",
+                "accuracy %": _pct(r["accuracy"], r["ci95"]),
+                "episodes": int(r["episodes"]),
+            }
+            for r in references.sort_values(["dataset", "ways", "shots", "algorithm"]).to_dict("records")
+        ]
+    )
+
+
+def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, run_ids: list[str] | None = None) -> dict:
     """Write the report; return the headline numbers (also written to summary.json)."""
-    runs = load_runs(runs_dir, profiles_dir, run_ids)
+    runs, references = split_references(load_runs(runs_dir, profiles_dir, run_ids))
     table = aggregate(runs)
     pairs = pairwise(runs)
     out_dir = Path(out_dir)
@@ -392,18 +419,7 @@ def build(
         paths[key] = figures / figure.file
         figure.draw(Figures(runs, table, pairs), paths[key])
 
-    baselines = []
-    if data_dir is not None:
-        settings = runs.metrics[["dataset", "ways", "shots", "queries", "episodes", "episode_seed"]].drop_duplicates()
-        for s in settings.itertuples(index=False):
-            result = pixel_baseline(s.dataset, Path(data_dir), s.ways, s.shots, s.queries, s.episodes, s.episode_seed)
-            baselines.append(
-                {
-                    "dataset": s.dataset,
-                    "setting": f"{s.ways}w{s.shots}s",
-                    "pixel nearest-neighbour %": _pct(result["accuracy"], result["ci95"]),
-                }
-            )
+    baselines = reference_table(references)
     board = leaderboard_table(table)
     pair_table = (
         pairs.assign(
@@ -437,13 +453,18 @@ def _notes(table: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _episode_counts(runs: Runs) -> str:
+    counts = sorted(set(runs.metrics["episodes"]))
+    if len(counts) == 1:
+        return f"{counts[0]} fixed test episodes per run, shared by every algorithm and seed."
+    return f"fixed test episodes per run: {', '.join(map(str, counts))} (column *test episodes*); only runs on identical episodes are compared."
+
+
 def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs, costs: pd.DataFrame) -> None:
-    episodes = int(runs.metrics["episodes"].iloc[0])
     lines = [
         "# metabench leaderboard",
         "",
-        f"Generated from {len(runs.metrics)} runs (`runs/*/metrics.json`, `episodes.csv`); "
-        f"{episodes} fixed test episodes per run, shared by every algorithm and seed.",
+        f"Generated from {len(runs.metrics)} runs (`runs/*/metrics.json`, `episodes.csv`); {_episode_counts(runs)}",
         "",
         board.to_markdown(index=False, disable_numparse=True),
         "",
@@ -452,11 +473,11 @@ def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs, cos
         "*adapt tasks/s*: test-time episodes per second (profile stage).",
         "",
     ]
-    if baselines:
+    if not baselines.empty:
         lines += [
-            "## Reference: pixel nearest-neighbour on the same episodes",
+            "## Reference methods on the same episodes",
             "",
-            pd.DataFrame(baselines).to_markdown(index=False, disable_numparse=True),
+            baselines.to_markdown(index=False, disable_numparse=True),
             "",
         ]
     if not costs.empty:
@@ -504,16 +525,15 @@ def _write_html(path, board, pairs, baselines, hyper, figures: dict, runs: Runs,
         f"<!doctype html><html><head><meta charset='utf-8'><title>metabench leaderboard</title>"
         f"<style>{style}</style></head><body>",
         "<h1>metabench leaderboard</h1>",
-        f"<p>{len(runs.metrics)} runs; {int(runs.metrics['episodes'].iloc[0])} fixed test episodes per run, "
-        "shared by every algorithm and seed.</p>",
+        f"<p>{len(runs.metrics)} runs; {html.escape(_episode_counts(runs))}</p>",
         board.to_html(index=False, escape=True, border=0),
     ]
     for key, figure in figures.items():
         parts.append(
             f"<figure><img alt='{key}' src='{_embed(figure)}'><figcaption>{html.escape(FIGURES[key].caption)}</figcaption></figure>"
         )
-    if baselines:
-        parts += ["<h2>Reference: pixel nearest-neighbour</h2>", pd.DataFrame(baselines).to_html(index=False, border=0)]
+    if not baselines.empty:
+        parts += ["<h2>Reference methods on the same episodes</h2>", baselines.to_html(index=False, border=0)]
     if not costs.empty:
         parts += ["<h2>Cost (profile stage)</h2>", costs.to_html(index=False, border=0)]
     if not pairs.empty:

@@ -29,15 +29,46 @@ from metabench import MetabenchError, checkpoint, sources
 from metabench.algorithms import TaskShape, build_algorithm, get_algorithm, make_hyper
 from metabench.config import RunConfig, resolve_device
 from metabench.data import store
-from metabench.episodes import EpisodeSpec, ImageBank, augment_episode, episode_key, fixed_episodes, sample_indices
+from metabench.episodes import (
+    EpisodeIndices,
+    EpisodeSpec,
+    ImageBank,
+    augment_episode,
+    episode_key,
+    fixed_episodes,
+    sample_indices,
+)
 from metabench.evaluation import episode_accuracies, write_results
 from metabench.tracking import Tracker, run_tags
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
-def _episode_key(dataset: store.Dataset, split: str) -> str:
-    return episode_key(dataset.name, split, dataset.checksum)
+def evaluation_episodes(config: RunConfig, dataset: store.Dataset, split: str) -> EpisodeIndices:
+    """The run's fixed ``val`` or ``test`` episodes (shared by every algorithm and seed), made once."""
+    count = config.val_episodes if split == "val" else config.test_episodes
+    return fixed_episodes(
+        dataset.split(split),
+        EpisodeSpec(config.ways, config.shots, config.queries),
+        count,
+        config.episode_seed,
+        config.episodes_path,
+        episode_key(dataset.name, split, dataset.checksum),
+    )
+
+
+def prepare_episodes(configs: list[RunConfig]) -> int:
+    """Make every fixed episode set the runs ``configs`` will use; return how many sets there are."""
+    made, datasets = set(), {}
+    for config in configs:
+        key = (config.dataset, config.data_dir)
+        if key not in datasets:
+            datasets[key] = store.load(config.dataset, Path(config.data_dir))
+        for split in ("val", "test"):
+            evaluation_episodes(config, datasets[key], split)
+            count = config.val_episodes if split == "val" else config.test_episodes
+            made.add((key, split, config.ways, config.shots, config.queries, count, config.episode_seed))
+    return len(made)
 
 
 def task_shape(config: RunConfig, dataset: store.Dataset, hyper) -> TaskShape:
@@ -84,23 +115,20 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
     A finished run trained with other settings, data or code is kept unless ``force``: its
     folder may hold results someone relies on. Training removes the run's stale evaluation.
     """
+    algorithm_cls = get_algorithm(config.algorithm)
+    if not algorithm_cls.trained:
+        raise MetabenchError(
+            f"{config.algorithm} is a reference method with nothing to train; "
+            f"score it with `metabench evaluate --algorithm {config.algorithm}`"
+        )
     device = resolve_device(config.device)
     dataset = store.load(config.dataset, Path(config.data_dir))
-    algorithm_cls = get_algorithm(config.algorithm)
     hyper = make_hyper(algorithm_cls.Hyper, config.hyper, config.algorithm)
     task = task_shape(config, dataset, hyper)
     train_split, val_split = dataset.split("train"), dataset.split("val")
     train_spec = EpisodeSpec(task.train_ways, config.shots, config.queries_in_training)
     train_spec.check(train_split, "train")
-    val_spec = EpisodeSpec(config.ways, config.shots, config.queries)
-    val_episodes = fixed_episodes(
-        val_split,
-        val_spec,
-        config.val_episodes,
-        config.episode_seed,
-        Path(config.data_dir) / "episodes",
-        _episode_key(dataset, "val"),
-    )
+    val_episodes = evaluation_episodes(config, dataset, "val")
 
     torch.manual_seed(config.seed)
     algorithm = build_algorithm(config.algorithm, config.hyper, task, device)
@@ -260,10 +288,21 @@ def load_trained(checkpoint_path: Path, device: torch.device):
     return algorithm, saved
 
 
-def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
-    """Score the run's best checkpoint on the shared fixed test episodes."""
-    device = resolve_device(config.device)
-    dataset = store.load(config.dataset, Path(config.data_dir))
+def _algorithm_to_evaluate(config: RunConfig, dataset: store.Dataset, device: torch.device):
+    """The run's best checkpoint, checked against ``config`` and the data; or, for a reference
+    method, the method itself. Returns (algorithm, its training record for metrics.json)."""
+    cls = get_algorithm(config.algorithm)
+    if not cls.trained:
+        hyper = make_hyper(cls.Hyper, config.hyper, config.algorithm)
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "run_id": config.run_id,
+            "algorithm": config.algorithm,
+            "hyper": config.hyper,
+            "config": config.to_dict(),
+        }
+        (config.run_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
+        return cls(hyper, task_shape(config, dataset, hyper), device), {"best_iteration": None, "val_accuracy": None}
     algorithm, saved = load_trained(config.run_dir / "checkpoint.pt", device)
     settings = config.training_settings()
     changed = _changed({k: v for k, v in saved["config"].items() if k in settings}, settings)
@@ -276,17 +315,16 @@ def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
         raise MetabenchError(
             f"{config.run_dir} was trained on different {dataset.name!r} data; retrain it (metabench train)"
         )
-    test_split = dataset.split("test")
-    spec = EpisodeSpec(config.ways, config.shots, config.queries)
-    episodes = fixed_episodes(
-        test_split,
-        spec,
-        config.test_episodes,
-        config.episode_seed,
-        Path(config.data_dir) / "episodes",
-        _episode_key(dataset, "test"),
-    )
-    bank = ImageBank(test_split, device)
+    return algorithm, {"best_iteration": saved["iteration"], "val_accuracy": saved["val_accuracy"]}
+
+
+def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
+    """Score the run's best checkpoint on the shared fixed test episodes."""
+    device = resolve_device(config.device)
+    dataset = store.load(config.dataset, Path(config.data_dir))
+    algorithm, training = _algorithm_to_evaluate(config, dataset, device)
+    episodes = evaluation_episodes(config, dataset, "test")
+    bank = ImageBank(dataset.split("test"), device)
     done = [0]
 
     def tick(n):
@@ -306,8 +344,7 @@ def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
         "seed": config.seed,
         "episode_seed": config.episode_seed,
         "episodes_sha256": episodes.digest(),
-        "best_iteration": saved["iteration"],
-        "val_accuracy": saved["val_accuracy"],
+        **training,
         "transductive": type(algorithm).transductive,
     }
     timing = {"eval_seconds": round(time.perf_counter() - start, 3), "episodes_per_second": None}

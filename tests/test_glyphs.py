@@ -4,10 +4,12 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
+from metabench.algorithms import TaskShape, build_algorithm
 from metabench.data import glyphs, store
 from metabench.episodes import EpisodeSpec, ImageBank, sample_indices
-from metabench.evaluation import pixel_nearest_neighbour
+from metabench.evaluation import episode_accuracies
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,8 @@ def test_pixel_nearest_neighbour_lands_in_the_target_band(dataset):
     """Hard enough to separate methods: 5-way 1-shot pixel NN between 65% and 85%."""
     test = dataset.split("test")
     episodes = sample_indices(test, EpisodeSpec(5, 1, 15), 600, np.random.default_rng(0))
-    accuracy = pixel_nearest_neighbour(ImageBank(test), episodes).mean()
+    pixelnn = build_algorithm("pixelnn", {}, TaskShape(1, 28, 5, 5), torch.device("cpu"))
+    accuracy = episode_accuracies(pixelnn, ImageBank(test), episodes).mean()
     assert 0.65 <= accuracy <= 0.85, accuracy
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # real `dvc repro` in a temporary repository
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
-    "leaderboard": {"algorithms": ["protonet", "fomaml"], "shots": [1], "seeds": [0]},
+    "leaderboard": {"algorithms": ["protonet", "fomaml"], "shots": [1], "seeds": [0], "references": ["pixelnn"]},
     "data": {"glyphs": {"seed": 0, "max_classes_per_alphabet": 10}},
     "run": {
         "dataset": "glyphs",
@@ -72,6 +72,12 @@ def test_repro_builds_a_report_whose_numbers_equal_the_episode_files(repo):
         assert f"{100 * episodes.mean():.2f}" in markdown
     assert (repo / "reports" / "leaderboard.html").is_file()
     assert (repo / "profiles" / "glyphs-fomaml-5w1s.json").is_file()
+    # the reference method is a run of its own, on the episodes stage's episodes, reported beside the ranking
+    reference = json.loads((repo / "runs" / "glyphs-pixelnn-5w1s-seed0" / "metrics.json").read_text())
+    protonet = json.loads((repo / "runs" / "glyphs-protonet-5w1s-seed0" / "metrics.json").read_text())
+    assert reference["episodes"] == 30 and reference["episodes_sha256"] == protonet["episodes_sha256"]
+    assert "## Reference methods on the same episodes" in markdown and "pixelnn" in markdown
+    assert "Running stage 'episodes'" in output and list((repo / "data" / "episodes").glob("*.npz"))
     shown = sh(repo, "dvc", "metrics", "show", "--json")
     assert "fomaml_5w1s" in shown
 
@@ -88,6 +94,7 @@ def test_changing_one_algorithm_reruns_only_its_stages(repo):
     assert "Running stage 'train-fomaml@1-0'" in output
     assert "Running stage 'profile-fomaml@1'" in output
     assert "Running stage 'train-protonet" not in output and "Running stage 'evaluate-protonet" not in output
+    assert "Running stage 'evaluate-pixelnn" not in output  # the episodes stage re-ran, its output did not change
 
 
 def _errors(tree):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from metabench.algorithms import TaskShape, build_algorithm
+from metabench.algorithms import REGISTRY, TaskShape, build_algorithm
 from metabench.config import load_params, resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,9 +80,10 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
     stages = dvc_repo.stage.collect(str(path.relative_to(ROOT)))
     kinds = [stage.name.split("@")[0].split("-")[0] for stage in stages]
     runs = len(board["algorithms"]) * len(board["shots"]) * len(board["seeds"])
-    assert kinds.count("train") == kinds.count("evaluate") == runs
+    references = len(board.get("references") or []) * len(board["shots"])
+    assert kinds.count("train") == runs and kinds.count("evaluate") == runs + references
     assert kinds.count("profile") == len(board["algorithms"]) * len(board["shots"])
-    assert kinds.count("fetch") == kinds.count("report") == 1
+    assert kinds.count("fetch") == kinds.count("report") == kinds.count("episodes") == 1
     for stage in stages:
         assert Path(stage.wdir) == folder
         outs = {Path(str(out.fs_path)) for out in stage.outs}
@@ -100,19 +101,25 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
         if command == "fetch":
             assert options["source"] == params["source"] and params["source"] in params["data"]
             assert outs == {folder / options["record"]}
+        elif command == "episodes":
+            assert outs == {folder / options["episodes_dir"]}  # the pipeline's own, never another's
         elif command in ("train", "evaluate"):
             config = resolve_run(
                 load_params(settings), {k: options[k] for k in ("algorithm", "shots", "seed", "runs_dir")}
             )
             run_dir = folder / config.run_dir
+            reference = not REGISTRY[options["algorithm"]].trained
             wanted = {
                 "train": ["checkpoint.pt", "train_log.csv", "config.json", "train_summary.json"],
-                "evaluate": ["episodes.csv", "metrics.json"],
+                "evaluate": ["episodes.csv", "metrics.json"] + (["config.json"] if reference else []),
             }[command]
             assert outs == {run_dir / name for name in wanted}
+            deps = {Path(str(dep.fs_path)) for dep in stage.deps}
+            assert folder / options["episodes_dir"] in deps  # scored on the episodes stage's output
         elif command == "profile":
             config = resolve_run(load_params(settings), {"algorithm": options["algorithm"], "shots": options["shots"]})
             assert outs == {folder / config.profile_path()}
         else:
             assert {out.parent for out in outs} == {folder / options["out_dir"]}
-        assert (folder / options["data_dir"]).resolve() == (ROOT / "data").resolve()
+        if command != "report":  # the report reads run outputs only
+            assert (folder / options["data_dir"]).resolve() == (ROOT / "data").resolve()

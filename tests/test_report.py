@@ -152,3 +152,18 @@ def test_a_stray_run_beside_the_leaderboard_is_not_reported(tmp_path):
     summary = build(runs_dir, tmp_path / "profiles", tmp_path / "reports", run_ids=run_ids)
     assert set(summary) == {"protonet_5w1s", "maml_5w1s"}
     assert "relationnet" not in (tmp_path / "reports" / "leaderboard.md").read_text()
+
+
+def test_reference_runs_are_reported_beside_the_ranking_with_their_episode_counts(tmp_path):
+    runs_dir = make_runs(tmp_path, algorithms=("protonet", "maml"), seeds=(0,), shots=(1,), episodes=200)
+    make_runs(tmp_path / "ref", algorithms=("pixelnn",), seeds=(0,), shots=(1,), episodes=200)
+    shutil.copytree(tmp_path / "ref" / "runs" / "glyphs-pixelnn-5w1s-seed0", runs_dir / "glyphs-pixelnn-5w1s-seed0")
+    reference = json.loads((runs_dir / "glyphs-pixelnn-5w1s-seed0" / "metrics.json").read_text())
+    summary = build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
+    assert set(summary) == {"protonet_5w1s", "maml_5w1s"}  # not ranked
+    markdown = (tmp_path / "reports" / "leaderboard.md").read_text()
+    section = markdown.split("## Reference methods on the same episodes")[1].split("##")[0]
+    assert "pixelnn" in section and f"{100 * reference['accuracy']:.2f}" in section and "200" in section
+    ranking = markdown.split("## Reference methods")[0]
+    assert "pixelnn" not in ranking
+    assert "200 fixed test episodes per run" in ranking and "test episodes" in ranking  # the count of every run

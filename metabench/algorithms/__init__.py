@@ -1,7 +1,8 @@
 """The algorithm registry: ``list_algorithms()`` and ``get_algorithm(name)``.
 
 Adding an algorithm is one module (a subclass of ``Algorithm`` with a ``Hyper`` dataclass)
-plus one line in ``REGISTRY`` below.
+plus one line in ``REGISTRY`` below. Reference methods (``trained = False``, e.g. pixel nearest
+neighbour) are registered the same way; they are evaluated, never trained.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from metabench.algorithms.matchingnet import MatchingNet
 from metabench.algorithms.metalstm import MetaLSTM
 from metabench.algorithms.metaoptnet import MetaOptNet
 from metabench.algorithms.metasgd import MetaSGD
+from metabench.algorithms.pixelnn import PixelNN
 from metabench.algorithms.protonet import ProtoNet
 from metabench.algorithms.relationnet import RelationNet
 from metabench.algorithms.reptile import Reptile
@@ -34,6 +36,7 @@ REGISTRY: dict[str, type[Algorithm]] = {
     "baselinepp": BaselinePP,
     "metaoptnet": MetaOptNet,
     "metalstm": MetaLSTM,
+    "pixelnn": PixelNN,
 }
 
 

@@ -45,6 +45,8 @@ class Algorithm(abc.ABC):
     adapts: ClassVar[str]  # one line: what changes at test time
     transductive: ClassVar[bool]  # does a query's prediction depend on the other queries?
     fixed_ways: ClassVar[bool] = False  # True when the model has a head of exactly test_ways outputs
+    # False for a reference method with nothing to learn: it is only evaluated, once per setting
+    trained: ClassVar[bool] = True
     Hyper: ClassVar[type]
 
     def __init__(self, hyper: Any, task: TaskShape, device: torch.device):
