@@ -9,30 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from metabench import MetabenchError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+from metabench.data.images import IMAGE_SUFFIXES, images_in, read
 
 
 def load_image(path: Path, channels: int, size: int) -> torch.Tensor:
     """(C, size, size) float tensor in [0, 1], converted like the training data."""
-    try:
-        with Image.open(path) as image:
-            converted = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.LANCZOS)
-    except (UnidentifiedImageError, OSError) as error:
-        raise MetabenchError(f"{path} is not a readable image ({error}); remove it or convert it to PNG") from error
-    array = np.asarray(converted, dtype=np.float32) / 255.0
-    if channels == 1:
-        array = array[..., None]
-    return torch.from_numpy(array).permute(2, 0, 1)
-
-
-def _images_in(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    array = read(path, size, "L" if channels == 1 else "RGB")
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
 def load_support(directory: Path, channels: int, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -46,7 +32,7 @@ def load_support(directory: Path, channels: int, size: int) -> tuple[torch.Tenso
         raise MetabenchError(f"{directory} must hold at least 2 class sub-folders of images, found {len(classes)}")
     images, labels = [], []
     for label, folder in enumerate(classes):
-        files = _images_in(folder)
+        files = images_in(folder)
         if not files:
             raise MetabenchError(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         images += [load_image(f, channels, size) for f in files]
@@ -58,7 +44,7 @@ def load_queries(directory: Path, channels: int, size: int) -> tuple[torch.Tenso
     directory = Path(directory)
     if not directory.is_dir():
         raise MetabenchError(f"query directory {directory} does not exist; give a folder of images")
-    files = _images_in(directory)
+    files = images_in(directory)
     if not files:
         raise MetabenchError(f"query directory {directory} holds no images")
     return torch.stack([load_image(f, channels, size) for f in files]), [f.name for f in files]

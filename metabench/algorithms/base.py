@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from metabench import MetabenchError
 from metabench.episodes import Episode
@@ -167,6 +168,18 @@ class EmbeddingAlgorithm(Algorithm):
     @torch.no_grad()
     def predict(self, support_x, support_y, query_x, ways):
         return self.predict_embedded(self.embed(support_x), support_y, self.embed(query_x), ways)
+
+    def query_loss(self, scores: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:
+        """Training loss of the query scores ``predict_embedded`` gives (cross-entropy unless overridden)."""
+        return F.cross_entropy(scores, query_y)
+
+    def episode_loss(self, task: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed support and query images in one batch (so a training-mode batch norm sees the
+        whole episode), score the queries exactly as at test time, and take ``query_loss``."""
+        n_support = len(task.support_x)
+        embedded = self.embed(torch.cat([task.support_x, task.query_x]))
+        scores = self.predict_embedded(embedded[:n_support], task.support_y, embedded[n_support:], task.ways)
+        return self.query_loss(scores, task.query_y), scores
 
 
 def make_hyper(cls: type, values: dict[str, Any] | None, algorithm: str) -> Any:

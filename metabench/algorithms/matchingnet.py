@@ -103,11 +103,8 @@ class MatchingNet(EmbeddingAlgorithm):
             query = self.context.embed_query(query, support)
         return attention_log_probs(support, support_y, query, ways)
 
-    def episode_loss(self, task):
-        embedded = self.body(torch.cat([task.support_x, task.query_x]))
-        n_support = len(task.support_x)
-        log_probs = self.log_probs(embedded[:n_support], task.support_y, embedded[n_support:], task.ways)
-        return F.nll_loss(log_probs, task.query_y), log_probs
+    def query_loss(self, scores, query_y):
+        return F.nll_loss(scores, query_y)  # the scores are log-probabilities already
 
     def embed(self, x):
         return self.body(x)

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from metabench import MetabenchError
 from metabench.algorithms.base import BackboneHyper, EmbeddingAlgorithm, build_body
-from metabench.episodes import Episode
 
 
 @dataclass
@@ -58,12 +57,6 @@ class ProtoNet(EmbeddingAlgorithm):
 
     def modules(self):
         return {"body": self.body, "optimizer": self.optimizer, "scheduler": self.scheduler}
-
-    def episode_loss(self, task: Episode):
-        n_support = len(task.support_x)
-        embedded = self.body(torch.cat([task.support_x, task.query_x]))
-        logits = prototype_logits(embedded[:n_support], task.support_y, embedded[n_support:], task.ways)
-        return F.cross_entropy(logits, task.query_y), logits
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

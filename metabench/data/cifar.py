@@ -57,7 +57,9 @@ def _unpickle(archive: tarfile.TarFile, member: str) -> dict:
             raise KeyError(member)
         return pickle.load(handle, encoding="bytes")
     except KeyError as error:
-        raise MetabenchError(f"the archive has no cifar-100-python/{member}; it is not the CIFAR-100 python archive") from error
+        raise MetabenchError(
+            f"the archive has no cifar-100-python/{member}; it is not the CIFAR-100 python archive"
+        ) from error
 
 
 def read_archive(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -67,7 +69,9 @@ def read_archive(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             meta = _unpickle(archive, "meta")
             parts = [_unpickle(archive, part) for part in ("train", "test")]
     except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as error:
-        raise MetabenchError(f"{path} is not a readable CIFAR-100 archive ({error}); delete it and fetch again") from error
+        raise MetabenchError(
+            f"{path} is not a readable CIFAR-100 archive ({error}); delete it and fetch again"
+        ) from error
     fine_names = [name.decode() for name in meta[b"fine_label_names"]]
     coarse_names = [name.decode() for name in meta[b"coarse_label_names"]]
     data = np.concatenate([np.asarray(part[b"data"], dtype=np.uint8) for part in parts])
@@ -104,7 +108,9 @@ def build(config: CifarConfig, raw_dir: Path, data_dir: Path, progress=None) -> 
     splits = {}
     for part in ("train", "val", "test"):
         name = f"{config.split}/{part}.json"
-        path = fetch_file(join_location(config.splits_source, name), Path(raw_dir) / name, config.splits_checksums.get(name), progress)
+        path = fetch_file(
+            join_location(config.splits_source, name), Path(raw_dir) / name, config.splits_checksums.get(name), progress
+        )
         try:
             listing = json.loads(Path(path).read_text())
         except json.JSONDecodeError as error:
@@ -112,8 +118,12 @@ def build(config: CifarConfig, raw_dir: Path, data_dir: Path, progress=None) -> 
         classes = _classes_of(config.split, listing, superclass, path)
         arrays = [images[cls] for cls in classes]
         splits[part] = store.Split.from_classes(arrays, classes, [superclass[c] for c in classes])
-    info = {"source": config.source, "source_checksums": {ARCHIVE: config.checksum}, "split": config.split,
-            "preprocessing": "none: CIFAR-100 32x32 RGB, official train and test images pooled per class"}
+    info = {
+        "source": config.source,
+        "source_checksums": {ARCHIVE: config.checksum},
+        "split": config.split,
+        "preprocessing": "none: CIFAR-100 32x32 RGB, official train and test images pooled per class",
+    }
     dataset = store.Dataset(config.split, splits, info)
     store.save(dataset, data_dir)
     return dataset

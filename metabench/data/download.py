@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from metabench import MetabenchError
 
@@ -64,7 +63,7 @@ def _open(location: str, timeout: float):
             f"download of {location} failed: HTTP {error.code} {error.reason}; "
             "check the URL in params.yaml or point the source at a local copy"
         ) from error
-    except (urllib.error.URLError, socket.timeout, OSError) as error:
+    except (TimeoutError, urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise MetabenchError(
             f"cannot reach {location} ({reason}); check your network, or point the source at a local copy"
@@ -99,8 +98,10 @@ def fetch_file(
             while True:
                 try:
                     block = stream.read(1 << 20)
-                except (OSError, socket.timeout) as error:
-                    raise MetabenchError(f"download of {location} broke off ({error}); run the command again") from error
+                except (TimeoutError, OSError) as error:
+                    raise MetabenchError(
+                        f"download of {location} broke off ({error}); run the command again"
+                    ) from error
                 if not block:
                     break
                 out.write(block)
@@ -117,7 +118,9 @@ def fetch_file(
             )
         os.replace(partial, dest)
     except OSError as error:
-        raise MetabenchError(f"cannot write {dest} ({error.strerror}); free disk space or choose another data dir") from error
+        raise MetabenchError(
+            f"cannot write {dest} ({error.strerror}); free disk space or choose another data dir"
+        ) from error
     finally:
         if partial.exists():
             partial.unlink()
@@ -132,7 +135,9 @@ def locate(location: str, raw_dir: Path, checksum: str | None, hint: str) -> Pat
     name = location.rstrip("/").rsplit("/", 1)[-1]
     if is_url(location):
         if checksum is None:
-            raise MetabenchError(f"no checksum configured for {name}; add it under the dataset's checksums in params.yaml")
+            raise MetabenchError(
+                f"no checksum configured for {name}; add it under the dataset's checksums in params.yaml"
+            )
         return fetch_file(location, Path(raw_dir) / name, checksum)
     path = Path(location).expanduser()
     if not path.exists():

@@ -16,9 +16,7 @@ import numpy as np
 
 from metabench import MetabenchError
 from metabench.data import store
-from metabench.data.images import decode
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+from metabench.data.images import images_in, read
 
 
 @dataclass
@@ -40,22 +38,18 @@ class FolderConfig:
             raise MetabenchError(f"folder fractions must be three positive numbers summing to 1, got {self.fractions}")
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def discover(root: Path) -> list[tuple[str, str, list[Path]]]:
     """(superclass, class, image files) for every class folder; superclass '' when flat."""
     if not root.is_dir():
         raise MetabenchError(f"{root} is not a folder; give the root of <class>/<image> sub-folders")
     found = []
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        images = _images_in(child)
+        images = images_in(child)
         if images:
             found.append(("", child.name, images))
             continue
         for grandchild in sorted(p for p in child.iterdir() if p.is_dir()):
-            if images := _images_in(grandchild):
+            if images := images_in(grandchild):
                 found.append((child.name, f"{child.name}/{grandchild.name}", images))
     if not found:
         raise MetabenchError(f"{root} has no <class>/<image> or <superclass>/<class>/<image> folders with images")
@@ -71,19 +65,28 @@ def build(config: FolderConfig, data_dir: Path, progress=None) -> store.Dataset:
     cuts = np.round(np.cumsum(config.fractions)[:2] * len(units)).astype(int)
     parts = dict(zip(("train", "val", "test"), np.split(order, cuts)))
     if any(len(chosen) == 0 for chosen in parts.values()):
-        raise MetabenchError(f"{len(units)} {config.split_by}es cannot fill train, val and test; add data or change fractions")
+        raise MetabenchError(
+            f"{len(units)} {config.split_by}es cannot fill train, val and test; add data or change fractions"
+        )
     splits = {}
     for part, chosen in parts.items():
         members = {units[i] for i in chosen}
         picked = [c for c in classes if (c[0] if config.split_by == "superclass" else c[1]) in members]
         arrays = []
         for _, _, files in picked:
-            arrays.append(np.stack([decode(f.read_bytes(), str(f), config.image_size, config.mode) for f in files]))
+            arrays.append(np.stack([read(f, config.image_size, config.mode) for f in files]))
             if progress:
                 progress(1)
-        splits[part] = store.Split.from_classes(arrays, [c for _, c, _ in picked], [sup or name for sup, name, _ in picked])
-    info = {"source": str(config.source), "split_by": config.split_by, "fractions": config.fractions, "seed": config.seed,
-            "preprocessing": f"{config.mode}, Lanczos resize to {config.image_size}x{config.image_size}"}
+        splits[part] = store.Split.from_classes(
+            arrays, [c for _, c, _ in picked], [sup or name for sup, name, _ in picked]
+        )
+    info = {
+        "source": str(config.source),
+        "split_by": config.split_by,
+        "fractions": config.fractions,
+        "seed": config.seed,
+        "preprocessing": f"{config.mode}, Lanczos resize to {config.image_size}x{config.image_size}",
+    }
     dataset = store.Dataset(config.name, splits, info)
     store.save(dataset, data_dir)
     return dataset

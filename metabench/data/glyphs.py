@@ -28,7 +28,7 @@ import unicodedata
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +130,7 @@ def font_coverage(fonts: list[Path]) -> dict[str, frozenset[int]]:
     return coverage
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(path: str) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, FONT_SIZE)
 
@@ -169,7 +169,9 @@ def place(ink: np.ndarray, size: int, rng: np.random.Generator | None, config: G
     c_out = np.array([canvas, canvas]) / 2.0 + shift
     offset = c_in - inverse @ c_out
     coefficients = (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
-    warped = Image.fromarray(ink).transform((canvas, canvas), Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR)
+    warped = Image.fromarray(ink).transform(
+        (canvas, canvas), Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR
+    )
     small = warped.resize((size, size), Image.Resampling.LANCZOS)
     return 255 - np.asarray(small, dtype=np.uint8)
 
@@ -214,7 +216,9 @@ def _map(function, jobs, workers: int, progress=None):
         return results
 
 
-def select_classes(config: GlyphsConfig, fonts: list[Path], progress=None) -> list[tuple[str, int, tuple[str, ...], str]]:
+def select_classes(
+    config: GlyphsConfig, fonts: list[Path], progress=None
+) -> list[tuple[str, int, tuple[str, ...], str]]:
     """Pick the characters: (block, code point, font faces that draw it, split)."""
     coverage = font_coverage(fonts)
     by_name = {p.name: str(p) for p in fonts}
@@ -286,7 +290,9 @@ def check_reference(dataset: store.Dataset, config: GlyphsConfig) -> None:
     if dataset.checksum == reference["checksum"]:
         return
     changed = sorted(n for n, h in dataset.info["fonts"].items() if reference["fonts"].get(n) != h)
-    cause = f"fonts differ: {', '.join(changed)}" if changed else "fonts match, so Pillow/FreeType/numpy rendering differs"
+    cause = (
+        f"fonts differ: {', '.join(changed)}" if changed else "fonts match, so Pillow/FreeType/numpy rendering differs"
+    )
     warnings.warn(
         f"glyphs checksum {dataset.checksum[:12]} differs from the reference {reference['checksum'][:12]} "
         f"({cause}); results are not comparable with reports made from the reference data",
@@ -299,4 +305,3 @@ def write_reference(dataset: store.Dataset, config: GlyphsConfig) -> None:
     settings = {k: v for k, v in asdict(config).items() if k != "workers"}
     payload = {"generator": settings, "fonts": dataset.info["fonts"], "checksum": dataset.checksum}
     REFERENCE_FILE.write_text(json.dumps(payload, indent=1) + "\n")
-

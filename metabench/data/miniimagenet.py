@@ -34,8 +34,10 @@ from metabench.data.images import decode, resize
 
 RAVI_SOURCE = "https://raw.githubusercontent.com/twitter-research/meta-learning-lstm/master/data/miniImagenet/"
 PARTS = ("train", "val", "test")
-WHERE = ("set data.miniimagenet.source to a folder or .tar of the Ravi & Larochelle JPEGs, or to the folder "
-         "holding mini-imagenet-cache-{train,val,test}.pkl (the images come from ImageNet, under its terms)")
+WHERE = (
+    "set data.miniimagenet.source to a folder or .tar of the Ravi & Larochelle JPEGs, or to the folder "
+    "holding mini-imagenet-cache-{train,val,test}.pkl (the images come from ImageNet, under its terms)"
+)
 
 
 @dataclass
@@ -80,6 +82,13 @@ class _JpegSource:
                 raise MetabenchError(f"{path} is not a readable tar archive ({error}); fetch it again") from error
             self.members = {Path(m.name).name: m for m in self.archive.getmembers() if m.isfile()}
 
+    def __enter__(self) -> _JpegSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.archive is not None:
+            self.archive.close()
+
     def has(self, name: str) -> bool:
         if self.archive is not None:
             return name in self.members
@@ -93,20 +102,23 @@ class _JpegSource:
 
 
 def _from_jpeg(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) -> dict[str, store.Split]:
-    source = _JpegSource(locate(config.source, raw_dir, config.checksums.get(Path(config.source).name), WHERE))
+    path = locate(config.source, raw_dir, config.checksums.get(Path(config.source).name), WHERE)
     splits = {}
-    for part, classes in csvs.items():
-        missing = [name for names in classes.values() for name in names if not source.has(name)]
-        if missing:
-            raise MetabenchError(f"{len(missing)} images of {part}.csv are missing from {config.source} "
-                                 f"(first: {missing[0]}); {WHERE}")
-        arrays = []
-        for names in classes.values():
-            arrays.append(np.stack([decode(source.read(n), n, config.image_size) for n in names]))
-            if progress:
-                progress(1)
-        splits[part] = store.Split.from_classes(arrays, list(classes), list(classes))
-    return splits
+    with _JpegSource(path) as source:
+        for part, classes in csvs.items():
+            missing = [name for names in classes.values() for name in names if not source.has(name)]
+            if missing:
+                raise MetabenchError(
+                    f"{len(missing)} images of {part}.csv are missing from {config.source} "
+                    f"(first: {missing[0]}); {WHERE}"
+                )
+            arrays = []
+            for names in classes.values():
+                arrays.append(np.stack([decode(source.read(n), n, config.image_size) for n in names]))
+                if progress:
+                    progress(1)
+            splits[part] = store.Split.from_classes(arrays, list(classes), list(classes))
+        return splits
 
 
 def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) -> dict[str, store.Split]:
@@ -121,7 +133,9 @@ def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
             raise MetabenchError(f"{path} is not a miniImageNet pickle cache ({error!r}); fetch it again") from error
         if set(class_dict) != set(classes):
-            raise MetabenchError(f"{path} holds other classes than {part}.csv (Ravi & Larochelle split); check the files")
+            raise MetabenchError(
+                f"{path} holds other classes than {part}.csv (Ravi & Larochelle split); check the files"
+            )
         arrays = []
         for synset in classes:
             chosen = images[np.asarray(class_dict[synset])]
@@ -138,13 +152,19 @@ def build(config: MiniImageNetConfig, raw_dir: Path, data_dir: Path, progress=No
     csvs = {}
     for part in PARTS:
         location = join_location(config.splits_source, f"{part}.csv")
-        path = fetch_file(location, Path(raw_dir) / "splits" / f"{part}.csv", config.checksums.get(f"{part}.csv"), progress)
+        path = fetch_file(
+            location, Path(raw_dir) / "splits" / f"{part}.csv", config.checksums.get(f"{part}.csv"), progress
+        )
         csvs[part] = read_split_csv(path)
     reader = _from_jpeg if config.format == "jpeg" else _from_pickle
     splits = reader(config, Path(raw_dir), csvs, progress)
-    info = {"source": config.source, "format": config.format, "split": "ravi",
-            "preprocessing": f"RGB, Lanczos resize to {config.image_size}x{config.image_size}"
-            + (" (pickle caches: already 84x84)" if config.format == "pickle" else "")}
+    info = {
+        "source": config.source,
+        "format": config.format,
+        "split": "ravi",
+        "preprocessing": f"RGB, Lanczos resize to {config.image_size}x{config.image_size}"
+        + (" (pickle caches: already 84x84)" if config.format == "pickle" else ""),
+    }
     dataset = store.Dataset("miniimagenet", splits, info)
     store.save(dataset, data_dir)
     return dataset

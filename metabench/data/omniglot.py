@@ -15,24 +15,25 @@ the source.
 
 from __future__ import annotations
 
-import io
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from metabench import MetabenchError
 from metabench.data import store
 from metabench.data.download import fetch_file, join_location
+from metabench.data.images import decode
 
 OFFICIAL_SOURCE = "https://github.com/brendenlake/omniglot/raw/master/python/"
 OFFICIAL_CHECKSUMS = {
     "images_background.zip": "md5:68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation.zip": "md5:6b91aef0f799c5bb55b94e3f2daec811",
 }
-VINYALS_SOURCE = "https://raw.githubusercontent.com/jakesnell/prototypical-networks/master/data/omniglot/splits/vinyals/"
+VINYALS_SOURCE = (
+    "https://raw.githubusercontent.com/jakesnell/prototypical-networks/master/data/omniglot/splits/vinyals/"
+)
 ROTATIONS = (0, 90, 180, 270)
 
 
@@ -72,9 +73,8 @@ def read_zip(path: Path, image_size: int) -> dict[tuple[str, str], np.ndarray]:
                 if len(parts) != 4 or not parts[3].endswith(".png"):
                     continue
                 _, alphabet, character, filename = parts
-                with Image.open(io.BytesIO(archive.read(member))) as image:
-                    small = image.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
-                characters.setdefault((alphabet, character), []).append((filename, np.asarray(small)))
+                small = decode(archive.read(member), f"{path}:{member}", image_size, "L")[..., 0]
+                characters.setdefault((alphabet, character), []).append((filename, small))
     except zipfile.BadZipFile as error:
         raise MetabenchError(f"{path} is not a valid zip ({error}); delete it and fetch again") from error
     if not characters:
@@ -123,7 +123,9 @@ def _vinyals_entries(split_files: dict[str, Path], config: OmniglotConfig) -> di
                 alphabet, character, rot = line.split("/")
                 rotation = int(rot.removeprefix("rot"))
             except ValueError as error:
-                raise MetabenchError(f"{path}:{line_number}: expected 'Alphabet/characterNN/rotDDD', got {line!r}") from error
+                raise MetabenchError(
+                    f"{path}:{line_number}: expected 'Alphabet/characterNN/rotDDD', got {line!r}"
+                ) from error
             if rotation == 0 or config.rotations:
                 entries.append((alphabet, character, rotation))
         result[split] = entries
@@ -137,7 +139,9 @@ def build(config: OmniglotConfig, raw_dir: Path, data_dir: Path, progress=None) 
         checksum = config.checksums.get(filename)
         if checksum is None:
             raise MetabenchError(f"no checksum configured for {filename}; set data.omniglot.checksums in params.yaml")
-        zips[filename] = fetch_file(join_location(config.source, filename), Path(raw_dir) / filename, checksum, progress)
+        zips[filename] = fetch_file(
+            join_location(config.source, filename), Path(raw_dir) / filename, checksum, progress
+        )
     background = read_zip(zips["images_background.zip"], config.image_size)
     evaluation = read_zip(zips["images_evaluation.zip"], config.image_size)
     if config.split == "lake":

@@ -50,7 +50,7 @@ class Split:
     groups: list[str]  # alphabet / superclass of each class
 
     @classmethod
-    def from_classes(cls, arrays: list[np.ndarray], names: list[str], groups: list[str]) -> "Split":
+    def from_classes(cls, arrays: list[np.ndarray], names: list[str], groups: list[str]) -> Split:
         """One split from per-class image arrays (each (n_c, H, W, C)), in the given order."""
         offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
         return cls(np.concatenate(arrays), offsets, names, groups)
@@ -153,9 +153,7 @@ def load(name: str, root: Path, verify: bool = False) -> Dataset:
     directory = Path(root) / name
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
-        raise MetabenchError(
-            f"dataset {name!r} is not in {Path(root)}; run `metabench fetch {name}` first"
-        )
+        raise MetabenchError(f"dataset {name!r} is not in {Path(root)}; run `metabench fetch {name}` first")
     meta = json.loads(meta_path.read_text())
     files = meta["info"]["files"]
     if verify:

@@ -14,6 +14,7 @@ keeps the first N files of each class in name order (0: all, about 1,300).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import tarfile
@@ -28,7 +29,9 @@ from metabench.data import store
 from metabench.data.download import fetch_file, join_location, locate
 from metabench.data.images import decode
 
-SPLITS_SOURCE = "https://raw.githubusercontent.com/renmengye/few-shot-ssl-public/master/fewshot/data/tiered_imagenet_split/"
+SPLITS_SOURCE = (
+    "https://raw.githubusercontent.com/renmengye/few-shot-ssl-public/master/fewshot/data/tiered_imagenet_split/"
+)
 WHERE = "set data.tieredimagenet.source to your ImageNet training set (a folder of synset folders or ILSVRC2012_img_train.tar)"
 
 
@@ -80,6 +83,12 @@ class _TarImages:
             if len(parts) >= 2 and not m.name.endswith(".tar"):
                 self.flat.setdefault(parts[-2], []).append(m)
 
+    def __enter__(self) -> _TarImages:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.archive.close()
+
     def images(self, synset: str) -> list[tuple[str, bytes]] | None:
         if synset in self.flat:
             members = sorted(self.flat[synset], key=lambda m: m.name)
@@ -96,25 +105,33 @@ class _TarImages:
 
 def build(config: TieredImageNetConfig, raw_dir: Path, data_dir: Path, progress=None) -> store.Dataset:
     source = locate(config.source, raw_dir, config.checksums.get(Path(config.source).name), WHERE)
-    reader = _TarImages(source) if source.is_file() else None
     splits = {}
-    for part in ("train", "val", "test"):
-        path = fetch_file(join_location(config.splits_source, f"{part}.csv"), Path(raw_dir) / "splits" / f"{part}.csv",
-                          config.checksums.get(f"{part}.csv"), progress)
-        classes = read_class_split(path)
-        arrays = []
-        for synset in classes:
-            files = reader.images(synset) if reader else _from_folder(source, synset)
-            if not files:
-                raise MetabenchError(f"class {synset} of {part}.csv has no images in {config.source}; {WHERE}")
-            if config.max_per_class:
-                files = files[: config.max_per_class]
-            arrays.append(np.stack([decode(data, f"{synset}/{name}", config.image_size) for name, data in files]))
-            if progress:
-                progress(1)
-        splits[part] = store.Split.from_classes(arrays, list(classes), list(classes.values()))
-    info = {"source": config.source, "split": "ren2018", "max_per_class": config.max_per_class,
-            "preprocessing": f"RGB, Lanczos resize to {config.image_size}x{config.image_size}"}
+    with _TarImages(source) if source.is_file() else contextlib.nullcontext() as reader:
+        for part in ("train", "val", "test"):
+            path = fetch_file(
+                join_location(config.splits_source, f"{part}.csv"),
+                Path(raw_dir) / "splits" / f"{part}.csv",
+                config.checksums.get(f"{part}.csv"),
+                progress,
+            )
+            classes = read_class_split(path)
+            arrays = []
+            for synset in classes:
+                files = reader.images(synset) if reader else _from_folder(source, synset)
+                if not files:
+                    raise MetabenchError(f"class {synset} of {part}.csv has no images in {config.source}; {WHERE}")
+                if config.max_per_class:
+                    files = files[: config.max_per_class]
+                arrays.append(np.stack([decode(data, f"{synset}/{name}", config.image_size) for name, data in files]))
+                if progress:
+                    progress(1)
+            splits[part] = store.Split.from_classes(arrays, list(classes), list(classes.values()))
+    info = {
+        "source": config.source,
+        "split": "ren2018",
+        "max_per_class": config.max_per_class,
+        "preprocessing": f"RGB, Lanczos resize to {config.image_size}x{config.image_size}",
+    }
     dataset = store.Dataset("tieredimagenet", splits, info)
     store.save(dataset, data_dir)
     return dataset
