@@ -11,7 +11,7 @@ from metabench.episodes import EpisodeSpec, ImageBank, sample_indices
 from metabench.evaluation import episode_accuracies
 from tests.conftest import tiny_split
 
-EMBEDDING = sorted(name for name, cls in REGISTRY.items() if issubclass(cls, EmbeddingAlgorithm))
+EMBEDDING = sorted(name for name, cls in REGISTRY.items() if issubclass(cls, EmbeddingAlgorithm) and cls.trained)
 
 
 def test_every_non_transductive_algorithm_with_a_frozen_body_uses_the_cache():

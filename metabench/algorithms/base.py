@@ -7,7 +7,8 @@ An algorithm owns its networks and optimiser. The trainer only calls:
   inherit the step: the mean loss over the meta-batch, one ``self.optimizer`` step (and
   ``self.scheduler`` step if present), each task's graph freed before the next is built;
 * ``predict(support_x, support_y, query_x, ways)``: logits for one episode's queries;
-* ``state_dict()`` / ``load_state_dict()``: everything needed to resume or to predict later.
+* ``state_dict()`` / ``load_state_dict()``: everything needed to resume or to predict later,
+  from ``networks()`` (weights) and ``optimizers()`` (optimiser and scheduler states).
 
 Hyper-parameters are a dataclass per algorithm (``Hyper``), filled from params.yaml by
 ``make_hyper``, which rejects unknown names and wrong types with a one-line error.
@@ -94,12 +95,16 @@ class Algorithm(abc.ABC):
         """Logits (n_query, ways) for one episode."""
 
     @abc.abstractmethod
-    def modules(self) -> dict[str, torch.nn.Module | torch.optim.Optimizer]:
-        """The stateful parts (networks, optimisers, schedulers) saved in checkpoints."""
-
     def networks(self) -> dict[str, torch.nn.Module]:
-        """The networks among ``modules()`` (what has weights and a train/eval mode)."""
-        return {key: part for key, part in self.modules().items() if isinstance(part, torch.nn.Module)}
+        """The networks by name: what has weights and a train/eval mode (a predictor needs only these)."""
+
+    def optimizers(self) -> dict[str, Any]:
+        """Optimisers and schedulers by name: what else a resumed run needs (none by default)."""
+        return {}
+
+    def modules(self) -> dict[str, Any]:
+        """Every stateful part saved in a resumable state: ``networks()`` and ``optimizers()``."""
+        return {**self.networks(), **self.optimizers()}
 
     def train(self, mode: bool = True) -> None:
         for network in self.networks().values():

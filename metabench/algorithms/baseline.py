@@ -96,8 +96,11 @@ class Baseline(EmbeddingAlgorithm):
         self.net = nn.Sequential(self.body, self.make_head(self.features, task.train_classes)).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hyper.lr)
 
-    def modules(self):
-        return {"net": self.net, "optimizer": self.optimizer}
+    def networks(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer}
 
     def episode_loss(self, task):
         if task.classes is None:

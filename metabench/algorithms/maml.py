@@ -131,8 +131,11 @@ class MAML(Algorithm):
         if hyper.compile:
             self.train_loss_fn = torch.compile(self.train_loss_fn, dynamic=False)
 
-    def modules(self):
-        return {"model": self.model, "optimizer": self.optimizer}
+    def networks(self):
+        return {"model": self.model}
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer}
 
     def parameters(self) -> Params:
         return dict(self.model.named_parameters())

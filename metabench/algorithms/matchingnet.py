@@ -91,11 +91,11 @@ class MatchingNet(EmbeddingAlgorithm):
             parts["context"] = self.context
         self.optimizer = torch.optim.Adam([p for part in parts.values() for p in part.parameters()], lr=hyper.lr)
 
-    def modules(self):
-        parts = {"body": self.body, "optimizer": self.optimizer}
-        if self.context is not None:
-            parts["context"] = self.context
-        return parts
+    def networks(self):
+        return {"body": self.body} | ({"context": self.context} if self.context is not None else {})
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer}
 
     def log_probs(self, support: torch.Tensor, support_y, query: torch.Tensor, ways: int) -> torch.Tensor:
         if self.context is not None:

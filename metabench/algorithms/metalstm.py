@@ -117,8 +117,11 @@ class MetaLSTM(Algorithm):
         self.optimizer = torch.optim.Adam([*self.model.parameters(), *self.meta.parameters()], lr=hyper.meta_lr)
         self.clip_grad_norm = hyper.clip_grad_norm
 
-    def modules(self):
-        return {"model": self.model, "meta": self.meta, "optimizer": self.optimizer}
+    def networks(self):
+        return {"model": self.model, "meta": self.meta}
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer}
 
     def initial_theta(self) -> torch.Tensor:
         """θ_0: the learner's (meta-learned) initial parameters, flattened."""

@@ -100,8 +100,11 @@ class MetaOptNet(EmbeddingAlgorithm):
         self.body = self.net.body
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hyper.lr)
 
-    def modules(self):
-        return {"net": self.net, "optimizer": self.optimizer}
+    def networks(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer}
 
     def logits(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int) -> torch.Tensor:
         one_hot = F.one_hot(support_y, ways).to(support.dtype)

@@ -43,8 +43,11 @@ class MetaSGD(MAML):
         self.rates = nn.ParameterList(rates).to(device)
         self.optimizer = torch.optim.Adam([*self.model.parameters(), *self.rates], lr=hyper.meta_lr)
 
-    def modules(self):
-        return {"model": self.model, "rates": self.rates, "optimizer": self.optimizer}
+    def networks(self):
+        return {"model": self.model, "rates": self.rates}
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer}
 
     def inner_lr(self) -> Params:
         return dict(zip(self.parameters(), self.rates))

@@ -27,8 +27,8 @@ class PixelNN(EmbeddingAlgorithm):
     trained = False
     Hyper = PixelNNHyper
 
-    def modules(self):
-        return {}
+    def networks(self):
+        return {}  # nothing learned
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)

@@ -55,8 +55,11 @@ class ProtoNet(EmbeddingAlgorithm):
         self.optimizer = torch.optim.Adam(self.body.parameters(), lr=hyper.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=hyper.lr_halve_every, gamma=0.5)
 
-    def modules(self):
-        return {"body": self.body, "optimizer": self.optimizer, "scheduler": self.scheduler}
+    def networks(self):
+        return {"body": self.body}
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler}
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

@@ -83,8 +83,11 @@ class RelationNet(EmbeddingAlgorithm):
         self.optimizer = torch.optim.Adam([*self.body.parameters(), *self.relation.parameters()], lr=hyper.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=hyper.lr_halve_every, gamma=0.5)
 
-    def modules(self):
-        return {"body": self.body, "relation": self.relation, "optimizer": self.optimizer, "scheduler": self.scheduler}
+    def networks(self):
+        return {"body": self.body, "relation": self.relation}
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler}
 
     def scores(self, support_maps, support_y, query_maps, ways: int) -> torch.Tensor:
         """Relation score of every query with every class: (n_query, ways)."""

@@ -74,8 +74,11 @@ class Reptile(Algorithm):
             self.optimizer, 1.0, hyper.outer_lr_final / hyper.outer_lr, total_iters=hyper.anneal_iterations
         )
 
-    def modules(self):
-        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+    def networks(self):
+        return {"model": self.model}
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler}
 
     def _outer_step(self, adapted: list[Params]) -> None:
         """SGD of size ε on θ − mean(φ): θ ← θ + ε (mean φ − θ)."""

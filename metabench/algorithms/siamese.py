@@ -66,8 +66,11 @@ class Siamese(EmbeddingAlgorithm):
         self.net = nn.ModuleDict({"body": self.body, "head": self.head}).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hyper.lr)
 
-    def modules(self):
-        return {"net": self.net, "optimizer": self.optimizer}
+    def networks(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer}
 
     def pairs(self, support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         return pair_logits(query, support, self.head.weight[0], self.head.bias[0])
