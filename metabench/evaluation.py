@@ -111,9 +111,9 @@ def inference_form(networks: list[nn.Module]):
       ``nn.Sequential`` runs as one convolution: a frozen batch norm is an affine map per
       channel, so it folds into the convolution's weights and bias
       (``torch.nn.utils.fuse_conv_bn_eval``).
-    * Weights (and the images, see ``CACHE_LAYOUT``) are channels-last, where this CPU's
-      convolution and max-pooling kernels are vectorised: Conv-4/64 embedding 11,100 28×28
-      images took 1.24 s instead of 3.56 s here (for training it was slower).
+    * Weights (and the images, see ``CACHE_LAYOUT``) are channels-last, where CPU convolution
+      and max-pooling kernels are vectorised (README's Benchmarks gives the speed-up; for
+      training this layout was slower).
 
     Outputs equal the plain form's up to float rounding (tested). On exit the original layers
     and memory layout are back.

@@ -45,8 +45,9 @@ class MAMLHyper(BackboneHyper):
     test_inner_steps: int = 3  # inner steps at evaluation (paper, Omniglot: 3)
     meta_batch: int = 32  # tasks per outer update (paper, Omniglot 5-way: 32)
     first_order: bool = False  # drop second-order terms (FOMAML)
-    # first order only: run each task's loss through torch.compile (1.3-1.4x per meta-step on this
-    # CPU, about a minute of compilation per process; float-rounding differences only)
+    # first order only: run each task's loss through torch.compile (second order cannot be
+    # compiled: it differentiates twice); costs a compilation per process, changes float rounding
+    # only; its speed is in README's Benchmarks
     compile: bool = False
 
     def validate(self) -> None:
