@@ -1,44 +1,54 @@
-"""Saving and loading checkpoints atomically, so a killed run never leaves a half-written file."""
+"""Checkpoints and resumable states: written atomically, verified on load, never executed.
+
+A file holds ``{"format", "sha256", "payload"}``: the payload is the ``torch.save`` bytes of
+plain data (tensors, numbers, strings, lists, dicts) and ``sha256`` is their hash. Loading
+reads both with ``torch.load(weights_only=True)``, which refuses anything but such plain data,
+so a crafted file cannot run code; then the hash is checked, so a flipped byte in a weight is
+an error instead of a silently wrong result.
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metabench import MetabenchError
+from metabench import MetabenchError, files
+
+FORMAT = "metabench-checkpoint-1"
 
 
-def save_atomic(payload: Any, path: Path) -> None:
-    """``torch.save`` to a temporary sibling, then rename over ``path`` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            torch.save(payload, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        raise MetabenchError(
-            f"cannot write {path} ({error.strerror}); free disk space or choose another runs dir"
-        ) from error
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+def save_atomic(payload: Any, path: Path) -> str:
+    """Write ``payload`` to ``path`` atomically; return the payload's sha256."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    digest = files.sha256_bytes(data)
+    wrapped = io.BytesIO()
+    torch.save({"format": FORMAT, "sha256": digest, "payload": data}, wrapped)
+    files.write_atomic(path, wrapped.getvalue())
+    return digest
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path, rebuild: str = "retrain it with `metabench train`") -> dict[str, Any]:
+    """The payload saved at ``path``; a one-line error naming ``rebuild`` if it is missing,
+    damaged, altered or not a metabench file."""
     path = Path(path)
     if not path.is_file():
-        raise MetabenchError(f"checkpoint {path} does not exist; train first with `metabench train`")
+        raise MetabenchError(f"{path} does not exist; {rebuild}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises many types for a damaged file
+        wrapped = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(wrapped, dict) or wrapped.get("format") != FORMAT:
+            raise MetabenchError(f"{path} is not a metabench checkpoint (or is from an older version); {rebuild}")
+        data = wrapped["payload"]
+        if files.sha256_bytes(data) != wrapped["sha256"]:
+            raise MetabenchError(f"{path} is corrupt (its sha256 does not match its contents); {rebuild}")
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except MetabenchError:
+        raise
+    except Exception as error:  # torch raises many types for a damaged or refused file
         raise MetabenchError(
-            f"checkpoint {path} cannot be read ({type(error).__name__}); retrain or restore it"
+            f"{path} cannot be read safely ({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}); {rebuild}"
         ) from error

@@ -17,15 +17,15 @@ makes paired comparisons between algorithms valid.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from metabench import MetabenchError
+from metabench import MetabenchError, files
 from metabench.data.store import Split
 
 
@@ -35,7 +35,7 @@ class EpisodeSpec:
     shots: int
     queries: int
 
-    def check(self, split: Split, split_name: str = "split") -> None:
+    def check(self, split: Split, split_name: str = "given") -> None:
         """Raise a clear error if ``split`` cannot supply such episodes."""
         if min(self.ways, self.shots, self.queries) < 1:
             raise MetabenchError(f"ways, shots and queries must all be at least 1, got {self}")
@@ -198,29 +198,34 @@ def fixed_episodes(
     seed: int,
     cache_dir: Path,
     key: str,
+    split_name: str = "given",
 ) -> EpisodeIndices:
-    """The evaluation episodes for (``key``, spec, count, seed), generated once and reused.
+    """The evaluation episodes for (``key``, spec, count, seed), saved once and checked on every load.
 
     ``key`` identifies the data (dataset name, split and checksum); the file name carries every
-    other parameter, so different requests never collide.
+    other parameter, so different requests never collide. The episodes are a pure function of
+    the file name, so a saved file is checked against the episodes drawn again (milliseconds):
+    an edited, truncated or foreign file is refused instead of scoring other episodes.
     """
-    spec.check(split)
+    spec.check(split, split_name)
     cache_dir = Path(cache_dir)
     path = cache_dir / f"{key}_{spec.ways}w{spec.shots}s{spec.queries}q_n{count}_seed{seed}.npz"
+    indices = sample_indices(split, spec, count, np.random.default_rng(seed))
     if path.is_file():
         try:
             with np.load(path) as saved:
-                return EpisodeIndices(saved["support"], saved["query"], saved["classes"])
-        except (OSError, ValueError, KeyError) as error:
-            raise MetabenchError(f"episode file {path} is damaged ({error}); delete it to regenerate") from error
-    indices = sample_indices(split, spec, count, np.random.default_rng(seed))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".npz.part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, support=indices.support, query=indices.query, classes=indices.classes)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+                stored = EpisodeIndices(saved["support"], saved["query"], saved["classes"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise MetabenchError(
+                f"episode file {path} is damaged ({type(error).__name__}); delete it and run `metabench episodes`"
+            ) from error
+        if stored.digest() != indices.digest():
+            raise MetabenchError(
+                f"episode file {path} holds other episodes than its name describes (edited, or drawn by another "
+                f"numpy); delete it and run `metabench episodes` to draw them again"
+            )
+        return stored
+    buffer = io.BytesIO()
+    np.savez(buffer, support=indices.support, query=indices.query, classes=indices.classes)
+    files.write_atomic(path, buffer.getvalue())
     return indices

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import io
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
-from metabench import stats
+from metabench import MetabenchError, files, stats
 from metabench.algorithms import Algorithm
 from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import EpisodeIndices, ImageBank
@@ -150,11 +150,34 @@ def summarise(accuracies: np.ndarray) -> dict[str, float]:
 
 
 def write_results(run_dir: Path, accuracies: np.ndarray, extra: dict) -> dict:
-    """Write ``episodes.csv`` (one row per episode) and ``metrics.json``; return the metrics."""
+    """Write ``episodes.csv`` (one row per episode), then ``metrics.json`` with the episode count
+    and the sha256 of ``episodes.csv`` (last, so a kill between the two leaves no metrics that
+    describe other episodes); return the metrics."""
     run_dir = Path(run_dir)
-    pd.DataFrame({"episode": np.arange(len(accuracies)), "accuracy": accuracies}).to_csv(
-        run_dir / "episodes.csv", index=False
-    )
-    metrics = {**summarise(accuracies), **extra}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # the old metrics describe the old episodes
+    table = pd.DataFrame({"episode": np.arange(len(accuracies)), "accuracy": accuracies}).to_csv(index=False)
+    files.write_atomic(run_dir / "episodes.csv", table)
+    metrics = {**summarise(accuracies), **extra, "episodes_csv_sha256": files.sha256_bytes(table.encode())}
+    files.write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def read_results(run_dir: Path) -> tuple[dict, np.ndarray]:
+    """A run's ``metrics.json`` and per-episode accuracies, refused unless the two agree."""
+    run_dir = Path(run_dir)
+    rebuild = f"re-evaluate it (metabench evaluate, or dvc repro) or remove {run_dir}"
+    metrics = files.read_json(run_dir / "metrics.json", "metrics", rebuild)
+    episodes_path = run_dir / "episodes.csv"
+    if not isinstance(metrics, dict) or not {"accuracy", "episodes", "run_id"} <= set(metrics):
+        raise MetabenchError(f"{run_dir / 'metrics.json'} is not a metabench metrics file; {rebuild}")
+    if not episodes_path.is_file():
+        raise MetabenchError(f"{episodes_path} is missing beside its metrics.json; {rebuild}")
+    data = episodes_path.read_bytes()
+    if metrics.get("episodes_csv_sha256") != files.sha256_bytes(data):
+        raise MetabenchError(f"{episodes_path} does not match its metrics.json (sha256); {rebuild}")
+    accuracies = pd.read_csv(io.BytesIO(data))["accuracy"].to_numpy()
+    if len(accuracies) != metrics["episodes"]:
+        raise MetabenchError(
+            f"{episodes_path} has {len(accuracies)} episodes, metrics.json says {metrics['episodes']}; {rebuild}"
+        )
+    return metrics, accuracies

@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from metabench import MetabenchError, published, stats
+from metabench import MetabenchError, files, published, stats
 from metabench.algorithms import REGISTRY
+from metabench.evaluation import read_results
 
 FORMULAS = """\
 - **Per run**: accuracy of each test episode (its queries per class); mean ± 1.96·s/√n over the
@@ -67,14 +68,16 @@ def load_runs(runs_dir: Path, profiles_dir: Path, run_ids: list[str] | None = No
             )
     for metrics_path in paths:
         run_dir = metrics_path.parent
-        metrics = json.loads(metrics_path.read_text())
+        metrics, accuracies = read_results(run_dir)  # refused unless episodes.csv is the one metrics.json describes
         summary_path = run_dir / "train_summary.json"
         if summary_path.is_file():
-            metrics["train_seconds"] = json.loads(summary_path.read_text())["train_seconds"]
+            metrics["train_seconds"] = files.read_json(summary_path, "training summary", "retrain the run")[
+                "train_seconds"
+            ]
         mlflow_path = run_dir / "mlflow_run.json"
         metrics["mlflow_run_id"] = json.loads(mlflow_path.read_text())["run_id"] if mlflow_path.is_file() else ""
         rows.append(metrics)
-        episodes[metrics["run_id"]] = pd.read_csv(run_dir / "episodes.csv")["accuracy"].to_numpy()
+        episodes[metrics["run_id"]] = accuracies
         log_path = run_dir / "train_log.csv"
         if log_path.is_file():
             log = pd.read_csv(log_path)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from metabench import MetabenchError, checkpoint, sources
+from metabench import MetabenchError, checkpoint, files, sources
 from metabench.algorithms import TaskShape, build_algorithm, get_algorithm, make_hyper
 from metabench.config import RunConfig, resolve_device
 from metabench.data import store
@@ -54,6 +54,7 @@ def evaluation_episodes(config: RunConfig, dataset: store.Dataset, split: str) -
         config.episode_seed,
         config.episodes_path,
         episode_key(dataset.name, split, dataset.checksum),
+        split_name=split,
     )
 
 
@@ -92,7 +93,9 @@ def fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
     that trains it (``sources.training_sources``): an edit elsewhere never restarts a run.
     """
     code = sources.digest(sources.training_sources(config.algorithm))
-    return {"config": config.training_settings(), "dataset": dataset.checksum, "code": code}
+    # float results on CPU are bit-identical only for the same number of threads
+    threads = torch.get_num_threads()
+    return {"config": config.training_settings(), "dataset": dataset.checksum, "code": code, "threads": threads}
 
 
 def _changed(before: dict, after: dict) -> list[str]:
@@ -102,11 +105,15 @@ def _changed(before: dict, after: dict) -> list[str]:
 
 def _differences(saved: dict, current: dict) -> str:
     changed = [f"config.{k}" for k in _changed(saved.get("config") or {}, current["config"])]
-    changed += [k for k in ("dataset", "code") if saved.get(k) != current.get(k)]
+    changed += [k for k in ("dataset", "code", "threads") if saved.get(k) != current.get(k)]
     return ", ".join(changed) or "nothing"
 
 
 EVALUATION_FILES = ("episodes.csv", "metrics.json", "eval_timing.json")
+
+
+# a loss this many times the run's first loss (or 1, whichever is larger) has diverged, even if finite
+DIVERGENCE_FACTOR = 1e3
 
 
 def train_run(config: RunConfig, progress: Progress | None = None, force: bool = False) -> dict:
@@ -114,6 +121,7 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
 
     A finished run trained with other settings, data or code is kept unless ``force``: its
     folder may hold results someone relies on. Training removes the run's stale evaluation.
+    The run folder is locked for the duration: a second ``train`` of the same run refuses.
     """
     algorithm_cls = get_algorithm(config.algorithm)
     if not algorithm_cls.trained:
@@ -121,8 +129,15 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
             f"{config.algorithm} is a reference method with nothing to train; "
             f"score it with `metabench evaluate --algorithm {config.algorithm}`"
         )
+    with files.exclusive(config.run_dir, f"run {config.run_dir}"):
+        files.remove_stale_parts(config.run_dir)
+        return _train_locked(config, progress, force)
+
+
+def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> dict:
     device = resolve_device(config.device)
-    dataset = store.load(config.dataset, Path(config.data_dir))
+    dataset = store.load(config.dataset, Path(config.data_dir), verify=True)
+    algorithm_cls = get_algorithm(config.algorithm)
     hyper = make_hyper(algorithm_cls.Hyper, config.hyper, config.algorithm)
     task = task_shape(config, dataset, hyper)
     train_split, val_split = dataset.split("train"), dataset.split("val")
@@ -135,7 +150,6 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
     rng = np.random.default_rng(config.seed)
     train_bank, val_bank = ImageBank(train_split, device), ImageBank(val_split, device)
     run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     state_path, best_path = run_dir / "state.pt", run_dir / "checkpoint.pt"
     current = fingerprint(config, dataset)
     finished = _finished_fingerprint(run_dir)
@@ -153,7 +167,7 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
     best_weights = None
     elapsed = 0.0
     if state_path.is_file():
-        saved = checkpoint.load(state_path)
+        saved = checkpoint.load(state_path, rebuild=f"delete it to train {config.run_id} from scratch")
         if saved["fingerprint"] != current:
             warnings.warn(
                 f"{state_path} was saved with other {_differences(saved['fingerprint'], current)}; "
@@ -194,77 +208,91 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
         },
     }
     # the fully resolved settings, and what a later `train` compares before touching this run
-    (run_dir / "config.json").write_text(json.dumps({**meta, "fingerprint": current}, indent=1) + "\n")
+    files.write_json(run_dir / "config.json", {**meta, "fingerprint": current})
     tracker = Tracker(run_dir)
     tracker.start(config.run_id, meta, run_tags(meta, dataset.checksum, str(device)), resume=start > 0)
-    # history holds one row per update from iteration 1; rows go to the tracker at each validation
-    logged = validations[-1]["iteration"] if validations else 0
-    clock = time.perf_counter()
-    for iteration in range(start + 1, config.iterations + 1):
-        indices = sample_indices(train_split, train_spec, algorithm.episodes_per_step, rng)
-        batch = train_bank.episodes(indices)
-        if config.augment != "none":  # draws from rng only when augmenting, so other runs are unchanged
-            batch = augment_episode(batch, config.augment, torch.Generator().manual_seed(int(rng.integers(2**62))))
-        metrics = algorithm.meta_train_step(batch)
-        if not math.isfinite(metrics["loss"]):
-            if best_weights is not None:
-                checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
-            raise MetabenchError(
-                f"training loss became {metrics['loss']} at iteration {iteration}; lower the learning rate "
-                f"(the best checkpoint so far is kept in {best_path})"
-            )
-        history.append({"iteration": iteration, **metrics})
-        if progress:
-            progress("train", iteration, config.iterations)
-        validating = iteration % config.val_every == 0 or iteration == config.iterations
-        if validating:
-            val_accuracy = float(episode_accuracies(algorithm, val_bank, val_episodes).mean())
-            validations.append({"iteration": iteration, "val_accuracy": val_accuracy})
+    try:
+        # history holds one row per update from iteration 1; rows go to the tracker at each validation
+        logged = validations[-1]["iteration"] if validations else 0
+        clock = time.perf_counter()
+        for iteration in range(start + 1, config.iterations + 1):
+            indices = sample_indices(train_split, train_spec, algorithm.episodes_per_step, rng)
+            batch = train_bank.episodes(indices)
+            if config.augment != "none":  # draws from rng only when augmenting, so other runs are unchanged
+                seed = int(rng.integers(2**62))
+                batch = augment_episode(batch, config.augment, torch.Generator().manual_seed(seed))
+            metrics = algorithm.meta_train_step(batch)
+            _check_divergence(metrics["loss"], history, iteration, best_weights, best_path, meta, best)
+            history.append({"iteration": iteration, **metrics})
             if progress:
-                progress(f"val {100 * val_accuracy:.1f}%", iteration, config.iterations)
-            tracker.log_rows(history[logged:] + [validations[-1]])
-            logged = len(history)
-            if val_accuracy > best["val_accuracy"]:
-                best = {"val_accuracy": val_accuracy, "iteration": iteration}
-                best_weights = copy.deepcopy(algorithm.state_dict())
-        if validating or (config.checkpoint_every and iteration % config.checkpoint_every == 0):
-            now = time.perf_counter()
-            elapsed += now - clock
-            clock = now
-            checkpoint.save_atomic(
-                {
-                    "fingerprint": current,
-                    "algorithm": algorithm.state_dict(),
-                    "numpy_rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(),
-                    "iteration": iteration,
-                    "history": history,
-                    "validations": validations,
-                    "best": best,
-                    "best_weights": best_weights,
-                    "elapsed": elapsed,
-                },
-                state_path,
-            )
-    checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
-    log = (
-        pd.DataFrame(history).merge(pd.DataFrame(validations), on="iteration", how="left")
-        if history
-        else pd.DataFrame()
-    )
-    log.to_csv(run_dir / "train_log.csv", index=False)
-    summary = {
-        "run_id": config.run_id,
-        "best_iteration": best["iteration"],
-        "best_val_accuracy": best["val_accuracy"],
-        "train_seconds": round(elapsed, 3),
-        "device": str(device),
-    }
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+                progress("train", iteration, config.iterations)
+            validating = iteration % config.val_every == 0 or iteration == config.iterations
+            if validating:
+                val_accuracy = float(episode_accuracies(algorithm, val_bank, val_episodes).mean())
+                validations.append({"iteration": iteration, "val_accuracy": val_accuracy})
+                if progress:
+                    progress(f"val {100 * val_accuracy:.1f}%", iteration, config.iterations)
+                tracker.log_rows(history[logged:] + [validations[-1]])
+                logged = len(history)
+                if val_accuracy > best["val_accuracy"]:
+                    best = {"val_accuracy": val_accuracy, "iteration": iteration}
+                    best_weights = copy.deepcopy(algorithm.state_dict())
+            if validating or (config.checkpoint_every and iteration % config.checkpoint_every == 0):
+                now = time.perf_counter()
+                elapsed += now - clock
+                clock = now
+                checkpoint.save_atomic(
+                    {
+                        "fingerprint": current,
+                        "algorithm": algorithm.state_dict(),
+                        "numpy_rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(),
+                        "iteration": iteration,
+                        "history": history,
+                        "validations": validations,
+                        "best": best,
+                        "best_weights": best_weights,
+                        "elapsed": elapsed,
+                    },
+                    state_path,
+                )
+        checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
+        log = (
+            pd.DataFrame(history).merge(pd.DataFrame(validations), on="iteration", how="left")
+            if history
+            else pd.DataFrame()
+        )
+        files.write_atomic(run_dir / "train_log.csv", log.to_csv(index=False))
+        summary = {
+            "run_id": config.run_id,
+            "best_iteration": best["iteration"],
+            "best_val_accuracy": best["val_accuracy"],
+            "train_seconds": round(elapsed, 3),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+        }
+        files.write_json(run_dir / "train_summary.json", summary)
+    except BaseException as error:
+        tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
     tracker.log_final({k: v for k, v in summary.items() if k != "run_id"})
     tracker.log_artifacts([best_path, run_dir / "config.json", run_dir / "train_log.csv"])
     tracker.finish()
     return summary
+
+
+def _check_divergence(loss, history, iteration, best_weights, best_path, meta, best) -> None:
+    """Stop a run whose loss is not finite or has exploded; keep the best weights so far."""
+    reference = max(1.0, history[0]["loss"] if history else loss if math.isfinite(loss) else 1.0)
+    if math.isfinite(loss) and loss <= DIVERGENCE_FACTOR * reference:
+        return
+    if best_weights is not None:
+        checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
+        kept = f"the best checkpoint so far (iteration {best['iteration']}) is kept in {best_path}"
+    else:
+        kept = "no checkpoint was saved: it diverged before its first validation"
+    what = "became" if not math.isfinite(loss) else f"exploded to {DIVERGENCE_FACTOR:g}x its start, reaching"
+    raise MetabenchError(f"training loss {what} {loss:.4g} at iteration {iteration}; lower the learning rate ({kept})")
 
 
 def _finished_fingerprint(run_dir: Path) -> dict | None:
@@ -280,7 +308,7 @@ def _finished_fingerprint(run_dir: Path) -> dict | None:
 
 def load_trained(checkpoint_path: Path, device: torch.device):
     """Rebuild an algorithm from ``checkpoint.pt`` with its best weights; return (algorithm, meta)."""
-    saved = checkpoint.load(checkpoint_path)
+    saved = checkpoint.load(checkpoint_path, rebuild="train the run (metabench train) or restore the file")
     task = TaskShape(**saved["task"])
     algorithm = build_algorithm(saved["algorithm"], saved["hyper"], task, device)
     algorithm.load_state_dict(saved["weights"], weights_only=True)
@@ -301,7 +329,7 @@ def _algorithm_to_evaluate(config: RunConfig, dataset: store.Dataset, device: to
             "hyper": config.hyper,
             "config": config.to_dict(),
         }
-        (config.run_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
+        files.write_json(config.run_dir / "config.json", meta)
         return cls(hyper, task_shape(config, dataset, hyper), device), {"best_iteration": None, "val_accuracy": None}
     algorithm, saved = load_trained(config.run_dir / "checkpoint.pt", device)
     settings = config.training_settings()
@@ -319,9 +347,18 @@ def _algorithm_to_evaluate(config: RunConfig, dataset: store.Dataset, device: to
 
 
 def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
-    """Score the run's best checkpoint on the shared fixed test episodes."""
+    """Score the run's best checkpoint (or a reference method) on the shared fixed test episodes."""
+    if get_algorithm(config.algorithm).trained and not (config.run_dir / "checkpoint.pt").is_file():
+        raise MetabenchError(
+            f"{config.run_dir / 'checkpoint.pt'} does not exist; train the run first (metabench train)"
+        )
+    with files.exclusive(config.run_dir, f"run {config.run_dir}"):
+        return _evaluate_locked(config, progress)
+
+
+def _evaluate_locked(config: RunConfig, progress: Progress | None) -> dict:
     device = resolve_device(config.device)
-    dataset = store.load(config.dataset, Path(config.data_dir))
+    dataset = store.load(config.dataset, Path(config.data_dir), verify=True)
     algorithm, training = _algorithm_to_evaluate(config, dataset, device)
     episodes = evaluation_episodes(config, dataset, "test")
     bank = ImageBank(dataset.split("test"), device)
@@ -349,7 +386,7 @@ def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:
     }
     timing = {"eval_seconds": round(time.perf_counter() - start, 3), "episodes_per_second": None}
     timing["episodes_per_second"] = round(len(episodes) / max(timing["eval_seconds"], 1e-9), 3)
-    (config.run_dir / "eval_timing.json").write_text(json.dumps(timing, indent=1) + "\n")
+    files.write_json(config.run_dir / "eval_timing.json", timing)
     metrics = write_results(config.run_dir, accuracies, extra)
     tracker = Tracker(config.run_dir)
     if tracker.attach():

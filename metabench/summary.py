@@ -6,17 +6,19 @@ test episodes, so every number in the table shares its episodes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
+
+from metabench.evaluation import read_results
 
 COLUMNS = ["dataset", "algorithm", "ways", "shots", "seed", "accuracy", "ci95", "episodes", "transductive"]
 
 
 def table(runs_dir: Path) -> pd.DataFrame:
-    """One row per evaluated run, sorted by setting and algorithm."""
-    rows = [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob("*/metrics.json"))]
+    """One row per evaluated run, sorted by setting and algorithm; a run whose episodes.csv does
+    not match its metrics.json is an error, never a row."""
+    rows = [read_results(p.parent)[0] for p in sorted(Path(runs_dir).glob("*/metrics.json"))]
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
     runs = pd.DataFrame(rows)[COLUMNS]

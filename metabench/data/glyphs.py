@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from metabench import MetabenchError
 from metabench.data import store
-from metabench.data.store import sha256_file
+from metabench.files import sha256_file
 
 REFERENCE_FILE = Path(__file__).with_name("glyphs_reference.json")
 

@@ -121,6 +121,22 @@ def _from_jpeg(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) 
         return splits
 
 
+# What a miniImageNet cache may contain: numpy arrays (rebuilt by these functions) inside plain
+# dicts and lists. Anything else (a crafted file naming os.system, say) is refused, not called.
+PICKLE_GLOBALS = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a miniImageNet cache holds only numpy arrays")
+        return super().find_class(module, name)
+
+
 def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) -> dict[str, store.Split]:
     splits = {}
     for part, classes in csvs.items():
@@ -128,7 +144,7 @@ def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress
         path = locate(join_location(config.source, name), raw_dir, config.checksums.get(name), WHERE)
         try:
             with open(path, "rb") as handle:
-                cache = pickle.load(handle)
+                cache = _ArrayUnpickler(handle).load()
             images, class_dict = np.asarray(cache["image_data"], dtype=np.uint8), cache["class_dict"]
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
             raise MetabenchError(f"{path} is not a miniImageNet pickle cache ({error!r}); fetch it again") from error

@@ -26,18 +26,29 @@ from pathlib import Path
 
 import numpy as np
 
-from metabench import MetabenchError
+from metabench import MetabenchError, files
 
 SPLITS = ("train", "val", "test")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so large archives need little memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def _recover(root: Path, name: str, staging_too: bool = False) -> None:
+    """Undo a swap a kill interrupted; with ``staging_too`` (before a new save) also drop the
+    staging folders of killed saves.
+
+    ``save`` moves the old copy to ``.<name>.old.*/old`` and then the new one into place; a
+    kill between the two renames leaves only the old copy, which is put back here.
+    """
+    final = root / name
+    for trash in sorted(root.glob(f".{name}.old.*")):
+        old = trash / "old"
+        if not final.exists() and (old / "meta.json").is_file():
+            os.replace(old, final)
+        if not old.exists() or staging_too:
+            shutil.rmtree(trash, ignore_errors=True)
+    if staging_too:
+        for staging in root.glob(f".{name}.*"):
+            if staging.is_dir() and not staging.name.startswith(f".{name}.old."):
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass
@@ -104,24 +115,25 @@ def save(dataset: Dataset, root: Path) -> Path:
     """Write ``dataset`` under ``root/<name>`` atomically and return that directory."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    _recover(root, dataset.name, staging_too=True)
     final = root / dataset.name
     staging = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.", dir=root))
     try:
-        files = {}
+        stored = {}
         split_meta = {}
         for split_name, split in dataset.splits.items():
             for part, array in (("images", split.images), ("offsets", split.offsets.astype(np.int64))):
                 filename = f"{split_name}.{part}.npy"
                 np.save(staging / filename, array)
-                files[filename] = sha256_file(staging / filename)
+                stored[filename] = files.sha256_file(staging / filename)
             split_meta[split_name] = {
                 "n_classes": split.n_classes,
                 "n_images": int(len(split.images)),
                 "class_names": split.class_names,
                 "groups": split.groups,
             }
-        overall = hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(files.items())).encode()).hexdigest()
-        info = dict(dataset.info, checksum=overall, files=files)
+        overall = hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(stored.items())).encode()).hexdigest()
+        info = dict(dataset.info, checksum=overall, files=stored)
         meta = {"name": dataset.name, "image_shape": list(dataset.image_shape), "splits": split_meta, "info": info}
         (staging / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
         dataset.info = info
@@ -135,7 +147,7 @@ def save(dataset: Dataset, root: Path) -> Path:
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise MetabenchError(
-            f"cannot write dataset {dataset.name!r} to {root} ({error.strerror}); free disk space or choose another "
+            f"cannot write dataset {dataset.name!r} to {root} ({files.reason(error)}); free disk space or choose another "
             "data dir (the previously stored copy, if any, is unchanged)"
         ) from error
     except BaseException:
@@ -145,31 +157,42 @@ def save(dataset: Dataset, root: Path) -> Path:
 
 
 def exists(name: str, root: Path) -> bool:
+    if Path(root).is_dir():
+        _recover(Path(root), name)
     return (Path(root) / name / "meta.json").is_file()
 
 
 def load(name: str, root: Path, verify: bool = False) -> Dataset:
-    """Load a stored dataset (memory-mapped); ``verify`` re-checks every file's sha256."""
+    """Load a stored dataset (memory-mapped); ``verify`` re-checks every file's sha256.
+
+    Every way a stored dataset can be damaged (a truncated or garbled ``meta.json`` or array,
+    offsets that do not describe the images) is a one-line error that names the command which
+    rebuilds it.
+    """
     directory = Path(root) / name
+    rebuild = f"run `metabench fetch {name.split('-')[0]}` again to rebuild it"
+    if Path(root).is_dir():
+        _recover(Path(root), name)
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
-        raise MetabenchError(f"dataset {name!r} is not in {Path(root)}; run `metabench fetch {name}` first")
-    meta = json.loads(meta_path.read_text())
-    files = meta["info"]["files"]
-    if verify:
-        for filename, expected in files.items():
-            if sha256_file(directory / filename) != expected:
-                raise MetabenchError(
-                    f"{directory / filename} is corrupt (checksum mismatch); run `metabench fetch` for its source again to rebuild it"
-                )
-    splits = {}
-    for split_name, split_meta in meta["splits"].items():
-        try:
+        raise MetabenchError(
+            f"dataset {name!r} is not in {Path(root)}; run `metabench fetch {name.split('-')[0]}` first"
+        )
+    meta = files.read_json(meta_path, "dataset description", rebuild)
+    try:
+        stored_files = meta["info"]["files"]
+        if verify:
+            for filename, expected in stored_files.items():
+                path = directory / filename
+                if not path.is_file() or files.sha256_file(path) != expected:
+                    raise MetabenchError(f"{path} is missing or corrupt (sha256 mismatch); {rebuild}")
+        splits = {}
+        for split_name, split_meta in meta["splits"].items():
             images = np.load(directory / f"{split_name}.images.npy", mmap_mode="r")
             offsets = np.load(directory / f"{split_name}.offsets.npy")
-        except (OSError, ValueError) as error:
-            raise MetabenchError(
-                f"{directory} is damaged ({error}); run `metabench fetch` for its source again to rebuild it"
-            ) from error
-        splits[split_name] = Split(np.asarray(images), offsets, split_meta["class_names"], split_meta["groups"])
-    return Dataset(name=meta["name"], splits=splits, info=meta["info"])
+            splits[split_name] = Split(np.asarray(images), offsets, split_meta["class_names"], split_meta["groups"])
+        return Dataset(name=meta["name"], splits=splits, info=meta["info"])
+    except MetabenchError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
+        raise MetabenchError(f"{directory} is damaged ({type(error).__name__}: {error}); {rebuild}") from error
