@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from metabench import MetabenchError
+from metabench import MetabenchError, files
 
 app = typer.Typer(
     help="Reproducible few-shot meta-learning benchmarks.\n\n"
@@ -102,7 +102,7 @@ def fetch(
     if record is not None:
         sizes = {name: {"classes": part.n_classes, "images": len(part.images)} for name, part in dataset.splits.items()}
         receipt = {"name": dataset.name, "checksum": dataset.checksum, "data_dir": str(data_dir), "splits": sizes}
-        record.write_text(json.dumps(receipt, indent=1) + "\n")
+        files.write_json(record, receipt)
 
 
 @app.command()

@@ -112,8 +112,13 @@ def _differences(saved: dict, current: dict) -> str:
 EVALUATION_FILES = ("episodes.csv", "metrics.json", "eval_timing.json")
 
 
-# a loss this many times the run's first loss (or 1, whichever is larger) has diverged, even if finite
+# A run has diverged, even while its loss is finite, when the loss exceeds this many times its
+# first loss (or 1, whichever is larger), or exceeds LOSS_LIMIT: every training loss here is a
+# per-query mean of cross-entropy, NLL, MSE or BCE, which stays within tens for any sane network,
+# trained or not; 1e4 comes only from exploding weights or activations (MAML at inner_lr=1e6
+# starts at 1e11).
 DIVERGENCE_FACTOR = 1e3
+LOSS_LIMIT = 1e4
 
 
 def train_run(config: RunConfig, progress: Progress | None = None, force: bool = False) -> dict:
@@ -284,14 +289,14 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
 def _check_divergence(loss, history, iteration, best_weights, best_path, meta, best) -> None:
     """Stop a run whose loss is not finite or has exploded; keep the best weights so far."""
     reference = max(1.0, history[0]["loss"] if history else loss if math.isfinite(loss) else 1.0)
-    if math.isfinite(loss) and loss <= DIVERGENCE_FACTOR * reference:
+    if math.isfinite(loss) and loss <= min(LOSS_LIMIT, DIVERGENCE_FACTOR * reference):
         return
     if best_weights is not None:
         checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
         kept = f"the best checkpoint so far (iteration {best['iteration']}) is kept in {best_path}"
     else:
         kept = "no checkpoint was saved: it diverged before its first validation"
-    what = "became" if not math.isfinite(loss) else f"exploded to {DIVERGENCE_FACTOR:g}x its start, reaching"
+    what = "became" if not math.isfinite(loss) else "exploded to"
     raise MetabenchError(f"training loss {what} {loss:.4g} at iteration {iteration}; lower the learning rate ({kept})")
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from rich.console import Console
 
+from metabench import files
+
 EXPERIMENT = "metabench"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 RUN_FILE = "mlflow_run.json"
@@ -68,7 +70,10 @@ class Tracker:
             return function(*args, **kwargs)
         except Exception as error:  # any failure of the tracking backend must not stop the run
             self.enabled = False
-            (self.run_dir / PENDING_FILE).write_text(f"{action}: {type(error).__name__}: {error}\n")
+            try:
+                (self.run_dir / PENDING_FILE).write_text(f"{action}: {type(error).__name__}: {error}\n")
+            except OSError:
+                pass  # a full disk: the warning below still tells the user
             if not _warned:
                 _warned = True
                 _console.print(
@@ -90,19 +95,37 @@ class Tracker:
 
     # -- the API the runner uses ----------------------------------------------------------
     def start(self, name: str, params: dict[str, Any], tags: dict[str, str], resume: bool) -> None:
-        """Open the run (reusing the recorded MLflow run when ``resume``), log params and tags."""
+        """Open the run (reusing the recorded MLflow run when ``resume``), log params and tags.
+
+        Without ``resume`` the recorded run, if any, is superseded: it was killed (SIGKILL leaves
+        it RUNNING) or is being replaced, so it is marked KILLED, or deleted when ``replace``.
+        """
+        self._open(name, params, tags, resume, replace=False)
+
+    def replace(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+        """A new MLflow run for this run directory in place of the recorded one (deleted)."""
+        self._open(name, params, tags, resume=False, replace=True)
+
+    def _open(self, name, params, tags, resume: bool, replace: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         record = self.run_dir / RUN_FILE
 
         def begin():
             self.client, experiment_id = self._connect()
-            if resume and record.is_file():
-                self.run_id = json.loads(record.read_text())["run_id"]
-                self.client.get_run(self.run_id)  # raises if the store no longer has it
+            previous = _recorded_run(self.client, record)
+            if resume and previous is not None:
+                self.run_id = previous.info.run_id
+                if previous.info.status != "RUNNING":
+                    self.client.update_run(self.run_id, status="RUNNING")
                 return
+            if previous is not None:
+                if replace:
+                    self.client.delete_run(previous.info.run_id)
+                elif previous.info.status == "RUNNING":
+                    self.client.set_terminated(previous.info.run_id, "KILLED")
             run = self.client.create_run(experiment_id, run_name=name, tags=tags)
             self.run_id = run.info.run_id
-            record.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": tracking_uri()}) + "\n")
+            files.write_json(record, {"run_id": self.run_id, "tracking_uri": tracking_uri()})
             self._log_params(params)
 
         self._safely("starting the run", begin)
@@ -184,6 +207,20 @@ class Tracker:
             self._safely("closing the run", self.client.set_terminated, self.run_id, status)
 
 
+def _recorded_run(client, record: Path):
+    """The MLflow run ``record`` names, or None when there is none (or the store lost it)."""
+    if not record.is_file():
+        return None
+    try:
+        return client.get_run(json.loads(record.read_text())["run_id"])
+    except (ValueError, KeyError, json.JSONDecodeError):
+        return None
+    except Exception as error:  # MlflowException: not in this store
+        if "RESOURCE_DOES_NOT_EXIST" in str(getattr(error, "error_code", "")) or "not found" in str(error).lower():
+            return None
+        raise
+
+
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in values.items():
@@ -212,15 +249,21 @@ def run_tags(config: dict[str, Any], dataset_checksum: str, device: str) -> dict
 
 
 def resend(run_dir: Path) -> str | None:
-    """Log a finished run again from its local files into a new MLflow run; return its id."""
+    """Log a finished run again from its local files into an MLflow run that replaces the one it
+    recorded (a partial run is deleted, never left beside the new one); return the new id."""
     import pandas as pd
 
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    with files.exclusive(run_dir, f"run {run_dir}"):
+        return _resend(run_dir, pd)
+
+
+def _resend(run_dir: Path, pd) -> str | None:
+    config = files.read_json(run_dir / "config.json", "run config", "retrain the run (metabench train)")
     config.pop("fingerprint", None)  # resume bookkeeping, not a parameter
     tracker = Tracker(run_dir)
     tags = run_tags(config, config["dataset"]["checksum"], "unknown")
-    tracker.start(run_dir.name, config, {**tags, "resent_from_files": "true"}, resume=False)
+    tracker.replace(run_dir.name, config, {**tags, "resent_from_files": "true"})  # never a second run beside it
     log = run_dir / "train_log.csv"
     if log.is_file():
         tracker.log_rows(pd.read_csv(log).to_dict("records"))

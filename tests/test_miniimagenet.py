@@ -129,3 +129,27 @@ def test_corrupt_pickle_and_wrong_classes_are_clear_errors(tmp_path, subset):
     write_caches(tmp_path / "swapped", {"train": chosen["val"], "val": chosen["train"], "test": chosen["test"]})
     with pytest.raises(MetabenchError, match="other classes than train.csv"):
         fetch("miniimagenet", {**options, "source": str(tmp_path / "swapped")}, tmp_path / "data")
+
+
+class _Exploit:
+    """Unpickling this calls os.system: what a crafted cache would do to a plain pickle.load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_cache_executes_nothing(tmp_path, subset):
+    splits, chosen = subset
+    write_caches(tmp_path / "caches", chosen)
+    marker = tmp_path / "executed"
+    cache = tmp_path / "caches" / "mini-imagenet-cache-train.pkl"
+    cache.write_bytes(pickle.dumps({"image_data": _Exploit(marker), "class_dict": {}}))
+    options = {"format": "pickle", "source": str(tmp_path / "caches"), "splits_source": str(splits)}
+    with pytest.raises(MetabenchError, match="refused posix.system|refused os.system"):
+        fetch("miniimagenet", options, tmp_path / "data")
+    assert not marker.exists()

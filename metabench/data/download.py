@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -78,12 +79,19 @@ def fetch_file(
     checksum: str | None,
     progress: ProgressCallback | None = None,
     timeout: float = 60.0,
+    deadline: float | None = None,
 ) -> Path:
     """Copy ``location`` to ``dest`` and verify it; skip the copy if ``dest`` already verifies.
 
+    ``timeout`` bounds each read; ``deadline`` (seconds, default ``METABENCH_DOWNLOAD_DEADLINE``
+    or 6 hours) bounds the whole transfer, so a server that trickles bytes cannot hang a fetch.
     Raises MetabenchError (one line, with what to do) on a missing file, an HTTP error, an
-    unreachable host or a checksum mismatch; in every case ``dest`` is left as it was.
+    unreachable host, a transfer past its deadline or a checksum mismatch; in every case
+    ``dest`` is left as it was.
     """
+    if deadline is None:
+        deadline = float(os.environ.get("METABENCH_DOWNLOAD_DEADLINE", 6 * 3600))
+    started = time.monotonic()
     dest = Path(dest)
     algorithm, expected = parse_checksum(checksum) if checksum else ("sha256", None)
     if dest.is_file() and expected and file_digest(dest, algorithm) == expected:
@@ -93,17 +101,23 @@ def fetch_file(
     digest = hashlib.new(algorithm)
     stream, total = _open(location, timeout)
     done = 0
+    read = getattr(stream, "read1", stream.read)  # read1: what has arrived, so the deadline is checked often
     try:
         with stream, open(partial, "wb") as out:
             while True:
                 try:
-                    block = stream.read(1 << 20)
+                    block = read(1 << 20)
                 except (TimeoutError, OSError) as error:
                     raise MetabenchError(
                         f"download of {location} broke off ({error}); run the command again"
                     ) from error
                 if not block:
                     break
+                if time.monotonic() - started > deadline:
+                    raise MetabenchError(
+                        f"download of {location} took longer than {deadline:g} s ({done} bytes so far); "
+                        "try again later or from a mirror (METABENCH_DOWNLOAD_DEADLINE sets the limit)"
+                    )
                 out.write(block)
                 digest.update(block)
                 done += len(block)
@@ -119,7 +133,7 @@ def fetch_file(
         os.replace(partial, dest)
     except OSError as error:
         raise MetabenchError(
-            f"cannot write {dest} ({error.strerror}); free disk space or choose another data dir"
+            f"cannot write {dest} ({error.strerror or error}); free disk space or choose another data dir"
         ) from error
     finally:
         if partial.exists():

@@ -1,0 +1,425 @@
+"""The fault suite: each fault a user (or a disk, a kill, a crafted file) can inflict, through
+the real CLI. A fault must either be survived or refused with a one-line error that names
+what to do, and must never destroy a result or leave files that disagree with each other."""
+
+import errno
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from metabench import MetabenchError, checkpoint, files
+from metabench.cli import app
+from metabench.data import store
+
+runner = CliRunner()
+PARAMS = (
+    "run:\n  iterations: 10\n  val_every: 5\n  val_episodes: 10\n  test_episodes: 20\n  queries: 5\n"
+    "algorithms:\n  protonet:\n    hyper:\n      hidden: 8\n"
+    "  maml:\n    hyper:\n      hidden: 8\n      meta_batch: 2\n"
+)
+RUN = "glyphs-protonet-5w1s-seed0"
+
+
+def cli(workdir: Path, *args: str):
+    common = ["--params", str(workdir / "params.yaml"), "--data-dir", str(workdir / "data")]
+    return runner.invoke(app, [*args, *common, "--runs-dir", str(workdir / "runs")])
+
+
+def ok(result):
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def refused(result, *fragments: str) -> str:
+    """The command failed with one MetabenchError line containing every fragment."""
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, MetabenchError), repr(result.exception)
+    message = str(result.exception)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, glyphs_dir) -> Path:
+    """A trained and evaluated ProtoNet run on glyphs (copied by each test that changes it)."""
+    root = tmp_path_factory.mktemp("faults")
+    shutil.copytree(glyphs_dir / "glyphs", root / "data" / "glyphs")
+    (root / "params.yaml").write_text(PARAMS)
+    ok(cli(root, "train", "--algorithm", "protonet"))
+    ok(cli(root, "evaluate", "--algorithm", "protonet"))
+    return root
+
+
+@pytest.fixture
+def work(trained, tmp_path) -> Path:
+    shutil.copytree(trained, tmp_path / "w")
+    return tmp_path / "w"
+
+
+def results(work: Path) -> dict[str, bytes]:
+    run_dir = work / "runs" / RUN
+    return {
+        name: (run_dir / name).read_bytes() for name in ("episodes.csv", "metrics.json") if (run_dir / name).exists()
+    }
+
+
+class Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# -- 1. code execution ------------------------------------------------------------------------
+@pytest.mark.parametrize("wrapped", [False, True], ids=["plain-pickle", "inside-metabench-format"])
+def test_a_crafted_checkpoint_executes_nothing(work, tmp_path, wrapped):
+    marker = tmp_path / "executed"
+    path = work / "runs" / RUN / "checkpoint.pt"
+    evil = {"weights": Exploit(marker)}
+    if wrapped:  # a valid hash over a payload that itself is the exploit
+        inner = io.BytesIO()
+        torch.save(evil, inner)
+        data = inner.getvalue()
+        torch.save({"format": checkpoint.FORMAT, "sha256": files.sha256_bytes(data), "payload": data}, path)
+    else:
+        torch.save(evil, path)
+    before = results(work)
+    refused(cli(work, "evaluate", "--algorithm", "protonet"), "cannot be read safely", str(path))
+    support = tmp_path / "support"
+    for name in ("a", "b"):
+        (support / name).mkdir(parents=True)
+        Image = pytest.importorskip("PIL.Image")
+        Image.new("L", (28, 28)).save(support / name / "x.png")
+    result = runner.invoke(
+        app, ["predict", "--checkpoint", str(path), "--support", str(support), "--query", str(support / "a")]
+    )
+    refused(result, "cannot be read safely")
+    assert not marker.exists() and results(work) == before
+
+
+# -- 2. corruption is refused, and the good results survive ----------------------------------
+def _flip(path: Path, offset_fraction: float = 0.5, count: int = 8) -> None:
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * offset_fraction)
+    for i in range(start, start + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_checkpoint_are_refused(work):
+    before = results(work)
+    _flip(work / "runs" / RUN / "checkpoint.pt", 0.6)
+    refused(cli(work, "evaluate", "--algorithm", "protonet"), "checkpoint.pt", "metabench train")
+    assert results(work) == before
+
+
+def test_flipped_bytes_in_a_resumable_state_are_refused(work):
+    _flip(work / "runs" / RUN / "state.pt", 0.6)
+    refused(cli(work, "train", "--algorithm", "protonet", "--iterations", "15"), "state.pt", "delete it")
+
+
+def test_flipped_bytes_in_the_stored_images_are_refused(work):
+    before = results(work)
+    _flip(work / "data" / "glyphs" / "test.images.npy", 0.5, 64)
+    refused(cli(work, "evaluate", "--algorithm", "protonet"), "test.images.npy", "metabench fetch glyphs")
+    refused(cli(work, "train", "--algorithm", "protonet", "--seed", "1"), "test.images.npy")
+    assert results(work) == before
+
+
+@pytest.mark.parametrize("damage", ["edited", "out-of-range", "truncated", "garbled"])
+def test_a_damaged_episode_file_is_refused(work, damage):
+    before = results(work)
+    (path,) = [p for p in (work / "data" / "episodes").glob("glyphs-test-*.npz")]
+    with np.load(path) as saved:
+        arrays = {key: saved[key].copy() for key in saved}
+    if damage == "edited":  # every query made a copy of a support image: it would score 100 %
+        arrays["query"][:] = arrays["support"][..., :1]
+        np.savez(path, **arrays)
+    elif damage == "out-of-range":
+        arrays["support"][0, 0, 0] = 10**9
+        np.savez(path, **arrays)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    else:
+        _flip(path, 0.3, 32)
+    refused(cli(work, "evaluate", "--algorithm", "protonet"), str(path), "metabench episodes")
+    assert results(work) == before
+
+
+# -- 3. result files are never half-written or disagreeing -----------------------------------
+def _disk_full_after(monkeypatch, name: str):
+    """Make the atomic write of ``name`` fail as a full disk does (after the data is written)."""
+    real = os.fsync
+    target = {"armed": True}
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else ""
+        if target["armed"] and Path(path).name.startswith(f".{name}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("name", ["episodes.csv", "metrics.json", "eval_timing.json"])
+def test_a_full_disk_during_evaluation_leaves_no_disagreeing_files(work, monkeypatch, name):
+    (work / "params.yaml").write_text(PARAMS.replace("test_episodes: 20", "test_episodes: 436"))
+    _disk_full_after(monkeypatch, name)
+    message = refused(cli(work, "evaluate", "--algorithm", "protonet"), "No space left on device", name)
+    assert "(None)" not in message
+    run_dir = work / "runs" / RUN
+    assert not list(run_dir.glob(".*.part")), "the temporary file is removed"
+    if (run_dir / "metrics.json").exists():  # whatever is left must agree with itself
+        from metabench.evaluation import read_results
+
+        metrics, accuracies = read_results(run_dir)
+        assert len(accuracies) == metrics["episodes"]
+    report = ["report", "--params", str(work / "params.yaml"), "--out-dir", str(work / "reports")]
+    refusal = runner.invoke(app, [*report, "--runs-dir", str(work / "runs")])
+    if not (run_dir / "metrics.json").exists():
+        assert refusal.exit_code != 0
+
+
+def test_disagreeing_results_are_refused_by_report_and_summary(work):
+    run_dir = work / "runs" / RUN
+    lines = (run_dir / "episodes.csv").read_text().splitlines()
+    (run_dir / "episodes.csv").write_text("\n".join(lines[:-3]) + "\n")  # a kill or an edit: fewer rows
+    report = ["report", "--params", str(work / "params.yaml"), "--out-dir", str(work / "reports")]
+    for command in (report, ["summary"]):
+        refused(runner.invoke(app, [*command, "--runs-dir", str(work / "runs")]), "does not match its metrics.json")
+    (run_dir / "metrics.json").write_text('{"accuracy": 0.5, "episodes')  # garbled
+    refused(runner.invoke(app, ["summary", "--runs-dir", str(work / "runs")]), "metrics.json", "damaged")
+
+
+def test_a_full_disk_writing_config_or_episodes_is_one_line_with_its_reason(work, monkeypatch):
+    _disk_full_after(monkeypatch, "config.json")
+    message = refused(cli(work, "train", "--algorithm", "protonet", "--seed", "2"), "config.json", "No space left")
+    assert "(None)" not in message
+    monkeypatch.undo()
+    shutil.rmtree(work / "data" / "episodes")
+    _disk_full_after(monkeypatch, "glyphs-val")
+    refused(cli(work, "train", "--algorithm", "protonet", "--seed", "2"), "No space left", "glyphs-val")
+
+
+# -- 4. the store swap survives a kill at every rename ---------------------------------------
+@pytest.mark.parametrize("kill_at", [1, 2, 3], ids=["before-first-rename", "between-renames", "before-cleanup"])
+def test_the_store_survives_a_kill_at_every_step_of_the_swap(work, monkeypatch, kill_at):
+    dataset = store.load("glyphs", work / "data")
+    checksum = dataset.checksum
+    calls = {"n": 0}
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+
+    class Killed(BaseException):
+        pass
+
+    def replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise Killed
+        return real_replace(src, dst)
+
+    def rmtree(path, *args, **kwargs):
+        if kill_at == 3 and ".old." in str(path):
+            raise Killed
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(store.os, "replace", replace)
+    monkeypatch.setattr(store.shutil, "rmtree", rmtree)
+    with pytest.raises(Killed):
+        store.save(dataset, work / "data")
+    monkeypatch.undo()
+    recovered = store.load("glyphs", work / "data", verify=True)
+    assert recovered.checksum == checksum
+    store.save(recovered, work / "data")  # the next save cleans what the killed one left
+    assert not [p for p in (work / "data").iterdir() if p.name.startswith(".glyphs.")]
+
+
+# -- 5. every damaged input is a one-line error ------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncated-meta", "meta-missing-key", "garbled-offsets", "truncated-images"])
+def test_a_damaged_store_is_one_line(work, damage):
+    root = work / "data" / "glyphs"
+    if damage == "truncated-meta":
+        (root / "meta.json").write_text((root / "meta.json").read_text()[:200])
+    elif damage == "meta-missing-key":
+        meta = json.loads((root / "meta.json").read_text())
+        del meta["splits"]
+        (root / "meta.json").write_text(json.dumps(meta))
+    elif damage == "garbled-offsets":
+        np.save(root / "test.offsets.npy", np.array([0, 5, 3], dtype=np.int64))
+    else:
+        (root / "test.images.npy").write_bytes((root / "test.images.npy").read_bytes()[:1000])
+    refused(cli(work, "evaluate", "--algorithm", "protonet"), "metabench fetch glyphs")
+
+
+def test_a_corrupt_png_inside_an_omniglot_zip_is_one_line(tmp_path):
+    import zipfile
+
+    from metabench.data import omniglot
+
+    path = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("images_background/Alpha/character01/0101_01.png", b"\x89PNG not really")
+    with pytest.raises(MetabenchError, match="0101_01.png cannot be read as an image"):
+        omniglot.read_zip(path, 28)
+
+
+@pytest.mark.parametrize("lr", ["1e6"])
+def test_an_exploding_loss_stops_the_run_with_the_reason(work, lr):
+    result = cli(work, "train", "--algorithm", "maml", "--hp", f"inner_lr={lr}", "--iterations", "10")
+    message = refused(result, "lower the learning rate")
+    assert "iteration" in message
+    run_dirs = [p for p in (work / "runs").iterdir() if p.name.startswith("glyphs-maml")]
+    assert run_dirs and not (run_dirs[0] / "train_summary.json").exists()  # not recorded as finished
+
+
+def test_nan_before_the_first_validation_does_not_claim_a_checkpoint(work):
+    result = cli(work, "train", "--algorithm", "protonet", "--seed", "3", "--hp", "lr=1e30")
+    message = refused(result)
+    assert "no checkpoint was saved" in message and "best checkpoint so far" not in message
+
+
+def test_messages_name_real_splits_and_real_options(work):
+    (work / "params.yaml").write_text(PARAMS.replace("queries: 5", "queries: 500"))
+    refused(cli(work, "evaluate", "--algorithm", "protonet"), "trained with other queries")
+    message = refused(cli(work, "train", "--algorithm", "protonet", "--force"))
+    assert "split split" not in message and "train split has" in message
+    shutil.rmtree(work / "data" / "glyphs")
+    message = refused(cli(work, "train", "--algorithm", "protonet"), "metabench fetch glyphs")
+    assert "--force" not in message
+
+
+# -- 7. MLflow records what happened ---------------------------------------------------------
+def _mlflow_runs(work: Path, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("metabench")
+    return client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'", run_view_type=1)
+
+
+def test_a_failed_run_is_marked_failed_in_mlflow(work):
+    refused(cli(work, "train", "--algorithm", "maml", "--hp", "inner_lr=1e6", "--iterations", "10"))
+    (run_dir,) = [p for p in (work / "runs").iterdir() if p.name.startswith("glyphs-maml")]
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(run_id).info.status == "FAILED"
+
+
+def test_a_killed_run_is_closed_when_it_starts_again_and_track_replaces_it(work):
+    from mlflow.tracking import MlflowClient
+
+    from metabench.tracking import Tracker
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run_dir = work / "runs" / "glyphs-protonet-5w1s-seed4"
+    stale = Tracker(run_dir)  # what SIGKILL before the first saved state leaves: a RUNNING run
+    stale.start(run_dir.name, {"a": 1}, {}, resume=False)
+    stale_id = stale.run_id
+    ok(cli(work, "train", "--algorithm", "protonet", "--seed", "4"))
+    assert client.get_run(stale_id).info.status == "KILLED"
+    trained_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    assert client.get_run(trained_id).info.status == "FINISHED"
+    ok(runner.invoke(app, ["track", str(run_dir)]))
+    assert client.get_run(trained_id).info.lifecycle_stage == "deleted"  # replaced, not duplicated
+    resent = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    assert resent != trained_id and client.get_run(resent).info.status == "FINISHED"
+
+
+# -- 8. concurrency --------------------------------------------------------------------------
+def test_a_second_train_of_the_same_run_refuses_naming_the_holder(work):
+    with files.exclusive(work / "runs" / RUN, "run"):
+        result = cli(work, "train", "--algorithm", "protonet", "--iterations", "12")
+        refused(result, f"process {os.getpid()}")
+        refused(cli(work, "evaluate", "--algorithm", "protonet"), f"process {os.getpid()}")
+
+
+@pytest.mark.slow
+def test_two_different_runs_at_once_share_the_data_and_the_tracking_store(work):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "metabench", "train", "--algorithm", "protonet", "--params", "params.yaml"]
+    processes = [
+        subprocess.Popen([*command, "--seed", str(seed)], cwd=work, env=env, stderr=subprocess.PIPE) for seed in (5, 6)
+    ]
+    for process in processes:
+        _, error = process.communicate(timeout=600)
+        assert process.returncode == 0, error.decode()[-2000:]
+    for seed in (5, 6):
+        assert (work / "runs" / f"glyphs-protonet-5w1s-seed{seed}" / "checkpoint.pt").is_file()
+        (found,) = _mlflow_runs(work, f"glyphs-protonet-5w1s-seed{seed}")
+        assert found.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_second_concurrent_train_leaves_the_first_intact(work):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "metabench", "train", "--algorithm", "protonet", "--params", "params.yaml"]
+    command += ["--seed", "7", "--iterations", "400"]
+    first = subprocess.Popen(command, cwd=work, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    lock = work / "runs" / "glyphs-protonet-5w1s-seed7" / ".lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (lock.is_file() and lock.read_text().strip()):
+        time.sleep(0.2)
+    second = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode != 0 and f"process {first.pid}" in second.stderr
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    resumed = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]  # the kernel released the killed holder's lock
+
+
+# -- 9. what bit-identical depends on is recorded -----------------------------------------------
+def test_the_thread_count_is_part_of_the_fingerprint(work):
+    config = json.loads((work / "runs" / RUN / "config.json").read_text())
+    summary = json.loads((work / "runs" / RUN / "train_summary.json").read_text())
+    assert config["fingerprint"]["threads"] == summary["threads"] == torch.get_num_threads()
+
+
+# -- 10. downloads have an overall deadline ----------------------------------------------------
+def test_a_trickling_server_hits_the_download_deadline(tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    from metabench.data.download import fetch_file
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(100000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("METABENCH_DOWNLOAD_DEADLINE", "1.5")
+    started = time.monotonic()
+    try:
+        with pytest.raises(MetabenchError, match="took longer than 1.5 s"):
+            fetch_file(f"http://127.0.0.1:{server.server_address[1]}/f", tmp_path / "f", None, timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started < 10 and not (tmp_path / "f").exists()
