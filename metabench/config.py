@@ -6,7 +6,8 @@ layered here and nowhere else: built-in defaults < params.yaml ``run`` < params.
 ``RunConfig`` that knows its run id, run directory, profile path and training settings.
 
 A run is a pure function of its config and its data: the same config on the same data gives
-the same outputs (bit for bit on CPU), so any executor can run it and DVC can cache it.
+the same outputs (bit for bit on CPU with the same thread count and torch build), so any executor
+can run it and DVC can cache it.
 """
 
 from __future__ import annotations
