@@ -50,7 +50,7 @@ class RunConfig:
     ways: int = 5  # classes per test episode
     shots: int = 1  # support images per class
     queries: int = 15  # query images per class in validation and test episodes
-    train_queries: int = 0  # query images per class in training episodes; 0: same as queries
+    train_queries: int = 0  # query images per class in training episodes; 0: the algorithm's protocol
     seed: int = 0  # initialisation and training-episode seed
     iterations: int = 1000  # outer updates; budgets are in iterations, never seconds
     val_every: int = 100  # validate, and save a resumable state, every this many updates
@@ -70,7 +70,13 @@ class RunConfig:
 
     @property
     def queries_in_training(self) -> int:
-        return self.train_queries or self.queries
+        """``train_queries`` when set, else the algorithm family's protocol (``training_queries``)."""
+        if self.train_queries:
+            return self.train_queries
+        from metabench.algorithms import get_algorithm, make_hyper
+
+        cls = get_algorithm(self.algorithm)
+        return cls.training_queries(make_hyper(cls.Hyper, self.hyper, self.algorithm), self.shots, self.queries)
 
     def __post_init__(self) -> None:
         from metabench.episodes import AUGMENTATIONS

@@ -39,10 +39,13 @@ PUBLISHED: dict[tuple[str, str, int, int], tuple[float, float | None, str]] = {
     ("omniglot", "metasgd", 5, 5): (99.93, None, "Li et al. 2017"),
     ("omniglot", "anil", 20, 1): (96.2, 0.5, "Raghu et al. 2020, ± is a std over 3 seeds"),
     ("omniglot", "anil", 20, 5): (98.0, 0.3, "Raghu et al. 2020, ± is a std over 3 seeds"),
-    ("omniglot", "siamese", 5, 1): (97.3, None, "Koch et al. 2015"),
-    ("omniglot", "siamese", 5, 5): (98.4, None, "Koch et al. 2015"),
-    ("omniglot", "siamese", 20, 1): (88.2, None, "Koch et al. 2015"),
-    ("omniglot", "siamese", 20, 5): (97.0, None, "Koch et al. 2015"),
+    # Koch et al. 2015 report only 20-way 1-shot, 92.0 %, on their own within-alphabet protocol; the
+    # figures in the standard protocol are Vinyals et al.'s reimplementation of Koch's network
+    # (Table 1, the row with fine-tuning; without it: 96.7, 98.4, 88.0, 96.5)
+    ("omniglot", "siamese", 5, 1): (97.3, None, "Vinyals et al. 2016 (Koch et al.'s siamese net, fine-tuned)"),
+    ("omniglot", "siamese", 5, 5): (98.4, None, "Vinyals et al. 2016 (Koch et al.'s siamese net, fine-tuned)"),
+    ("omniglot", "siamese", 20, 1): (88.1, None, "Vinyals et al. 2016 (Koch et al.'s siamese net, fine-tuned)"),
+    ("omniglot", "siamese", 20, 5): (97.0, None, "Vinyals et al. 2016 (Koch et al.'s siamese net, fine-tuned)"),
     ("miniimagenet", "reptile", 5, 1): (47.07, None, "Nichol et al. 2018"),
     ("miniimagenet", "reptile", 5, 5): (62.74, None, "Nichol et al. 2018"),
     ("miniimagenet", "matchingnet", 5, 1): (43.56, 0.84, "Vinyals et al. 2016"),

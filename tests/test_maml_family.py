@@ -93,6 +93,7 @@ def reptile(serial: bool, meta_batch: int = 2):
         "serial": serial,
         "hidden": 3,
         "anneal_iterations": 4,
+        "inner_batch": 0,  # full batch: the closed form below; mini-batches are tested separately
     }
     torch.manual_seed(0)
     algorithm = build_algorithm("reptile", hyper, task, torch.device("cpu"))

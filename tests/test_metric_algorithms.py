@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from metabench.algorithms import TaskShape, build_algorithm
@@ -14,13 +15,15 @@ def random(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def test_matching_attention_matches_the_papers_formula_computed_by_loops():
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_matching_attention_matches_the_papers_formula_computed_by_loops(scale):
     support, query = random(6, 4, seed=1), random(3, 4, seed=2)
     labels = torch.tensor([2, 0, 1, 1, 0, 2])
-    ours = attention_log_probs(support, labels, query, 3).exp()
+    ours = attention_log_probs(support, labels, query, 3, scale).exp()
     for q in range(3):
         cosines = [float(query[q] @ support[i] / (query[q].norm() * support[i].norm())) for i in range(6)]
-        weights = [math.exp(c) / sum(math.exp(d) for d in cosines) for c in cosines]
+        logits = [scale * max(0.0, c) for c in cosines]  # CloserLookFewShot: scale · ReLU(cosine)
+        weights = [math.exp(c - max(logits)) / sum(math.exp(d - max(logits)) for d in logits) for c in logits]
         for c in range(3):
             expected = sum(w for w, y in zip(weights, labels.tolist()) if y == c)
             assert abs(float(ours[q, c]) - expected) < 1e-12

@@ -4,11 +4,19 @@ MAML with the inner loop restricted to the linear head: the support and query im
 embedded once by the body, a few SGD steps adapt only the head on the support features, and the
 outer loop updates body and head to lower the query loss after adaptation. The meta-gradient
 reaches the body through the features and (second order) through the head's inner gradients.
-Hyper-parameters are MAML's (the paper reuses them, Section 4 / Appendix); at test time the body
-is frozen, so only the head is fine-tuned.
+At test time the body is frozen, so only the head is fine-tuned.
+
+Protocol, as in learn2learn's reference ``examples/vision/anil_fc100.py`` (the code the ANIL
+authors' results are usually reproduced with): the head adapts with SGD at ``fast_lr`` 0.1 for
+the same ``adapt_steps`` (5) in training, validation and test; training tasks have K queries per
+class (``k=2*shots`` split in halves), the MAML family's protocol (``MAML.training_queries``).
+MAML's own inner learning rate (0.4) and its 1 training / 3 test steps overshoot on body features
+(their norm is about 10 at initialisation), which is why ANIL does not inherit them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +24,13 @@ from torch.func import functional_call
 
 from metabench import MetabenchError
 from metabench.algorithms.maml import MAML, MAMLHyper, Params
+
+
+@dataclass
+class ANILHyper(MAMLHyper):
+    inner_lr: float = 0.1  # head SGD step size (learn2learn anil_fc100.py: fast_lr=0.1)
+    inner_steps: int = 5  # head steps in training (anil_fc100.py: adapt_steps=5)
+    test_inner_steps: int = 5  # the same steps at validation and test (anil_fc100.py)
 
 
 def adapt_head(weight, bias, features, labels, steps: int, lr: float, first_order: bool):
@@ -42,9 +57,9 @@ class ANIL(MAML):
     name = "anil"
     paper = "Raghu et al. 2020, Rapid Learning or Feature Reuse? Towards Understanding the Effectiveness of MAML"
     adapts = "only the linear head, by a few SGD steps on the support features"
-    Hyper = MAMLHyper
+    Hyper = ANILHyper
 
-    def __init__(self, hyper: MAMLHyper, task, device):
+    def __init__(self, hyper: ANILHyper, task, device):
         if hyper.compile:  # its inner loop runs on cached body features, not the compiled task loss
             raise MetabenchError("anil has no compiled path; remove compile: true from its hyper-parameters")
         super().__init__(hyper, task, device)

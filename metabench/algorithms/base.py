@@ -56,6 +56,13 @@ class Algorithm(abc.ABC):
         self.task = task
         self.device = device
 
+    @classmethod
+    def training_queries(cls, hyper: Any, shots: int, queries: int) -> int:
+        """Query images per class in training episodes when the run does not set
+        ``train_queries``: the algorithm family's protocol (one place per family). By default
+        the test episodes' ``queries``."""
+        return queries
+
     @property
     def episodes_per_step(self) -> int:
         """How many training episodes one ``meta_train_step`` consumes (the meta-batch)."""

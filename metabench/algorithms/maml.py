@@ -119,6 +119,13 @@ class MAML(Algorithm):
     fixed_ways = True
     Hyper = MAMLHyper
 
+    @classmethod
+    def training_queries(cls, hyper: MAMLHyper, shots: int, queries: int) -> int:
+        """K queries per class, as many as shots: cbfinn/maml ``main.py`` builds tasks with
+        ``DataGenerator(update_batch_size * 2, ...)`` and splits each class's 2K images into K
+        support and K query (Meta-SGD and ANIL, which inherit this, train the same way)."""
+        return shots
+
     def __init__(self, hyper: MAMLHyper, task, device):
         super().__init__(hyper, task, device)
         if task.train_ways != task.test_ways:

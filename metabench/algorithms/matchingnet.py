@@ -12,7 +12,7 @@ for ``fce_steps`` steps. Deviation, as in most reimplementations: the attention 
 state is ĥ + r (the sum) rather than the concatenation [ĥ, r]. With FCE a prediction depends on
 the whole support set's order and on nothing else; queries stay independent of each other.
 Defaults follow the paper's Omniglot setting (Conv-4, Adam 1e-3, FCE off: it did not help on
-Omniglot, Section 4.1.1).
+Omniglot, Section 4.1.1), with the attention scale of CloserLookFewShot (``attention_scale``).
 """
 
 from __future__ import annotations
@@ -34,16 +34,30 @@ class MatchingNetHyper(BackboneHyper):
     train_ways: int = 0  # ways of training episodes; 0: same as test
     fce: bool = False  # full-context embeddings (paper Appendix A.2)
     fce_steps: int = 5  # processing steps of the attention LSTM (only with fce)
+    # softmax temperature of the attention: scale · ReLU(cosine) (CloserLookFewShot
+    # methods/matchingnet.py: 100). Unscaled cosines lie in [0, 1] for post-ReLU features, so
+    # with 5 supports the softmax gives the right one at most e/(e+4) ≈ 40 %.
+    attention_scale: float = 100.0
 
     def validate(self) -> None:
-        if self.lr <= 0 or self.meta_batch < 1 or self.train_ways < 0 or self.fce_steps < 1:
-            raise MetabenchError("matchingnet needs lr > 0, meta_batch >= 1, train_ways >= 0 and fce_steps >= 1")
+        if (
+            self.lr <= 0
+            or self.meta_batch < 1
+            or self.train_ways < 0
+            or self.fce_steps < 1
+            or self.attention_scale <= 0
+        ):
+            raise MetabenchError(
+                "matchingnet needs lr > 0, meta_batch >= 1, train_ways >= 0, fce_steps >= 1 and attention_scale > 0"
+            )
 
 
-def attention_log_probs(support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int) -> torch.Tensor:
-    """log Σ_i softmax_i(cos(query, support_i)) · onehot(y_i): (n_query, ways)."""
+def attention_log_probs(
+    support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor, ways: int, scale: float = 1.0
+) -> torch.Tensor:
+    """log Σ_i softmax_i(scale · ReLU(cos(query, support_i))) · onehot(y_i): (n_query, ways)."""
     cosine = F.normalize(query, dim=1) @ F.normalize(support, dim=1).T
-    attention = cosine.softmax(dim=1)
+    attention = (scale * cosine.relu()).softmax(dim=1)
     probs = attention @ F.one_hot(support_y, ways).to(attention.dtype)
     return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
@@ -101,7 +115,7 @@ class MatchingNet(EmbeddingAlgorithm):
         if self.context is not None:
             support = self.context.embed_support(support)
             query = self.context.embed_query(query, support)
-        return attention_log_probs(support, support_y, query, ways)
+        return attention_log_probs(support, support_y, query, ways, self.hyper.attention_scale)
 
     def query_loss(self, scores, query_y):
         return F.nll_loss(scores, query_y)  # the scores are log-probabilities already

@@ -12,12 +12,14 @@ loss of each coordinate (log-magnitude and sign, Andrychowicz et al. 2016, p = 1
 θ_0 (the learner's initialisation), both LSTMs and the gates are meta-learned by Adam on the
 query loss after ``inner_steps`` updates on the support set, with the paper's simplification
 that gradients and losses fed to the meta-learner are constants (no second derivatives) and
-its gradient clipping (0.25). Gate biases start so that f ≈ 1 and i is small (b_F ~ U(4, 6),
-b_I ~ U(−5, −4), Section 3.4). The learner is Conv-4 with 32 filters (paper, Section 4) and
+its gradient clipping (0.25). Gate weights start at U(−0.01, 0.01) and gate biases so that
+f ≈ 1 and i is small (b_F ~ U(4, 6), b_I ~ U(−5, −4), Section 3.4; as the trusted
+reimplementation markdtw/meta-learning-lstm-pytorch ``metalearner.py`` initialises them). The learner is Conv-4 with 32 filters (paper, Section 4) and
 normalises with batch statistics, as in the paper.
 
-The paper uses 5 updates on the full 25-image support set for 5-shot and 12 updates for 1-shot
-(miniImageNet); ``inner_steps`` applies to both, 5 by default.
+Updates per episode follow the authors' code (twitter-research/meta-learning-lstm
+``config/lstm/train-imagenet-1shot.lua``: ``nEpochs[1]=12``, ``nEpochs[5]=5``, full-batch): 12
+on a 1-shot support set, 5 otherwise, unless ``inner_steps`` sets a number for both.
 """
 
 from __future__ import annotations
@@ -37,15 +39,18 @@ from metabench.algorithms.base import Algorithm, BackboneHyper, episodic_classif
 @dataclass
 class MetaLSTMHyper(BackboneHyper):
     meta_lr: float = 1e-3  # Adam on the meta-learner (paper: 1e-3)
-    inner_steps: int = 5  # learner updates per episode (paper: 5 for 5-shot, 12 for 1-shot)
+    inner_steps: int = 0  # learner updates per episode; 0: 12 for 1-shot, 5 otherwise (authors' config)
     meta_batch: int = 1
     lstm_hidden: int = 20  # units of the first LSTM (paper: 20)
     clip_grad_norm: float = 0.25  # paper: 0.25
     hidden: int = 32  # learner filters (paper: 32)
 
     def validate(self) -> None:
-        if self.inner_steps < 1 or self.meta_lr <= 0 or self.meta_batch < 1 or self.lstm_hidden < 1:
-            raise MetabenchError("metalstm needs inner_steps >= 1, meta_lr > 0, meta_batch >= 1, lstm_hidden >= 1")
+        if self.inner_steps < 0 or self.meta_lr <= 0 or self.meta_batch < 1 or self.lstm_hidden < 1:
+            raise MetabenchError("metalstm needs inner_steps >= 0, meta_lr > 0, meta_batch >= 1, lstm_hidden >= 1")
+
+    def steps_for(self, shots: int) -> int:
+        return self.inner_steps or (12 if shots == 1 else 5)
 
 
 def preprocess(values: torch.Tensor, p: float = 10.0) -> torch.Tensor:
@@ -64,6 +69,8 @@ class MetaLearner(nn.Module):
         self.lstm = nn.LSTMCell(4, lstm_hidden)
         self.forget = nn.Linear(lstm_hidden + 2, 1)
         self.input = nn.Linear(lstm_hidden + 2, 1)
+        nn.init.uniform_(self.forget.weight, -0.01, 0.01)
+        nn.init.uniform_(self.input.weight, -0.01, 0.01)
         nn.init.uniform_(self.forget.bias, 4.0, 6.0)
         nn.init.uniform_(self.input.bias, -5.0, -4.0)
 
@@ -128,7 +135,8 @@ class MetaLSTM(Algorithm):
         return torch.cat([p.reshape(-1) for p in self.model.parameters()])
 
     def query_logits(self, theta, support_x, support_y, query_x) -> torch.Tensor:
-        theta = learn(self.meta, self.model, theta, support_x, support_y, self.hyper.inner_steps)
+        steps = self.hyper.steps_for(len(support_x) // self.task.test_ways)
+        theta = learn(self.meta, self.model, theta, support_x, support_y, steps)
         return functional_call(self.model, unflatten(theta, dict(self.model.named_parameters())), (query_x,))
 
     def episode_loss(self, task):

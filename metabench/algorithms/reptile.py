@@ -2,7 +2,12 @@
 
 For each task of the meta-batch, start from the initial weights θ and take ``inner_steps`` plain
 SGD steps on the task's images (support and query together: Reptile has no support/query split
-in training), reaching φ_i. The outer update moves θ towards the adapted weights:
+in training), each step on a different mini-batch of ``inner_batch`` images, reaching φ_i.
+Training tasks hold ``train_shots`` images per class whatever the test shots (the authors'
+openai/supervised-reptile ``run_omniglot.py`` flags ``--train-shots 10 --inner-batch 10
+--inner-iters 5`` for 5-way Omniglot; mini-batches are drawn as its ``_mini_batches`` does,
+consecutive slices of reshuffled passes). Different mini-batches per step are what give Reptile
+its gradient-alignment term (paper, Section 5); full-batch steps on one tiny task remove it. The outer update moves θ towards the adapted weights:
 
 * batched (the paper's Algorithm 2): θ ← θ + ε (mean_i φ_i − θ);
 * serial (Algorithm 1, ``serial: true``): for each task in turn, θ ← θ + ε (φ_i − θ), the next
@@ -11,8 +16,8 @@ in training), reaching φ_i. The outer update moves θ towards the adapted weigh
 It is implemented as an SGD step of size ε on the pseudo-gradient θ − φ, with ε annealed
 linearly to ``outer_lr_final`` over ``anneal_iterations`` (paper, Table 3: ε from 1.0 to 0).
 No second derivatives are used. Test time: ``test_inner_steps`` SGD steps on the support set
-(paper: 50). Deviation: the paper's inner optimiser is Adam with β₁ = 0 (lr 1e-3, batches of 10);
-here the inner loop is full-batch SGD, so the update has the closed form the tests check.
+(paper: 50), on the whole support set. Deviation: the paper's inner optimiser is Adam with
+β₁ = 0 (lr 1e-3); here the inner loop is SGD, so the update has the closed form the tests check.
 Batch norm normalises with batch statistics, as in the paper's transductive setting.
 """
 
@@ -40,19 +45,35 @@ class ReptileHyper(BackboneHyper):
     anneal_iterations: int = 100_000  # meta-steps over which ε decays linearly (paper: 100,000)
     meta_batch: int = 5  # tasks per outer update (paper, Omniglot: 5)
     serial: bool = False  # Algorithm 1 (one outer step per task) instead of the batched Algorithm 2
+    train_shots: int = 10  # images per class of a training task (reference --train-shots 10)
+    inner_batch: int = 10  # images per inner step, a new mini-batch each step (reference: 10); 0: all
 
     def validate(self) -> None:
         if self.inner_steps < 1 or self.test_inner_steps < 1 or self.meta_batch < 1 or self.anneal_iterations < 1:
             raise MetabenchError("reptile needs inner_steps, test_inner_steps, meta_batch and anneal_iterations >= 1")
         if self.inner_lr <= 0 or self.outer_lr <= 0 or not 0 <= self.outer_lr_final <= self.outer_lr:
             raise MetabenchError("reptile needs inner_lr > 0 and 0 <= outer_lr_final <= outer_lr")
+        if self.train_shots < 2 or self.inner_batch < 0:
+            raise MetabenchError("reptile needs train_shots >= 2 and inner_batch >= 0")
 
 
-def inner_sgd(model, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> Params:
-    """Plain SGD from ``params`` (no graph kept): Reptile's φ."""
+def mini_batches(count: int, size: int, batches: int) -> list[torch.Tensor]:
+    """``batches`` index sets of ``size`` out of ``count``: consecutive slices of reshuffled
+    passes (a batch may span two passes), from torch's generator (saved with a run's state)."""
+    if size == 0 or size >= count:
+        return [torch.arange(count)] * batches
+    passes = -(-size * batches // count)
+    order = torch.cat([torch.randperm(count) for _ in range(passes)])
+    return list(order[: size * batches].split(size))
+
+
+def inner_sgd(model, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch: int = 0) -> Params:
+    """Plain SGD from ``params`` (no graph kept), one step per mini-batch: Reptile's φ."""
     with torch.enable_grad():
-        start = {name: p.detach().requires_grad_() for name, p in params.items()}
-        adapted = adapt(model, start, x, y, steps, lr, first_order=True)
+        adapted = {name: p.detach().requires_grad_() for name, p in params.items()}
+        for rows in mini_batches(len(x), batch, steps):
+            adapted = adapt(model, adapted, x[rows], y[rows], 1, lr, first_order=True)
+            adapted = {name: p.detach().requires_grad_() for name, p in adapted.items()}
     return {name: p.detach() for name, p in adapted.items()}
 
 
@@ -80,6 +101,10 @@ class Reptile(Algorithm):
     def optimizers(self):
         return {"optimizer": self.optimizer, "scheduler": self.scheduler}
 
+    @classmethod
+    def training_queries(cls, hyper: ReptileHyper, shots: int, queries: int) -> int:
+        return max(1, hyper.train_shots - shots)  # support + query = train_shots images per class
+
     def _outer_step(self, adapted: list[Params]) -> None:
         """SGD of size ε on θ − mean(φ): θ ← θ + ε (mean φ − θ)."""
         for name, p in self.model.named_parameters():
@@ -97,7 +122,13 @@ class Reptile(Algorithm):
                 losses.append(F.cross_entropy(self.model(x), y))
             adapted.append(
                 inner_sgd(
-                    self.model, dict(self.model.named_parameters()), x, y, self.hyper.inner_steps, self.hyper.inner_lr
+                    self.model,
+                    dict(self.model.named_parameters()),
+                    x,
+                    y,
+                    self.hyper.inner_steps,
+                    self.hyper.inner_lr,
+                    self.hyper.inner_batch,
                 )
             )
             if self.hyper.serial:
