@@ -32,6 +32,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes 0600 files; results keep the usual mode
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
             out.flush()
@@ -50,6 +51,12 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, value: Any) -> None:

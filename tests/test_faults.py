@@ -423,3 +423,11 @@ def test_a_trickling_server_hits_the_download_deadline(tmp_path, monkeypatch):
         server.shutdown()
         server.server_close()
     assert time.monotonic() - started < 10 and not (tmp_path / "f").exists()
+
+
+def test_result_files_keep_the_usual_permissions(work):
+    run_dir = work / "runs" / RUN
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("checkpoint.pt", "state.pt", "config.json", "metrics.json", "episodes.csv"):
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
