@@ -33,9 +33,11 @@ FORMULAS = """\
   n fixed test episodes (s: sample standard deviation).
 - **Per algorithm**: mean of the per-seed means ± t₀.₉₇₅,ₖ₋₁·s/√k over k seeds (s: standard
   deviation of the seed means). With few seeds this interval is wide by design.
-- **Pairwise**: for each pair on the same episodes, the per-episode accuracy averaged over
-  seeds; the mean difference ± t₀.₉₇₅,ₙ₋₁·s_d/√n and a paired t-test
-  (`scipy.stats.ttest_rel`); p-values adjusted across all pairs of a setting by
+- **Pairwise**: for each pair scored on the same episodes, with at least two seeds in common:
+  the per-seed mean accuracies paired by seed (the unit is a training run); with one seed: the
+  per-episode accuracies (the unit is an episode, so only these trained models are compared).
+  The mean difference ± t₀.₉₇₅,ₙ₋₁·s_d/√n and a paired t-test (`scipy.stats.ttest_rel`; the
+  `test` column names the unit); p-values adjusted across all pairs of a setting by
   Benjamini-Hochberg (`scipy.stats.false_discovery_control`).
 - **Episodes**: drawn once per (dataset checksum, split, ways, shots, queries, count, seed) and
   shared by every algorithm and seed; each episode draws distinct classes and distinct images,
@@ -142,34 +144,37 @@ def pairwise(runs: Runs) -> pd.DataFrame:
 
     Runs are paired only when they were scored on identical episodes (the same
     ``episodes_sha256`` in every seed of both algorithms); runs from before that hash was
-    recorded are never paired.
+    recorded are never paired. The unit of the test is the seed when both algorithms have at
+    least two seeds in common: a paired t-test on the per-seed mean accuracies (seed i of one
+    against seed i of the other), so training randomness counts, not only episode sampling.
+    With one seed it falls back to the per-episode paired t-test, which only says how sure we
+    are about these particular trained models; the ``test`` column says which was used.
     """
     rows = []
     metrics = runs.metrics
     if "episodes_sha256" not in metrics:
         return pd.DataFrame(rows)
     for (dataset, ways, shots), group in metrics.groupby(["dataset", "ways", "shots"]):
-        pooled, episodes_of = {}, {}
+        pooled, episodes_of, seed_means = {}, {}, {}
         for algorithm, runs_of in group.groupby("algorithm"):
             hashes = set(runs_of["episodes_sha256"].dropna())
             if len(hashes) != 1 or runs_of["episodes_sha256"].isna().any():
                 continue  # its seeds were scored on different episodes: nothing to pair them on
             pooled[algorithm] = np.mean([runs.episodes[r] for r in runs_of["run_id"]], axis=0)
             episodes_of[algorithm] = hashes.pop()
+            seed_means[algorithm] = dict(zip(runs_of["seed"], runs_of["accuracy"]))
         setting = []
         for a, b in itertools.combinations(sorted(pooled), 2):
             if episodes_of[a] != episodes_of[b]:
                 continue
-            setting.append(
-                {
-                    "dataset": dataset,
-                    "ways": ways,
-                    "shots": shots,
-                    "a": a,
-                    "b": b,
-                    **stats.paired_comparison(pooled[a], pooled[b]),
-                }
-            )
+            seeds = sorted(set(seed_means[a]) & set(seed_means[b]))
+            if len(seeds) >= 2:
+                per_seed = ([seed_means[a][s] for s in seeds], [seed_means[b][s] for s in seeds])
+                result, test = stats.paired_comparison(*per_seed), f"paired t over {len(seeds)} seeds"
+            else:
+                result = stats.paired_comparison(pooled[a], pooled[b])
+                test = f"paired t over {len(pooled[a])} episodes (one seed: training randomness not counted)"
+            setting.append({"dataset": dataset, "ways": ways, "shots": shots, "a": a, "b": b, **result, "test": test})
         if setting:
             adjusted = stats.adjust_p_values([r["p_value"] for r in setting])
             for row, p in zip(setting, adjusted):
@@ -428,7 +433,7 @@ def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, run_ids: list[str] 
         pairs.assign(
             setting=pairs["ways"].astype(str) + "w" + pairs["shots"].astype(str) + "s",
             **{"difference % (a − b)": [_pct(d, c) for d, c in zip(pairs["difference"], pairs["ci95"])]},
-        )[["setting", "a", "b", "difference % (a − b)", "p_value", "p_adjusted"]]
+        )[["setting", "a", "b", "difference % (a − b)", "p_value", "p_adjusted", "test"]]
         if not pairs.empty
         else pd.DataFrame()
     )

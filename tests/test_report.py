@@ -106,21 +106,38 @@ def test_report_has_pairwise_tests_formulas_and_figures(tmp_path):
     assert "Cost (profile stage)" in page
 
 
-def test_paired_difference_in_report_matches_direct_computation(tmp_path):
+def test_with_seeds_the_pairwise_test_is_over_per_seed_means(tmp_path):
+    """Three seeds each: the unit is a training run (per-seed means paired by seed)."""
+    from scipy import stats as scipy_stats
+
     from metabench.report import load_runs, pairwise
 
     runs_dir = make_runs(tmp_path)
     pairs = pairwise(load_runs(runs_dir, tmp_path / "profiles"))
     row = pairs[(pairs["shots"] == 1)].iloc[0]
-    pooled = {
-        a: np.mean(
-            [pd.read_csv(runs_dir / f"glyphs-{a}-5w1s-seed{s}" / "episodes.csv")["accuracy"] for s in range(3)], axis=0
-        )
+    per_seed = {
+        a: [pd.read_csv(runs_dir / f"glyphs-{a}-5w1s-seed{s}" / "episodes.csv")["accuracy"].mean() for s in range(3)]
         for a in ("maml", "protonet")
     }
-    expected = stats.paired_comparison(pooled[row["a"]], pooled[row["b"]])
+    difference = np.subtract(per_seed[row["a"]], per_seed[row["b"]])
+    assert row["difference"] == pytest.approx(difference.mean())
+    assert row["p_value"] == pytest.approx(scipy_stats.ttest_rel(per_seed[row["a"]], per_seed[row["b"]]).pvalue)
+    assert row["test"] == "paired t over 3 seeds"
+
+
+def test_with_one_seed_the_pairwise_test_is_over_episodes_and_says_so(tmp_path):
+    from metabench.report import load_runs, pairwise
+
+    runs_dir = make_runs(tmp_path, seeds=(0,))
+    row = pairwise(load_runs(runs_dir, tmp_path / "profiles")).iloc[0]
+    episodes = {
+        a: pd.read_csv(runs_dir / f"glyphs-{a}-5w{row['shots']}s-seed0" / "episodes.csv")["accuracy"]
+        for a in ("maml", "protonet")
+    }
+    expected = stats.paired_comparison(episodes[row["a"]], episodes[row["b"]])
     assert row["difference"] == pytest.approx(expected["difference"])
     assert row["p_value"] == pytest.approx(expected["p_value"])
+    assert row["test"].startswith("paired t over 600 episodes")
 
 
 def test_missing_run_is_a_clear_error(tmp_path):
