@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from metabench import MetabenchError, files, published, stats
+from metabench import MetabenchError, files, leaderboard, published, stats
 from metabench.algorithms import REGISTRY
 from metabench.evaluation import read_results
 
@@ -429,14 +429,9 @@ def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, run_ids: list[str] 
 
     baselines = reference_table(references)
     board = leaderboard_table(table)
-    pair_table = (
-        pairs.assign(
-            setting=pairs["ways"].astype(str) + "w" + pairs["shots"].astype(str) + "s",
-            **{"difference % (a − b)": [_pct(d, c) for d, c in zip(pairs["difference"], pairs["ci95"])]},
-        )[["setting", "a", "b", "difference % (a − b)", "p_value", "p_adjusted", "test"]]
-        if not pairs.empty
-        else pd.DataFrame()
-    )
+    ranking = leaderboard.entries(table, pairs)
+    leaderboard.write_exports(ranking, pairs, out_dir)
+    pair_table = leaderboard.significance_counts(pairs)
     hyper = {}
     for run_id in sorted(runs.metrics["run_id"]):  # the reported runs only, never a stray folder's
         config_path = Path(runs_dir) / run_id / "config.json"
@@ -445,10 +440,10 @@ def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, run_ids: list[str] 
             hyper.setdefault(config["algorithm"], config["hyper"])
 
     summary = {f"{r.algorithm}_{r.ways}w{r.shots}s": round(float(r.accuracy), 6) for r in table.itertuples()}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    files.write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     costs = cost_table(table)
-    _write_markdown(out_dir / "leaderboard.md", board, pair_table, baselines, table, hyper, runs, costs)
-    _write_html(out_dir / "leaderboard.html", board, pair_table, baselines, hyper, paths, runs, costs)
+    _write_markdown(out_dir / "leaderboard.md", ranking, board, pair_table, baselines, table, hyper, runs, costs)
+    _write_html(out_dir / "leaderboard.html", ranking, board, pair_table, baselines, hyper, paths, runs, costs)
     return summary
 
 
@@ -468,19 +463,23 @@ def _episode_counts(runs: Runs) -> str:
     return f"fixed test episodes per run: {', '.join(map(str, counts))} (column *test episodes*); only runs on identical episodes are compared."
 
 
-def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs, costs: pd.DataFrame) -> None:
+def _write_markdown(path, ranking, board, pairs, baselines, table, hyper, runs: Runs, costs: pd.DataFrame) -> None:
     lines = [
         "# metabench leaderboard",
         "",
-        f"Generated from {len(runs.metrics)} runs (`runs/*/metrics.json`, `episodes.csv`); {_episode_counts(runs)}",
-        "",
-        board.to_markdown(index=False, disable_numparse=True),
-        "",
-        "*acc*: mean over seeds ± 95% t-interval over seeds; *episode CI*: mean per-run ± 1.96·s/√n over "
-        "episodes; *train s*: meta-training seconds per run on the machine that made the report; "
-        "*adapt tasks/s*: test-time episodes per second (profile stage).",
+        f"Generated from {len(runs.metrics)} runs (`runs/*/metrics.json`, `episodes.csv`); "
+        f"{_episode_counts(runs)} Every number and interval: `leaderboard.csv`; LaTeX: `leaderboard.tex`.",
         "",
     ]
+    for dataset in sorted(ranking["dataset"].unique()):
+        lines += [
+            f"## {dataset}",
+            "",
+            leaderboard.ranked(ranking, dataset).to_markdown(index=False, disable_numparse=True),
+            "",
+            leaderboard.legend(ranking, dataset),
+            "",
+        ]
     if not baselines.empty:
         lines += [
             "## Reference methods on the same episodes",
@@ -499,7 +498,24 @@ def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs, cos
             "",
         ]
     if not pairs.empty:
-        lines += ["## Pairwise comparisons (same episodes)", "", pairs.to_markdown(index=False, floatfmt=".3g"), ""]
+        lines += [
+            "## Significance (paired tests on shared episodes, Benjamini-Hochberg adjusted)",
+            "",
+            pairs.to_markdown(index=False),
+            "",
+            "Every pair's difference, interval and p-values: `pairwise.csv`.",
+            "",
+        ]
+    lines += [
+        "## Per-run details",
+        "",
+        board.to_markdown(index=False, disable_numparse=True),
+        "",
+        "*acc*: mean over seeds ± 95% t-interval over seeds; *episode CI*: mean per-run ± 1.96·s/√n over "
+        "episodes; *train s*: meta-training seconds per run on the machine that made the report; "
+        "*adapt tasks/s*: test-time episodes per second (profile stage).",
+        "",
+    ]
     lines += ["## How the numbers are computed", "", FORMULAS]
     for note in _notes(table):
         lines += [f"- {note}"]
@@ -516,14 +532,14 @@ def _write_markdown(path, board, pairs, baselines, table, hyper, runs: Runs, cos
         + " (all embedded in `leaderboard.html`).",
         "",
     ]
-    Path(path).write_text("\n".join(lines))
+    files.write_atomic(path, "\n".join(lines))
 
 
 def _embed(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def _write_html(path, board, pairs, baselines, hyper, figures: dict, runs: Runs, costs: pd.DataFrame) -> None:
+def _write_html(path, ranking, board, pairs, baselines, hyper, figures: dict, runs: Runs, costs: pd.DataFrame) -> None:
     style = (
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
@@ -533,9 +549,16 @@ def _write_html(path, board, pairs, baselines, hyper, figures: dict, runs: Runs,
         f"<!doctype html><html><head><meta charset='utf-8'><title>metabench leaderboard</title>"
         f"<style>{style}</style></head><body>",
         "<h1>metabench leaderboard</h1>",
-        f"<p>{len(runs.metrics)} runs; {html.escape(_episode_counts(runs))}</p>",
-        board.to_html(index=False, escape=True, border=0),
+        f"<p>{len(runs.metrics)} runs; {html.escape(_episode_counts(runs))} Every number: "
+        "<code>leaderboard.csv</code>; LaTeX: <code>leaderboard.tex</code>.</p>",
     ]
+    for dataset in sorted(ranking["dataset"].unique()):
+        main = leaderboard.ranked(ranking, dataset, bold="<b>{}</b>")
+        parts += [
+            f"<h2>{html.escape(dataset)}</h2>",
+            main.to_html(index=False, escape=False, border=0),
+            f"<p><small>{html.escape(leaderboard.legend(ranking, dataset).replace('**', ''))}</small></p>",
+        ]
     for key, figure in figures.items():
         parts.append(
             f"<figure><img alt='{key}' src='{_embed(figure)}'><figcaption>{html.escape(FIGURES[key].caption)}</figcaption></figure>"
@@ -546,9 +569,11 @@ def _write_html(path, board, pairs, baselines, hyper, figures: dict, runs: Runs,
         parts += ["<h2>Cost (profile stage)</h2>", costs.to_html(index=False, border=0)]
     if not pairs.empty:
         parts += [
-            "<h2>Pairwise comparisons</h2>",
-            pairs.to_html(index=False, border=0, float_format=lambda v: f"{v:.3g}"),
+            "<h2>Significance</h2>",
+            pairs.to_html(index=False, border=0),
+            "<p>Every pair's difference, interval and p-values: <code>pairwise.csv</code>.</p>",
         ]
+    parts += ["<h2>Per-run details</h2>", board.to_html(index=False, escape=True, border=0)]
     formulas = "".join(
         f"<li>{html.escape(line[2:])}</li>"
         for line in FORMULAS.replace("\n  ", " ").splitlines()
@@ -560,4 +585,4 @@ def _write_html(path, board, pairs, baselines, hyper, figures: dict, runs: Runs,
             f"<li><b>{html.escape(algorithm)}</b>: <code>{html.escape(json.dumps(values, sort_keys=True))}</code></li>"
         )
     parts.append("</ul></body></html>")
-    Path(path).write_text("\n".join(parts))
+    files.write_atomic(path, "\n".join(parts))

@@ -94,7 +94,9 @@ def test_report_has_pairwise_tests_formulas_and_figures(tmp_path):
     runs_dir = make_runs(tmp_path)
     build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
     markdown = (tmp_path / "reports" / "leaderboard.md").read_text()
-    assert "Pairwise comparisons" in markdown and "Benjamini-Hochberg" in markdown
+    assert "## Significance" in markdown and "Benjamini-Hochberg" in markdown and "pairwise.csv" in markdown
+    pairs = pd.read_csv(tmp_path / "reports" / "pairwise.csv")
+    assert len(pairs) == 2 and {"difference", "ci95", "p_value", "p_adjusted", "test"} <= set(pairs.columns)
     assert "transductive" in markdown
     for name in ("accuracy", "accuracy_vs_cost", "learning_curves", "pairwise"):
         assert (tmp_path / "reports" / "figures" / f"{name}.png").stat().st_size > 5000
@@ -185,3 +187,37 @@ def test_reference_runs_are_reported_beside_the_ranking_with_their_episode_count
     ranking = markdown.split("## Reference methods")[0]
     assert "pixelnn" not in ranking
     assert "200 fixed test episodes per run" in ranking and "test episodes" in ranking  # the count of every run
+
+
+def test_main_table_is_ranked_bolds_the_indistinguishable_and_exports_csv_and_latex(tmp_path):
+    runs_dir = make_runs(tmp_path, algorithms=("protonet", "maml", "anil"), seeds=(0, 1, 2))
+    build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
+    table = pd.read_csv(tmp_path / "reports" / "leaderboard.csv")
+    one_shot = table[table["shots"] == 1].sort_values("rank")
+    # make_runs gives anil (a_index 2) the highest accuracy, then maml, then protonet
+    assert list(one_shot["algorithm"]) == ["anil", "maml", "protonet"] and list(one_shot["rank"]) == [1, 2, 3]
+    assert (one_shot["ci95_over"] == "seeds").all() and (one_shot["ci95_low"] < one_shot["accuracy"]).all()
+    best = one_shot.iloc[0]
+    assert best["bold"] and pd.isna(best["p_adjusted_vs_best"])
+    for _, row in one_shot.iloc[1:].iterrows():  # bold exactly when the adjusted test does not separate it
+        assert row["bold"] == (row["p_adjusted_vs_best"] >= 0.05)
+    markdown = (tmp_path / "reports" / "leaderboard.md").read_text()
+    main = markdown.split("## glyphs")[1].split("##")[0]
+    lines = [line for line in main.splitlines() if line.startswith("| ")]
+    assert lines[0].split("|")[1].strip() == "method" and "anil" in lines[1]  # ranked, best first
+    assert f"**{100 * best['accuracy']:.2f} ± {100 * best['ci95']:.2f}**" in main
+    assert "published" not in lines[0]  # no published figure for glyphs: the column is dropped
+    tex = (tmp_path / "reports" / "leaderboard.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "$\\pm$" in tex and "\\textbf{" in tex
+
+
+def test_p_values_print_as_a_paper_prints_them():
+    from metabench.leaderboard import format_p
+
+    assert [format_p(p) for p in (7.31e-141, 0.0004, 0.0312, 0.2, float("nan"))] == [
+        "< 0.001",
+        "< 0.001",
+        "0.031",
+        "0.20",
+        "–",
+    ]
