@@ -598,6 +598,11 @@ def _write_markdown(path, ranking, board, pairs, baselines, table, hyper, runs: 
     files.write_atomic(path, "\n".join(lines))
 
 
+def _scroll(table_html: str) -> str:
+    """A table that scrolls sideways inside the page when it is wider than the page."""
+    return f"<div class='scroll'>{table_html}</div>"
+
+
 def _embed(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
@@ -607,6 +612,7 @@ def _write_html(path, ranking, board, pairs, baselines, hyper, figures: dict, ru
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
         "th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}code{font-size:12px}"
+        ".scroll{overflow-x:auto;max-width:100%}td{white-space:nowrap}"
     )
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>metabench leaderboard</title>"
@@ -619,7 +625,7 @@ def _write_html(path, ranking, board, pairs, baselines, hyper, figures: dict, ru
         main = leaderboard.ranked(ranking, dataset, bold="<b>{}</b>")
         parts += [
             f"<h2>{html.escape(dataset)}</h2>",
-            main.to_html(index=False, escape=False, border=0),
+            _scroll(main.to_html(index=False, escape=False, border=0)),
             f"<p><small>{html.escape(leaderboard.legend(ranking, dataset).replace('**', ''))}</small></p>",
         ]
     for key, figure in figures.items():
@@ -627,16 +633,16 @@ def _write_html(path, ranking, board, pairs, baselines, hyper, figures: dict, ru
             f"<figure><img alt='{key}' src='{_embed(figure)}'><figcaption>{html.escape(FIGURES[key].caption)}</figcaption></figure>"
         )
     if not baselines.empty:
-        parts += ["<h2>Reference methods on the same episodes</h2>", baselines.to_html(index=False, border=0)]
+        parts += ["<h2>Reference methods on the same episodes</h2>", _scroll(baselines.to_html(index=False, border=0))]
     if not costs.empty:
-        parts += ["<h2>Cost (profile stage)</h2>", costs.to_html(index=False, border=0)]
+        parts += ["<h2>Cost (profile stage)</h2>", _scroll(costs.to_html(index=False, border=0))]
     if not pairs.empty:
         parts += [
             "<h2>Significance</h2>",
-            pairs.to_html(index=False, border=0),
+            _scroll(pairs.to_html(index=False, border=0)),
             "<p>Every pair's difference, interval and p-values: <code>pairwise.csv</code>.</p>",
         ]
-    parts += ["<h2>Per-run details</h2>", board.to_html(index=False, escape=True, border=0)]
+    parts += ["<h2>Per-run details</h2>", _scroll(board.to_html(index=False, escape=True, border=0))]
     formulas = "".join(
         f"<li>{html.escape(line[2:])}</li>"
         for line in FORMULAS.replace("\n  ", " ").splitlines()

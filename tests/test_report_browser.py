@@ -1,4 +1,6 @@
-"""leaderboard.html in headless Chromium: every figure renders, nothing is fetched from outside."""
+"""leaderboard.html in headless Chromium at 1280 px with all 13 trained algorithms: every figure
+renders within the page, no table cell's text overflows, the page never scrolls sideways,
+nothing is fetched from outside."""
 
 import shutil
 
@@ -21,9 +23,11 @@ def test_every_figure_renders_and_no_request_fails(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    from metabench.algorithms import REGISTRY
     from metabench.report import build
 
-    runs_dir = make_runs(tmp_path)
+    every = tuple(sorted(name for name, cls in REGISTRY.items() if cls.trained))  # the real leaderboard's width
+    runs_dir = make_runs(tmp_path, algorithms=every)
     build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
     page = (tmp_path / "reports" / "leaderboard.html").resolve()
     assert "http://" not in page.read_text() and "https://" not in page.read_text()
@@ -40,7 +44,7 @@ def test_every_figure_renders_and_no_request_fails(tmp_path):
         "--disable-component-update",
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'chrome-profile'}",
-        "--window-size=1300,1000",
+        "--window-size=1280,1000",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -53,6 +57,21 @@ def test_every_figure_renders_and_no_request_fails(tmp_path):
         assert len(images) == 4
         for alt, complete, width, height in images:
             assert complete and width > 100 and height > 100, alt
+        layout = driver.execute_script(
+            """
+            const page = document.documentElement.clientWidth;
+            return {
+              page: page,
+              scroll: document.documentElement.scrollWidth,
+              wideImages: Array.from(document.images).filter(i => i.getBoundingClientRect().right > page + 1).map(i => i.alt),
+              overflowing: Array.from(document.querySelectorAll('td, th'))
+                .filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.textContent.slice(0, 40)),
+            };
+            """
+        )
+        assert layout["scroll"] <= layout["page"], "the page scrolls sideways at 1280 px"
+        assert layout["wideImages"] == [], "a figure is wider than the page"
+        assert layout["overflowing"] == [], "text overflows its table cell"
         failed = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert failed == []
         resources = driver.execute_script(
