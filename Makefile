@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test check lint pipelines benchmarks benchmark-baseline leaderboard mlflow-ui clean
+.PHONY: help setup test check lint pipelines benchmarks benchmark-baseline leaderboard mlflow-ui gpu-check clean
 
 help:
 	@echo "make test         install into .venv (if needed) and run the fast tests (a few minutes)"
@@ -13,6 +13,7 @@ help:
 	@echo "make leaderboard  install into .venv (if needed) and run the default pipeline (dvc repro)"
 	@echo "make mlflow-ui    browse tracked runs at http://127.0.0.1:5000"
 	@echo "make benchmarks   the benchmark gate, then the ungated benchmarks (compare with benchmarks/baseline)"
+	@echo "make gpu-check    on a CUDA machine: the GPU tests, then short MAML/ProtoNet runs on CPU and GPU compared"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +71,12 @@ RUN := PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_DISABLE_TELEMETRY=true
 leaderboard: $(STAMP)
 	$(RUN) dvc repro
 	@sed -n '1,/^\*acc\*/p' reports/leaderboard.md
+
+# The first GPU that is available validates the CUDA path in minutes: tests/test_gpu.py (skipped
+# without CUDA), then the same short MAML and ProtoNet runs on both devices, compared.
+gpu-check: $(STAMP)
+	$(RUN) $(BIN)/python -m pytest tests/test_gpu.py -v -p no:cacheprovider
+	$(RUN) $(BIN)/python -m benchmarks.gpu_check
 
 # Browse every tracked run in the real MLflow UI at http://127.0.0.1:5000
 mlflow-ui: $(STAMP)
