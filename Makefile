@@ -70,7 +70,7 @@ RUN := PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_DISABLE_TELEMETRY=true
 # 5-way 1- and 5-shot, seed 0); writes reports/leaderboard.{md,html}. Re-running skips what is cached.
 leaderboard: $(STAMP)
 	$(RUN) dvc repro
-	@sed -n '1,/^\*acc\*/p' reports/leaderboard.md
+	@sed -n '1,/^mean ± 95% interval/p' reports/leaderboard.md
 
 # The first GPU that is available validates the CUDA path in minutes: tests/test_gpu.py (skipped
 # without CUDA), then the same short MAML and ProtoNet runs on both devices, compared.

@@ -143,7 +143,17 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
         "cmd": f"metabench report{report_options if layout.profile else ''}",
         "deps": ["runs", "profiles", *layout.code(sources.import_closure("metabench.report") + [cli])],
         "params": ["leaderboard", *_keys(run, "run", lambda key: key in ("dataset", "ways"))],
-        "outs": [{f"reports/{name}": {"cache": False}} for name in ("leaderboard.md", "leaderboard.html", "figures")],
+        "outs": [
+            {f"reports/{name}": {"cache": False}}
+            for name in (
+                "leaderboard.md",
+                "leaderboard.html",
+                "leaderboard.csv",
+                "leaderboard.tex",
+                "pairwise.csv",
+                "figures",
+            )
+        ],
         "metrics": [{"reports/summary.json": {"cache": False}}],
     }
     return out
