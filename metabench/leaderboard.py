@@ -92,16 +92,12 @@ def ranked(table: pd.DataFrame, dataset: str, bold: str = "**{}**") -> pd.DataFr
             row[_setting(ways, shots)] = _cell(r, bold) if r is not None else "–"
         row["avg. rank"] = f"{group['rank'].mean():.1f}"
         row["seeds"] = str(int(group["seeds"].max()))
-        published_cells = []
-        for ways, shots in settings:
-            r = by_setting.get((ways, shots))
-            value = r["published"] if r is not None else float("nan")
-            published_cells.append("–" if value != value else f"{value:g}")
-        row["published"] = " / ".join(published_cells)
+        published_values = [by_setting[s]["published"] if s in by_setting else float("nan") for s in settings]
+        row["published"] = " / ".join("–" if v != v else f"{v:g}" for v in published_values)
         row["_order"] = (group["rank"].mean(), -group["accuracy"].mean())
         rows.append(row)
     frame = pd.DataFrame(rows).sort_values("_order").drop(columns="_order")
-    if (frame["published"].str.replace("–", "").str.replace("/", "").str.strip() == "").all():
+    if not part["published"].notna().any():
         frame = frame.drop(columns="published")  # no published figure for any method here
     elif len(settings) > 1:
         frame = frame.rename(columns={"published": "published (" + " / ".join(_setting(*s) for s in settings) + ")"})
@@ -153,15 +149,6 @@ def write_exports(table: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path) -> li
     files.write_atomic(paths[1], "\n".join(tex))
     files.write_atomic(paths[2], pairs.to_csv(index=False) if not pairs.empty else "")
     return paths
-
-
-def format_p(value: float) -> str:
-    """p-values as a paper prints them: 0.03, 0.001, < 0.001 (never 7.31e-141)."""
-    if value != value:
-        return "–"
-    if value < 0.001:
-        return "< 0.001"
-    return f"{value:.3f}" if value < 0.1 else f"{value:.2f}"
 
 
 def significance_counts(pairs: pd.DataFrame) -> pd.DataFrame:

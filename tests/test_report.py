@@ -209,15 +209,3 @@ def test_main_table_is_ranked_bolds_the_indistinguishable_and_exports_csv_and_la
     assert "published" not in lines[0]  # no published figure for glyphs: the column is dropped
     tex = (tmp_path / "reports" / "leaderboard.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "$\\pm$" in tex and "\\textbf{" in tex
-
-
-def test_p_values_print_as_a_paper_prints_them():
-    from metabench.leaderboard import format_p
-
-    assert [format_p(p) for p in (7.31e-141, 0.0004, 0.0312, 0.2, float("nan"))] == [
-        "< 0.001",
-        "< 0.001",
-        "0.031",
-        "0.20",
-        "–",
-    ]
