@@ -124,10 +124,13 @@ def train(
     force: bool = typer.Option(
         False, "--force", help="Retrain over a finished run that was trained with other settings or code."
     ),
+    then_evaluate: bool = typer.Option(
+        False, "--evaluate", help="Then score it on the test episodes in the same process (one grid unit)."
+    ),
     params: Path | None = PARAMS,
 ) -> None:
     """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy."""
-    from metabench.runner import train_run
+    from metabench.runner import evaluate_run, train_run
 
     overrides = {"iterations": iterations, "train_queries": train_queries}
     config = _resolve(
@@ -154,6 +157,8 @@ def train(
 
         summary = train_run(config, show, force=force)
     console.print_json(json.dumps(summary))
+    if then_evaluate:
+        _evaluate_and_show(config, evaluate_run)
 
 
 @app.command()
@@ -212,6 +217,10 @@ def evaluate(
         data_dir=data_dir,
         episodes_dir=episodes_dir,
     )
+    _evaluate_and_show(config, evaluate_run)
+
+
+def _evaluate_and_show(config, evaluate_run) -> None:
     with _progress() as progress:
         task = progress.add_task(f"evaluate {config.run_id}", total=config.test_episodes)
         metrics = evaluate_run(config, lambda phase, done, total: progress.update(task, completed=done))
@@ -219,6 +228,75 @@ def evaluate(
         f"{config.run_id}: {100 * metrics['accuracy']:.2f} ± {100 * metrics['ci95']:.2f} % "
         f"(95% interval, {metrics['episodes']} episodes)"
     )
+
+
+@app.command()
+def grid(
+    params: Path | None = PARAMS,
+    workers: int | None = typer.Option(
+        None, help="Runs at once (default: one per usable core on a CPU, one with a GPU)."
+    ),
+    threads: int | None = typer.Option(
+        None,
+        help="Torch threads per run (default: the cores divided between the workers); part of each run's identity.",
+    ),
+    data_dir: str | None = typer.Option(None, help="Dataset store directory."),
+    runs_dir: str | None = typer.Option(None, help="Where run outputs go."),
+    episodes_dir: str | None = EPISODES_DIR,
+    profiles_dir: Path = typer.Option(Path("profiles"), help="Earlier cost profiles, to start the longest runs first."),
+    record: Path = typer.Option(Path("grid.json"), help="Where to write every run's result, output hash and cost."),
+) -> None:
+    """Train and evaluate every run of params.yaml's leaderboard, several at once; runs whose
+    results match their current settings, data and code are kept, interrupted ones resume."""
+    import time
+
+    from metabench import grid as grid_runs
+    from metabench.config import leaderboard_runs, load_params
+
+    where = str(params or "params.yaml")
+    configs = leaderboard_runs(
+        load_params(params), where, data_dir=data_dir, runs_dir=runs_dir, episodes_dir=episodes_dir
+    )
+    cores = grid_runs.usable_cores()
+    gpu = any(config.device != "cpu" for config in configs) and _cuda_available()
+    workers = workers or (1 if gpu else min(cores, len(configs)))
+    executor = grid_runs.LocalExecutor(workers, threads or max(1, cores // workers))
+    console.print(f"{len(configs)} runs, {executor.workers} at a time, {executor.threads} thread(s) each")
+    start = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("grid", total=len(configs))
+
+        def show(outcome) -> None:
+            progress.advance(task)
+            if outcome.status == "failed":
+                progress.console.print(f"[red]failed[/red] {outcome.run_id}: {outcome.error}")
+            else:
+                metrics, cost = outcome.metrics, ", ".join(f"{k} {v:.0f} s" for k, v in outcome.seconds.items())
+                progress.console.print(
+                    f"{outcome.status} {outcome.run_id}: {100 * metrics['accuracy']:.2f} ± "
+                    f"{100 * metrics['ci95']:.2f} %" + (f" ({cost})" if cost else "")
+                )
+
+        outcomes = grid_runs.run_grid(configs, executor, show, profiles_dir)
+    failed = [outcome for outcome in outcomes if outcome.status == "failed"]
+    if failed:
+        raise MetabenchError(
+            f"{len(failed)} of {len(outcomes)} runs failed ({', '.join(o.run_id for o in failed)}); "
+            f"fix the cause and run the grid again: finished runs are kept"
+        )
+    grid_runs.write_record(record, outcomes, executor, time.perf_counter() - start)
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["run_id", "accuracy", "ci95", "status"])
+    for outcome in outcomes:
+        writer.writerow(
+            [outcome.run_id, f"{outcome.metrics['accuracy']:.6f}", f"{outcome.metrics['ci95']:.6f}", outcome.status]
+        )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @app.command()

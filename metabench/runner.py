@@ -86,7 +86,7 @@ def task_shape(config: RunConfig, dataset: store.Dataset, hyper) -> TaskShape:
     )
 
 
-def fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
+def fingerprint(config: RunConfig, dataset: store.Dataset, threads: int | None = None) -> dict:
     """What must match for a saved state to be resumed, or a finished run to be kept.
 
     The run's training settings (a larger ``iterations`` extends a run), its data, and the code
@@ -94,7 +94,7 @@ def fingerprint(config: RunConfig, dataset: store.Dataset) -> dict:
     """
     code = sources.digest(sources.training_sources(config.algorithm))
     # float results on CPU are bit-identical only for the same number of threads
-    threads = torch.get_num_threads()
+    threads = threads or torch.get_num_threads()
     return {"config": config.training_settings(), "dataset": dataset.checksum, "code": code, "threads": threads}
 
 
@@ -335,7 +335,11 @@ def _algorithm_to_evaluate(config: RunConfig, dataset: store.Dataset, device: to
             "config": config.to_dict(),
         }
         files.write_json(config.run_dir / "config.json", meta)
-        return cls(hyper, task_shape(config, dataset, hyper), device), {"best_iteration": None, "val_accuracy": None}
+        record = {"best_iteration": None, "val_accuracy": None, "iterations": None}
+        return cls(hyper, task_shape(config, dataset, hyper), device), {
+            **record,
+            "fingerprint": fingerprint(config, dataset),
+        }
     algorithm, saved = load_trained(config.run_dir / "checkpoint.pt", device)
     settings = config.training_settings()
     changed = _changed({k: v for k, v in saved["config"].items() if k in settings}, settings)
@@ -348,7 +352,14 @@ def _algorithm_to_evaluate(config: RunConfig, dataset: store.Dataset, device: to
         raise MetabenchError(
             f"{config.run_dir} was trained on different {dataset.name!r} data; retrain it (metabench train)"
         )
-    return algorithm, {"best_iteration": saved["iteration"], "val_accuracy": saved["val_accuracy"]}
+    # what a grid compares to decide whether this evaluation still describes the run it asks for
+    trained = _finished_fingerprint(config.run_dir)
+    return algorithm, {
+        "best_iteration": saved["iteration"],
+        "val_accuracy": saved["val_accuracy"],
+        "iterations": saved["config"]["iterations"],
+        "fingerprint": trained,
+    }
 
 
 def evaluate_run(config: RunConfig, progress: Progress | None = None) -> dict:

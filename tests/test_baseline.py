@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from metabench.algorithms import TaskShape, build_algorithm
-from metabench.algorithms.baseline import BaselineHyper, CosineHead, fine_tune_head
+from metabench.algorithms.baseline import BaselineHyper, CosineHead, cosine_logits, fine_tune_heads, linear_logits
 from metabench.episodes import Episode
 
 
@@ -25,7 +25,10 @@ def test_linear_fine_tuning_equals_numpy_gradient_descent_on_softmax_regression(
         finetune_batch=6,
         finetune_epochs=5,
     )
-    fine_tune_head(head, torch.from_numpy(x), torch.from_numpy(y), hyper, torch.Generator().manual_seed(0))
+    features = torch.from_numpy(x)[None]
+    weight, bias = fine_tune_heads(
+        head, linear_logits, features, torch.from_numpy(y), hyper, torch.Generator().manual_seed(0)
+    )
 
     one_hot = np.eye(3)[y]
     for _ in range(5):  # full batch: the shuffle does not matter
@@ -35,8 +38,46 @@ def test_linear_fine_tuning_equals_numpy_gradient_descent_on_softmax_regression(
         grad_w = (p - one_hot).T @ x / len(x) + 0.01 * w
         grad_b = (p - one_hot).mean(0) + 0.01 * b
         w, b = w - 0.5 * grad_w, b - 0.5 * grad_b
-    np.testing.assert_allclose(head.weight.detach().numpy(), w, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(head.bias.detach().numpy(), b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(weight[0].numpy(), w, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bias[0].numpy(), b, rtol=1e-10, atol=1e-12)
+
+
+def _alone(head, features, labels, hyper, generator):
+    """The paper code's loop: one head, its own optimiser, mini-batches of the support set."""
+    optimizer = torch.optim.SGD(
+        head.parameters(),
+        lr=hyper.finetune_lr,
+        momentum=hyper.finetune_momentum,
+        dampening=hyper.finetune_dampening,
+        weight_decay=hyper.finetune_weight_decay,
+    )
+    for _ in range(hyper.finetune_epochs):
+        order = torch.randperm(len(features), generator=generator)
+        for start in range(0, len(features), hyper.finetune_batch):
+            batch = order[start : start + hyper.finetune_batch]
+            optimizer.zero_grad()
+            F.cross_entropy(head(features[batch]), labels[batch]).backward()
+            optimizer.step()
+    return [p.detach() for p in head.parameters()]
+
+
+def test_heads_fitted_together_equal_each_head_fitted_alone():
+    # CloserLookFewShot methods/baselinefinetune.py: SGD(lr 0.01, momentum 0.9, dampening 0.9,
+    # weight_decay 1e-3), batches of 4, 100 epochs, one head per episode
+    hyper = BaselineHyper(finetune_epochs=7)
+    features = torch.randn(3, 10, 6, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3, 4] * 2)
+    for make, forward in (
+        (lambda: torch.nn.Linear(6, 5).double(), linear_logits),
+        (lambda: CosineHead(6, 5).double(), lambda x, w: cosine_logits(x, w, 2.0)),
+    ):
+        torch.manual_seed(1)
+        together = fine_tune_heads(make(), forward, features, labels, hyper, torch.Generator().manual_seed(0))
+        for episode in range(3):
+            torch.manual_seed(1)
+            alone = _alone(make(), features[episode], labels, hyper, torch.Generator().manual_seed(0))
+            for a, b in zip(together, alone):
+                torch.testing.assert_close(a[episode], b, rtol=1e-12, atol=1e-12)
 
 
 def test_cosine_head_is_scaled_cosine_similarity():

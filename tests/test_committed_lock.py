@@ -1,12 +1,14 @@
-"""The committed leaderboard is what `dvc repro` gives: one cheap stage pair, re-run from the
-committed dvc.lock in a fresh clone, must reproduce the recorded output hashes bit for bit.
+"""The committed leaderboard is what `dvc repro` gives: one cheap run of the committed grid,
+re-run in a fresh clone from the committed code, must reproduce its recorded output bit for bit.
 
-A stale dvc.lock (outputs recorded by other code, or with `dvc commit`) fails here. Bit-identical
-CPU results need the thread count the lock was recorded with (README, What we guarantee): the
-committed leaderboard is recorded with 2 threads, on a CPU of the kind CI runs on.
+`grid.json` (committed; `runs/` lives in DVC's cache) records every run's `episodes.csv` sha256,
+and `dvc.lock` the fixed episodes' hash. A stale record (outputs made by other code, or written
+with `dvc commit`) fails here. Bit-identical CPU results need the thread count each run was
+trained with (README, What we guarantee): the grid records it, one thread per run here.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -16,42 +18,49 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow  # a real `dvc repro --force` of ProtoNet 1-shot in a fresh clone
+pytestmark = pytest.mark.slow  # ProtoNet 1-shot trained and evaluated in a fresh clone
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["fetch", "episodes", "train-protonet@1-0", "evaluate-protonet@1-0"]
-# train_summary.json holds wall-clock seconds; everything else a stage writes is deterministic
-TIMED = {"train_summary.json", "eval_timing.json"}
-RECORDED_THREADS = "2"
+RUN = "glyphs-protonet-5w1s-seed0"
 
 
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_protonet_stages_reproduce_the_committed_lock_bit_for_bit(tmp_path):
+def _committed(name: str) -> str:
+    result = subprocess.run(["git", "show", f"HEAD:{name}"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, f"{name} is not committed: run `make leaderboard` and commit its outputs"
+    return result.stdout
+
+
+def test_a_committed_run_reproduces_bit_for_bit_in_a_fresh_clone(tmp_path):
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs the project's git checkout")
-    lock = yaml.safe_load(
-        subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=ROOT, capture_output=True, text=True).stdout
-    )
-    recorded = {
-        out["path"]: out["md5"]
-        for name in STAGES[2:]
-        for out in lock["stages"][name]["outs"]
-        if Path(out["path"]).name not in TIMED
-    }
+    lock = yaml.safe_load(_committed("dvc.lock"))
+    record = json.loads(_committed("grid.json"))
+    run = next(entry for entry in record["runs"] if entry["run_id"] == RUN)
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    threads = str(record["threads_per_run"])
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "METABENCH_TRACKING": "off",
-        "OMP_NUM_THREADS": RECORDED_THREADS,
+        "OMP_NUM_THREADS": threads,
     }
-    for stage in STAGES:
-        command = ["dvc", "repro", "--force", "--single-item", stage]
+    commands = [
+        ["dvc", "repro", "--force", "--single-item", "fetch"],
+        ["dvc", "repro", "--force", "--single-item", "episodes"],
+        ["metabench", "train", "--algorithm", "protonet", "--shots", "1", "--seed", "0", "--evaluate"],
+    ]
+    for command in commands:
         result = subprocess.run(command, cwd=clone, capture_output=True, text=True, env=env, timeout=1200)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    produced = {path: md5(clone / path) for path in recorded}
-    assert produced == recorded, "dvc.lock records outputs that this code does not reproduce: re-run `dvc repro`"
+    status = subprocess.run(["dvc", "status", "episodes"], cwd=clone, capture_output=True, text=True, env=env)
+    episodes = next(out for out in lock["stages"]["episodes"]["outs"])
+    assert "changed" not in status.stdout, f"the fixed episodes differ from dvc.lock's {episodes['md5']}"
+    produced = sha256(clone / "runs" / RUN / "episodes.csv")
+    assert produced == run["episodes_csv_sha256"], "grid.json records a result this code does not reproduce"
+    saved = json.loads((clone / "runs" / RUN / "config.json").read_text())
+    assert saved["fingerprint"]["threads"] == int(threads)

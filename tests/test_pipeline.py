@@ -62,7 +62,8 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_builds_a_report_whose_numbers_equal_the_episode_files(repo):
     output = sh(repo, "dvc", "repro")
-    assert "Running stage 'report'" in output
+    assert "Running stage 'report'" in output and "Running stage 'grid'" in output
+    assert _ran(repo) == {"glyphs-protonet-5w1s-seed0", "glyphs-fomaml-5w1s-seed0", "glyphs-pixelnn-5w1s-seed0"}
     summary = json.loads((repo / "reports" / "summary.json").read_text())
     markdown = (repo / "reports" / "leaderboard.md").read_text()
     for algorithm in ("protonet", "fomaml"):
@@ -87,14 +88,20 @@ def test_second_repro_does_nothing(repo):
     assert "Running stage" not in output
 
 
-def test_changing_one_algorithm_reruns_only_its_stages(repo):
+def _ran(repo: Path) -> set[str]:
+    """The runs the last `metabench grid` trained or evaluated (the others it kept)."""
+    record = json.loads((repo / "grid.json").read_text())
+    return {run["run_id"] for run in record["runs"] if run["ran"]}
+
+
+def test_changing_one_algorithm_reruns_only_its_runs(repo):
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline results")
     output = sh(repo, "dvc", "exp", "run", "-S", "algorithms.fomaml.hyper.meta_batch=3")
-    assert "Running stage 'train-fomaml@1-0'" in output
-    assert "Running stage 'profile-fomaml@1'" in output
-    assert "Running stage 'train-protonet" not in output and "Running stage 'evaluate-protonet" not in output
-    assert "Running stage 'evaluate-pixelnn" not in output  # the episodes stage re-ran, its output did not change
+    assert "Running stage 'grid'" in output and "Running stage 'profile-fomaml@1'" in output
+    assert "Running stage 'profile-protonet" not in output
+    assert _ran(repo) == {"glyphs-fomaml-5w1s-seed0"}  # protonet and the reference were kept
+    assert output.count("WARNING") < 5, output  # no warning per output of other stages
 
 
 def _errors(tree):
@@ -128,5 +135,6 @@ def test_a_comment_in_one_algorithm_reruns_only_that_algorithms_stages(repo):
     module.write_text(module.read_text() + "# a comment\n")
     output = sh(repo, "dvc", "repro")
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert {"train-fomaml@1-0", "evaluate-fomaml@1-0", "profile-fomaml@1"} <= ran
+    assert {"grid", "profile-fomaml@1"} <= ran
     assert not {name for name in ran if "protonet" in name or name == "fetch"}
+    assert _ran(repo) == {"glyphs-fomaml-5w1s-seed0"}
