@@ -228,7 +228,10 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
                 batch = augment_episode(batch, config.augment, torch.Generator().manual_seed(seed))
             metrics = algorithm.meta_train_step(batch)
             _check_divergence(metrics["loss"], history, iteration, best_weights, best_path, meta, best)
-            history.append({"iteration": iteration, **metrics})
+            # training seconds so far (resumed runs included): the tracker's timestamps, cost curves
+            history.append(
+                {"iteration": iteration, **metrics, "seconds": round(elapsed + time.perf_counter() - clock, 3)}
+            )
             if progress:
                 progress("train", iteration, config.iterations)
             validating = iteration % config.val_every == 0 or iteration == config.iterations

@@ -9,6 +9,12 @@ Nothing the run computes depends on MLflow.
 Store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the working
 directory (the project root under DVC). Metrics are sent in batches (``log_batch``), never one
 by one.
+
+MLflow's conventions: one experiment per dataset (``metabench-<dataset>``), tagged as a model
+training experiment so the UI opens on its runs (not on the GenAI traces page); MLflow's own
+system tags (``mlflow.source.git.commit``, ``mlflow.source.name``, ``mlflow.user``); each
+parameter once (the resolved run settings, the task shape, the dataset); as metrics only what
+varies or is a result, each training point stamped with the time it was reached.
 """
 
 from __future__ import annotations
@@ -25,7 +31,19 @@ from rich.console import Console
 
 from metabench import files
 
-EXPERIMENT = "metabench"
+EXPERIMENT = "metabench"  # prefix: one experiment per dataset, metabench-<dataset>
+# what the MLflow UI reads to open a training experiment on its runs (mlflow.experimentKind)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# final numbers worth a metric; the rest of metrics.json (ways, shots, seeds, counts) are settings
+RESULTS = {
+    "accuracy",
+    "ci95",
+    "eval_seconds",
+    "episodes_per_second",
+    "best_val_accuracy",
+    "best_iteration",
+    "train_seconds",
+}
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 RUN_FILE = "mlflow_run.json"
 PENDING_FILE = "tracking_pending"
@@ -60,6 +78,7 @@ class Tracker:
         self.enabled = enabled and os.environ.get("METABENCH_TRACKING", "on") != "off"
         self.client = None
         self.run_id: str | None = None
+        self.start_ms = int(time.time() * 1000)  # the MLflow run's start: training points are stamped from it
 
     # -- plumbing -------------------------------------------------------------------------
     def _safely(self, action: str, function, *args, **kwargs):
@@ -84,14 +103,20 @@ class Tracker:
                 )
             return None
 
-    def _connect(self):
+    def _connect(self, dataset: str | None = None):
         _quiet_environment()
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri())
-        experiment = client.get_experiment_by_name(EXPERIMENT)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
-        return client, experiment_id
+        if dataset is None:
+            return client, None
+        name = f"{EXPERIMENT}-{dataset}"
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            return client, client.create_experiment(name, tags=EXPERIMENT_KIND)
+        if experiment.tags.get("mlflow.experimentKind") is None:
+            client.set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+        return client, experiment.experiment_id
 
     # -- the API the runner uses ----------------------------------------------------------
     def start(self, name: str, params: dict[str, Any], tags: dict[str, str], resume: bool) -> None:
@@ -111,10 +136,11 @@ class Tracker:
         record = self.run_dir / RUN_FILE
 
         def begin():
-            self.client, experiment_id = self._connect()
+            self.client, experiment_id = self._connect(str(params.get("dataset", {}).get("name", "unknown")))
             previous = _recorded_run(self.client, record)
             if resume and previous is not None:
                 self.run_id = previous.info.run_id
+                self.start_ms = previous.info.start_time or self.start_ms
                 if previous.info.status != "RUNNING":
                     self.client.update_run(self.run_id, status="RUNNING")
                 return
@@ -123,7 +149,7 @@ class Tracker:
                     self.client.delete_run(previous.info.run_id)
                 elif previous.info.status == "RUNNING":
                     self.client.set_terminated(previous.info.run_id, "KILLED")
-            run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+            run = self.client.create_run(experiment_id, start_time=self.start_ms, run_name=name, tags=tags)
             self.run_id = run.info.run_id
             files.write_json(record, {"run_id": self.run_id, "tracking_uri": tracking_uri()})
             self._log_params(params)
@@ -147,7 +173,7 @@ class Tracker:
     def _log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(key, str(value)[:6000]) for key, value in flatten(params).items()]
+        items = [Param(key, str(value)[:6000]) for key, value in run_params(params).items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
@@ -162,21 +188,33 @@ class Tracker:
 
             now = int(time.time() * 1000)
             metrics = [
-                Metric(prefix + key, float(value), now, int(row[step_key]))
+                Metric(prefix + key, float(value), self._stamp(row, now), int(row[step_key]))
                 for row in rows
                 for key, value in row.items()
-                if key != step_key and isinstance(value, (int, float)) and value == value
+                if key not in (step_key, "seconds") and isinstance(value, (int, float)) and value == value
             ]
             for start in range(0, len(metrics), BATCH):
                 self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH])
 
         self._safely("logging metrics", send)
 
+    def _stamp(self, row: dict[str, Any], now: int) -> int:
+        """When a training point was reached: the run's start plus its training seconds."""
+        seconds = row.get("seconds")
+        if isinstance(seconds, (int, float)) and seconds == seconds:
+            return self.start_ms + int(1000 * seconds)
+        return now
+
     def log_final(self, metrics: dict[str, Any], prefix: str = "") -> None:
+        """The run's result numbers (``RESULTS``), once; its settings are parameters already."""
         self.log_rows(
             [
                 {
-                    **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                    **{
+                        k: v
+                        for k, v in metrics.items()
+                        if k in RESULTS and isinstance(v, (int, float)) and not isinstance(v, bool)
+                    },
                     "_step": 0,
                 }
             ],
@@ -232,13 +270,30 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def run_params(meta: dict[str, Any]) -> dict[str, Any]:
+    """Each parameter once: the resolved run settings at the top level (``shots``,
+    ``hyper.inner_lr``), then ``task.*`` and ``dataset.*`` (the run id is the run's name)."""
+    return {
+        **flatten(meta.get("config") or {}),
+        **flatten({"task": meta.get("task") or {}, "dataset": meta.get("dataset") or {}}),
+    }
+
+
 def run_tags(config: dict[str, Any], dataset_checksum: str, device: str) -> dict[str, str]:
-    """Tags that identify where a run's numbers came from."""
+    """Tags that identify where a run's numbers came from: MLflow's system tags and ours."""
+    import getpass
     import hashlib
 
     params_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
     return {
-        "git_commit": git_commit(),
+        "mlflow.source.git.commit": git_commit(),
+        "mlflow.source.name": "metabench",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": user,
         "params_hash": params_hash,
         "dataset_checksum": dataset_checksum,
         "seed": str(config.get("config", {}).get("seed")),

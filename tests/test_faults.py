@@ -307,7 +307,7 @@ def _mlflow_runs(work: Path, name: str):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("metabench")
+    experiment = client.get_experiment_by_name("metabench-glyphs")
     return client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'", run_view_type=1)
 
 

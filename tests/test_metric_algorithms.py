@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
+from metabench import MetabenchError
 from metabench.algorithms import TaskShape, build_algorithm
 from metabench.algorithms.matchingnet import attention_log_probs
 from metabench.algorithms.relationnet import class_sums, pair_up
-from metabench.algorithms.siamese import best_match, pair_logits, verification_loss
+from metabench.algorithms.siamese import SiameseHyper, best_match, mean_match, pair_logits, verification_loss
 
 
 def random(*shape, seed=0):
@@ -109,6 +110,12 @@ def test_siamese_pair_logits_best_match_and_balanced_loss_by_hand():
     for q in range(2):
         assert float(best[q, 0]) == max(float(pair[q, 0]), float(pair[q, 2]))
         assert float(best[q, 1]) == max(float(pair[q, 1]), float(pair[q, 3]))
+    mean = mean_match(pair, labels, 2)
+    for q in range(2):
+        assert abs(float(mean[q, 0]) - (float(pair[q, 0]) + float(pair[q, 2])) / 2) < 1e-12
+        assert abs(float(mean[q, 1]) - (float(pair[q, 1]) + float(pair[q, 3])) / 2) < 1e-12
+    one_shot = torch.tensor([1, 0])  # with one support image per class, both poolings are Koch's best match
+    torch.testing.assert_close(mean_match(pair[:, :2], one_shot, 2), best_match(pair[:, :2], one_shot, 2))
 
     query_y = torch.tensor([1, 0])
     loss = verification_loss(pair, query_y, labels, ways=3)  # positives weighted by ways - 1 = 2
@@ -119,3 +126,8 @@ def test_siamese_pair_logits_best_match_and_balanced_loss_by_hand():
             same = int(query_y[q]) == int(labels[s])
             total += -2 * math.log(p) if same else -math.log(1 - p)
     assert abs(float(loss) - total / 8) < 1e-12
+
+
+def test_siamese_refuses_an_unknown_shot_pooling():
+    with pytest.raises(MetabenchError, match="shot_pooling must be one of mean, max"):
+        SiameseHyper(shot_pooling="median").validate()

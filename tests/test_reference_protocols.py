@@ -87,6 +87,10 @@ def test_the_lstm_meta_learner_as_ravi_and_larochelles_code():
     h = hyper("metalstm")
     assert (h.steps_for(1), h.steps_for(5)) == (12, 5)
     assert hyper("metalstm", inner_steps=7).steps_for(1) == 7
+    # markdtw/meta-learning-lstm-pytorch scripts/train_5s_5c.sh (hyper-parameters of the authors' code):
+    # one episode per meta-update (--episode 50000), Adam lr 1e-3, clipping 0.25, 20 LSTM units
+    assert (h.meta_batch, h.meta_lr, h.clip_grad_norm, h.lstm_hidden) == (1, 1e-3, 0.25, 20)
+    assert load_params(ROOT / "params.yaml")["algorithms"]["metalstm"]["hyper"]["meta_batch"] == 1
     # markdtw/meta-learning-lstm-pytorch metalearner.py: gate weights U(-0.01, 0.01), b_F U(4, 6), b_I U(-5, -4)
     task = TaskShape(channels=1, image_size=16, train_ways=3, test_ways=3)
     meta = build_algorithm("metalstm", {"hidden": 4}, task, torch.device("cpu")).meta
@@ -94,6 +98,12 @@ def test_the_lstm_meta_learner_as_ravi_and_larochelles_code():
         assert gate.weight.abs().max() <= 0.01
     assert 4 <= meta.forget.bias.min() and meta.forget.bias.max() <= 6
     assert -5 <= meta.input.bias.min() and meta.input.bias.max() <= -4
+
+
+def test_siamese_scores_a_class_by_the_mean_of_its_pairs_beyond_one_shot():
+    # Koch et al. 2015 define one-shot tasks only (best match); for K shots we pool a class's K pair
+    # logits by their mean, which with one shot is Koch's rule (tests/test_metric_algorithms.py)
+    assert hyper("siamese").shot_pooling == "mean"
 
 
 def test_siamese_figures_are_credited_to_the_reimplementation_that_reported_them():

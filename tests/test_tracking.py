@@ -115,12 +115,21 @@ def test_params_metrics_tags_and_artifacts_arrive_through_the_rest_api(tmp_path,
     params = {p["key"]: p["value"] for p in info["data"]["params"]}
     metrics = {m["key"]: m["value"] for m in info["data"]["metrics"]}
     tags = {t["key"]: t["value"] for t in info["data"]["tags"]}
-    assert params["config.seed"] == "0" and params["hyper.hidden"] == "16" and params["algorithm"] == "protonet"
+    assert params["seed"] == "0" and params["hyper.hidden"] == "16" and params["algorithm"] == "protonet"
+    assert not {key for key in params if key.startswith("config.")}, "each parameter once"
     local = json.loads((run.run_dir / "metrics.json").read_text())
     assert metrics["test_accuracy"] == pytest.approx(local["accuracy"])
-    assert {"git_commit", "params_hash", "dataset_checksum", "seed", "device"} <= set(tags)
+    assert not {"test_ways", "test_shots", "test_seed", "test_episode_seed", "test_queries"} & set(metrics)
+    assert {"params_hash", "dataset_checksum", "seed", "device", "mlflow.user", "mlflow.source.name"} <= set(tags)
+    assert len(tags["mlflow.source.git.commit"]) in (40, len("unknown"))
+    experiment = server.get(f"/api/2.0/mlflow/experiments/get?experiment_id={info['info']['experiment_id']}")
+    experiment_tags = {t["key"]: t["value"] for t in experiment["experiment"]["tags"]}
+    assert experiment["experiment"]["name"] == "metabench-glyphs"
+    assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     history = server.get(f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=loss")["metrics"]
     assert len(history) == QUICK["iterations"]
+    stamps = [point["timestamp"] for point in sorted(history, key=lambda point: point["step"])]
+    assert stamps == sorted(stamps) and stamps[-1] > stamps[0], "each point stamped when it was reached"
     artifacts = server.get(f"/api/2.0/mlflow/artifacts/list?run_id={run_id}")["files"]
     assert {"checkpoint.pt", "episodes.csv", "train_log.csv", "metrics.json"} <= {a["path"] for a in artifacts}
     assert info["info"]["status"] == "FINISHED"
