@@ -1,0 +1,75 @@
+"""A trained run as an MLflow model (``pyfunc``): ``mlflow.pyfunc.load_model(uri).predict(...)``
+classifies query images given a labelled support set, as ``metabench predict`` does.
+
+Input, a dict of numpy arrays (a tensor signature):
+
+* ``support_x``: (n_support, channels, size, size) float32, images as the dataset store gives
+  them (grey or RGB in [0, 1], resized to the run's image size: ``metabench.predict`` reads
+  folders into exactly this);
+* ``support_y``: (n_support,) int64, class indices 0 … ways − 1;
+* ``query_x``: (n_query, channels, size, size) float32.
+
+Output: (n_query, ways) float32 class probabilities (softmax of the method's scores).
+
+Example::
+
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    probabilities = model.predict({"support_x": sx, "support_y": sy, "query_x": qx})
+    labels = probabilities.argmax(1)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+
+ARTIFACT = "model"
+
+
+class FewShotModel(mlflow.pyfunc.PythonModel):
+    """Loads ``checkpoint.pt`` on the CPU and predicts with the algorithm's own ``predict``."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from metabench.runner import load_trained
+
+        self.algorithm, self.saved = load_trained(Path(context.artifacts["checkpoint"]), torch.device("cpu"))
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        support_x = torch.as_tensor(np.asarray(model_input["support_x"], dtype=np.float32))
+        support_y = torch.as_tensor(np.asarray(model_input["support_y"], dtype=np.int64))
+        query_x = torch.as_tensor(np.asarray(model_input["query_x"], dtype=np.float32))
+        ways = int(support_y.max()) + 1
+        scores = torch.as_tensor(self.algorithm.predict(support_x, support_y, query_x, ways))
+        return torch.softmax(scores.float(), dim=1).numpy()
+
+
+def signature(image_shape: list[int]):
+    """The tensor signature for a run whose images are (height, width, channels)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    height, width, channels = image_shape
+    images = (-1, channels, height, width)
+    inputs = Schema(
+        [
+            TensorSpec(np.dtype(np.float32), images, "support_x"),
+            TensorSpec(np.dtype(np.int64), (-1,), "support_y"),
+            TensorSpec(np.dtype(np.float32), images, "query_x"),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]))
+
+
+def requirements() -> list[str]:
+    """What loading the model needs: metabench itself and the torch it was trained with."""
+    from importlib.metadata import version
+
+    import torch
+
+    return [f"metabench=={version('metabench')}", f"torch=={torch.__version__.split('+')[0]}", "numpy"]
