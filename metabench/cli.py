@@ -41,6 +41,23 @@ TRAIN_QUERIES = typer.Option(
 )
 
 
+def _version(show: bool) -> None:
+    if show:
+        from metabench import __version__
+
+        print(f"metabench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Reproducible few-shot meta-learning benchmarks."""
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -64,7 +81,9 @@ def _resolve(params_path: Path | None, overrides: dict | None, hp: list[str], **
 @app.command()
 def fetch(
     source: str = typer.Argument(
-        ..., help="Dataset source: glyphs (embedded, no download), omniglot, cifar-fs or fc100."
+        ...,
+        help="Dataset source: glyphs (embedded, no download), omniglot, cifar-fs, fc100, miniimagenet, "
+        "tieredimagenet or folder (your own images; set data.folder.source).",
     ),
     params: Path | None = PARAMS,
     data_dir: Path = typer.Option(Path("data"), help="Where datasets are stored."),
@@ -305,8 +324,15 @@ def predict(
     support: Path = typer.Option(..., help="Folder with one sub-folder of images per class."),
     query: Path = typer.Option(..., help="Folder of images to classify."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    probabilities: bool = typer.Option(
+        False, "--probabilities", help="Also print each class's probability (softmax of the method's scores)."
+    ),
 ) -> None:
-    """Classify your own images: prints `image,predicted_class` CSV rows to standard output."""
+    """Classify your own images: prints `image,predicted_class` CSV rows to standard output.
+
+    A transductive method's answer for one image depends on the other query images (its network
+    normalises with their batch statistics); it warns, once.
+    """
     import torch
 
     from metabench.config import resolve_device
@@ -323,11 +349,18 @@ def predict(
             f"{len(class_names)} classes; give {algorithm.task.test_ways} class folders"
         )
     query_x, query_names = load_queries(query, channels, height)
+    if type(algorithm).transductive:
+        console.print(
+            f"[yellow]warning:[/yellow] {saved['algorithm']} is transductive: each prediction depends on the "
+            f"other {len(query_names) - 1} images in {query} (their batch statistics); classify them together"
+        )
     logits = algorithm.predict(support_x.to(target), support_y.to(target), query_x.to(target), len(class_names))
+    scores = torch.as_tensor(logits).float()
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["image", "predicted_class"])
-    for name, label in zip(query_names, torch.as_tensor(logits).argmax(1).tolist()):
-        writer.writerow([name, class_names[label]])
+    writer.writerow(["image", "predicted_class", *([f"p_{name}" for name in class_names] if probabilities else [])])
+    for name, row in zip(query_names, torch.softmax(scores, dim=1).tolist()):
+        label = max(range(len(row)), key=row.__getitem__)
+        writer.writerow([name, class_names[label], *([f"{value:.6f}" for value in row] if probabilities else [])])
 
 
 @app.command()
@@ -341,7 +374,11 @@ def profile(
     device: str | None = typer.Option(None, help="auto, cpu or cuda."),
     data_dir: str | None = typer.Option(None, help="Dataset store directory."),
     out: Path | None = typer.Option(
-        None, help="JSON file to write (default profiles/<dataset>-<algorithm>-<W>w<K>s.json)."
+        None, help="JSON file to write (default <out-dir>/<dataset>-<algorithm>-<W>w<K>s.json)."
+    ),
+    out_dir: Path = typer.Option(
+        Path("runs/profiles"),
+        help="Where profiles go: not the committed profiles/ (the pipeline's outputs) unless given.",
     ),
     hp: list[str] = HP,
     params: Path | None = PARAMS,
@@ -349,7 +386,8 @@ def profile(
     """Measure what a method costs: meta-train steps/s, adaptation tasks/s, GFLOP/s, peak memory.
 
     Without ``--algorithm``, profiles every algorithm and shot count of the leaderboard in
-    params.yaml in one process (what the pipeline's profile stages do one at a time).
+    params.yaml in one process (what the pipeline's profile stages do one at a time). Profile on
+    a quiet machine: other work running at the same time slows every number.
     """
     from metabench.config import load_params
     from metabench.profiling import profile_run, write_profile
@@ -359,7 +397,7 @@ def profile(
         if not board.get("algorithms"):
             raise MetabenchError(f"{params} has no leaderboard.algorithms; pass --algorithm")
         if out is not None:
-            raise MetabenchError("--out needs --algorithm (one profile); without it each profile goes to profiles/")
+            raise MetabenchError("--out needs --algorithm (one profile); without it use --out-dir")
         selection = [(a, k) for a in board["algorithms"] for k in ([shots] if shots else board.get("shots", [1]))]
     else:
         selection = [(algorithm, shots)]
@@ -380,7 +418,7 @@ def profile(
             )
             progress.update(task, description=f"profile {config.algorithm} {config.ways}-way {config.shots}-shot")
             result = profile_run(config)
-            path = out or config.profile_path()
+            path = out or config.profile_path(out_dir)
             write_profile(result, path)
             progress.advance(task)
             if len(selection) == 1:
@@ -424,6 +462,9 @@ def report(
     runs_dir: Path = typer.Option(Path("runs"), help="Where run outputs are."),
     profiles_dir: Path = typer.Option(Path("profiles"), help="Where profile JSON files are."),
     out_dir: Path = typer.Option(Path("reports"), help="Where to write leaderboard.md/.html and figures."),
+    available: bool = typer.Option(
+        False, "--available", help="Report the leaderboard's runs that are evaluated; name the missing ones."
+    ),
     params: Path | None = PARAMS,
 ) -> None:
     """Write the leaderboard (markdown, self-contained HTML, figures) from run outputs only.
@@ -438,6 +479,13 @@ def report(
     run_ids = None
     if settings.get("leaderboard"):
         run_ids = [config.run_id for config in leaderboard_runs(settings, str(params or "params.yaml"))]
+        if available:
+            missing = [run_id for run_id in run_ids if not (runs_dir / run_id / "metrics.json").is_file()]
+            if missing:
+                console.print(f"[yellow]not evaluated yet, left out:[/yellow] {', '.join(missing)}")
+            run_ids = [run_id for run_id in run_ids if run_id not in missing]
+            if not run_ids:
+                raise MetabenchError(f"none of the leaderboard's runs is evaluated in {runs_dir}; run `metabench grid`")
     headline = build(runs_dir, profiles_dir, out_dir, run_ids)
     console.print(f"wrote {out_dir / 'leaderboard.md'} and {out_dir / 'leaderboard.html'}")
     console.print_json(json.dumps(headline))

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from metabench import MetabenchError, sources
-from metabench.config import RunConfig, load_params
+from metabench.config import load_params
 
 # run settings that only evaluation reads; every other `run` key changes what is trained
 EVALUATION_ONLY = ("test_episodes",)
@@ -101,17 +101,14 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
         # runs/ persists: the grid keeps every run whose results still match its spec
         "outs": [{"runs": {"persist": True}}, {"grid.json": {"cache": False}}],
     }
-    for algorithm in board["algorithms"]:
-        code = sources.training_sources(algorithm) + [cli]
-        algorithm_params = [f"algorithms.{algorithm}"] if algorithm in (params.get("algorithms") or {}) else []
-        profile_path = RunConfig.format_profile("${run.dataset}", algorithm, "${run.ways}", "${item.shots}")
-        out[f"profile-{algorithm}"] = {
-            "matrix": {"shots": "${leaderboard.shots}"},
-            "cmd": f"metabench profile{layout.options} --algorithm {algorithm} --shots ${{item.shots}}",
-            "deps": [layout.data, *layout.code(sorted(set(code) | set(profiling)))],
-            "params": _keys(run, "run", lambda key: key not in EVALUATION_ONLY) + algorithm_params,
-            "outs": [{f"profiles/{profile_path}": {"cache": False}}],
-        }
+    # one process profiles every setting: 26 interpreter starts cost more than the profiles
+    profile_code = sorted({path for name in board["algorithms"] for path in sources.training_sources(name)})
+    out["profile"] = {
+        "cmd": f"metabench profile{layout.options} --out-dir profiles",
+        "deps": [layout.data, *layout.code(sorted(set(profile_code) | set(profiling) | {cli}))],
+        "params": ["leaderboard", *_keys(run, "run", lambda key: key not in EVALUATION_ONLY), "algorithms"],
+        "outs": [{"profiles": {"cache": False}}],
+    }
     report_options = " --params params.yaml --runs-dir runs --profiles-dir profiles --out-dir reports"
     out["report"] = {
         "cmd": f"metabench report{report_options if layout.profile else ''}",
@@ -140,7 +137,7 @@ HEADER = """\
 # evaluates every algorithm x shots x seed of the leaderboard and scores the reference methods
 # on the same episodes (stage `grid`: `metabench grid` runs them several at a time and keeps
 # every run whose results still match its settings, data and code), profiles each setting's
-# cost (stages profile-<algorithm>@<shots>) and writes the report.
+# cost (stage `profile`, on a quiet machine) and writes the report.
 """
 
 

@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -234,11 +235,33 @@ class Tracker:
         self._safely("setting tags", send)
 
     def log_artifacts(self, paths: Iterable[Path], folder: str | None = None) -> None:
+        """Upload files; a ``checkpoint.pt`` is also logged as an MLflow model (``log_model``)."""
         if self.run_id is None:
             return
         for path in paths:
             if Path(path).is_file():
                 self._safely(f"uploading {Path(path).name}", self.client.log_artifact, self.run_id, str(path), folder)
+                if Path(path).name == "checkpoint.pt":
+                    self._safely("logging the model", self.log_model, Path(path))
+
+    def log_model(self, checkpoint_path: Path) -> None:
+        """The run's best weights in MLflow's model format, ``runs:/<run id>/model`` (``mlflow_model``)."""
+        import mlflow
+
+        image_shape = json.loads((checkpoint_path.parent / "config.json").read_text())["dataset"]["image_shape"]
+        mlflow.set_tracking_uri(tracking_uri())
+        # MLflow advises type hints and an input example; the tensor signature already states the input
+        with warnings.catch_warnings(), mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
+            warnings.simplefilter("ignore", UserWarning)
+            from metabench import mlflow_model
+
+            mlflow.pyfunc.log_model(
+                name=mlflow_model.ARTIFACT,
+                python_model=mlflow_model.FewShotModel(),
+                artifacts={"checkpoint": str(checkpoint_path)},
+                signature=mlflow_model.signature(image_shape),
+                pip_requirements=mlflow_model.requirements(),
+            )
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:

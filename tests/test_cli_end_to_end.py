@@ -164,6 +164,24 @@ def test_predict_classifies_a_users_folders_of_any_size_and_mode(workdir, glyphs
     assert set(predictions) == set(truth)
     assert sum(predictions[f] == truth[f] for f in truth) >= 9  # of 15; chance is 3
 
+    checkpoint = str(workdir / "runs" / "glyphs-protonet-5w1s-seed0" / "checkpoint.pt")
+    shown = run_cli(
+        "predict", "--checkpoint", checkpoint, "--support", str(support), "--query", str(query), "--probabilities"
+    )
+    rows = [line.split(",") for line in shown.stdout.strip().splitlines()]
+    assert rows[0] == ["image", "predicted_class", *[f"p_class_{way}" for way in range(5)]]
+    for row in rows[1:]:
+        values = [float(v) for v in row[2:]]
+        assert abs(sum(values) - 1) < 1e-4 and row[1] == f"class_{values.index(max(values))}"
+        assert predictions[row[0]] == row[1]
+
+
+def test_version_prints_the_package_version_on_stdout():
+    from metabench import __version__
+
+    result = run_cli("--version")
+    assert result.stdout.strip() == f"metabench {__version__}"
+
 
 def test_bad_input_gives_a_one_line_error_through_the_real_command(tmp_path):
     result = subprocess.run(
@@ -222,14 +240,15 @@ def test_profile_without_an_algorithm_profiles_the_whole_leaderboard(tmp_path, t
         "  fomaml:\n    hyper: {hidden: 8, meta_batch: 2}\n"
     )
     run_cli("profile", "--params", "params.yaml", "--data-dir", str(tmp_path / "data"))
-    written = sorted(p.name for p in (tmp_path / "profiles").iterdir())
+    assert not (tmp_path / "profiles").exists()  # never over the committed profiles unless asked
+    written = sorted(p.name for p in (tmp_path / "runs" / "profiles").iterdir())
     assert written == [
         "tiny-fomaml-5w1s.json",
         "tiny-fomaml-5w2s.json",
         "tiny-protonet-5w1s.json",
         "tiny-protonet-5w2s.json",
     ]
-    profile = json.loads((tmp_path / "profiles" / "tiny-fomaml-5w2s.json").read_text())
+    profile = json.loads((tmp_path / "runs" / "profiles" / "tiny-fomaml-5w2s.json").read_text())
     assert profile["shots"] == 2 and profile["meta_batch"] == 2 and profile["meta_train_tasks_per_second"] > 0
     result = runner.invoke(app, ["profile", "--params", "params.yaml", "--out", "x.json"])
     assert result.exit_code != 0 and "--out needs --algorithm" in str(result.exception)

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from metabench.algorithms import REGISTRY, TaskShape, build_algorithm
-from metabench.config import load_params, resolve_run
+from metabench.config import leaderboard_runs, load_params, resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "pipelines").glob("*/params.yaml")) + [ROOT / "params.yaml"]
@@ -79,23 +79,24 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
     board = params["leaderboard"]
     stages = dvc_repo.stage.collect(str(path.relative_to(ROOT)))
     kinds = [stage.name.split("@")[0].split("-")[0] for stage in stages]
-    runs = len(board["algorithms"]) * len(board["shots"]) * len(board["seeds"])
-    references = len(board.get("references") or []) * len(board["shots"])
-    assert kinds.count("train") == runs and kinds.count("evaluate") == runs + references
-    assert kinds.count("profile") == len(board["algorithms"]) * len(board["shots"])
-    assert kinds.count("fetch") == kinds.count("report") == kinds.count("episodes") == 1
+    assert "train" not in kinds and "evaluate" not in kinds  # every run is the grid stage's
+    assert kinds.count("fetch") == kinds.count("report") == kinds.count("episodes") == kinds.count("grid") == 1
+    assert kinds.count("profile") == 1  # one process profiles every setting
     for stage in stages:
         assert Path(stage.wdir) == folder
         outs = {Path(str(out.fs_path)) for out in stage.outs}
         command, options = _parse(stage.cmd)
         assert command == stage.name.split("@")[0].split("-")[0]
-        if command in ("train", "evaluate", "profile"):
-            from metabench.sources import training_sources
+        from metabench.sources import training_sources
 
-            # code deps: exactly what the run executes (its algorithm's modules, not the others')
-            code = {Path(str(dep.fs_path)).resolve() for dep in stage.deps if "metabench" in str(dep.fs_path)}
-            wanted = set(training_sources(options["algorithm"])) | {ROOT / "metabench" / "cli.py"}
-            assert wanted <= code and (command == "profile" or code == wanted)
+        code = {Path(str(dep.fs_path)).resolve() for dep in stage.deps if "metabench" in str(dep.fs_path)}
+        if command == "profile":  # code deps: what profiling every algorithm executes
+            for name in board["algorithms"]:
+                assert set(training_sources(name)) | {ROOT / "metabench" / "cli.py"} <= code
+        elif command == "grid":  # every method's training code, the grid and the command line
+            methods = board["algorithms"] + (board.get("references") or [])
+            wanted = {path for name in methods for path in training_sources(name)}
+            assert code == wanted | {ROOT / "metabench" / name for name in ("cli.py", "grid.py")}
         settings = folder / options["params"]
         assert settings == folder / "params.yaml"
         if command == "fetch":
@@ -103,22 +104,15 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
             assert outs == {folder / options["record"]}
         elif command == "episodes":
             assert outs == {folder / options["episodes_dir"]}  # the pipeline's own, never another's
-        elif command in ("train", "evaluate"):
-            config = resolve_run(
-                load_params(settings), {k: options[k] for k in ("algorithm", "shots", "seed", "runs_dir")}
-            )
-            run_dir = folder / config.run_dir
-            reference = not REGISTRY[options["algorithm"]].trained
-            wanted = {
-                "train": ["checkpoint.pt", "train_log.csv", "config.json", "train_summary.json"],
-                "evaluate": ["episodes.csv", "metrics.json"] + (["config.json"] if reference else []),
-            }[command]
-            assert outs == {run_dir / name for name in wanted}
+        elif command == "grid":
+            assert outs == {folder / options["runs_dir"], folder / options["record"]}
+            assert next(out for out in stage.outs if out.def_path == "runs").persist  # finished runs are kept
             deps = {Path(str(dep.fs_path)) for dep in stage.deps}
             assert folder / options["episodes_dir"] in deps  # scored on the episodes stage's output
+            for config in leaderboard_runs(load_params(settings), runs_dir=options["runs_dir"]):
+                assert REGISTRY[config.algorithm]  # every run's settings resolve and name a registered method
         elif command == "profile":
-            config = resolve_run(load_params(settings), {"algorithm": options["algorithm"], "shots": options["shots"]})
-            assert outs == {folder / config.profile_path()}
+            assert options["algorithm"] is None and outs == {folder / options["out_dir"]} == {folder / "profiles"}
         else:
             assert {out.parent for out in outs} == {folder / options["out_dir"]}
         if command != "report":  # the report reads run outputs only

@@ -209,3 +209,22 @@ def test_main_table_is_ranked_bolds_the_indistinguishable_and_exports_csv_and_la
     assert "published" not in lines[0]  # no published figure for glyphs: the column is dropped
     tex = (tmp_path / "reports" / "leaderboard.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "$\\pm$" in tex and "\\textbf{" in tex
+
+
+def test_report_available_reports_the_evaluated_runs_and_names_the_missing(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from metabench.cli import app
+
+    runs_dir = make_runs(tmp_path, algorithms=("protonet", "maml"), seeds=(0,), shots=(1,))
+    params = {"leaderboard": {"algorithms": ["protonet", "maml", "anil"], "shots": [1], "seeds": [0]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    options = ["report", "--params", str(tmp_path / "params.yaml"), "--runs-dir", str(runs_dir)]
+    options += ["--profiles-dir", str(tmp_path / "profiles"), "--out-dir", str(tmp_path / "reports")]
+    refused = CliRunner().invoke(app, options)
+    assert refused.exit_code != 0 and "glyphs-anil-5w1s-seed0" in str(refused.exception)
+    result = CliRunner().invoke(app, [*options, "--available"])
+    assert result.exit_code == 0, result.output
+    assert "left out" in result.output and "glyphs-anil-5w1s-seed0" in result.output
+    assert set(json.loads((tmp_path / "reports" / "summary.json").read_text())) == {"protonet_5w1s", "maml_5w1s"}
