@@ -36,7 +36,8 @@ TINY = {
 
 
 def sh(repo: Path, *command: str, stdout_only: bool = False) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # the repository's own copy of metabench runs (an edit to it is what a stage must see), not the installed one
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(repo)}
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout if stdout_only else result.stdout + result.stderr
