@@ -80,4 +80,5 @@ gpu-check: $(STAMP)
 
 # Browse every tracked run in the real MLflow UI at http://127.0.0.1:5000
 mlflow-ui: $(STAMP)
+	@echo "runs: http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning (MLflow opens in its GenAI view otherwise)"
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

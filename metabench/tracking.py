@@ -11,7 +11,8 @@ directory (the project root under DVC). Metrics are sent in batches (``log_batch
 by one.
 
 MLflow's conventions: one experiment per dataset (``metabench-<dataset>``), tagged as a model
-training experiment so the UI opens on its runs (not on the GenAI traces page); MLflow's own
+training experiment (``mlflow.experimentKind``; MLflow 3.17's UI still starts in its GenAI view
+unless the link says ``?workflowType=machine_learning``, which ``make mlflow-ui`` prints); MLflow's own
 system tags (``mlflow.source.git.commit``, ``mlflow.source.name``, ``mlflow.user``); each
 parameter once (the resolved run settings, the task shape, the dataset); as metrics only what
 varies or is a result, each training point stamped with the time it was reached.

@@ -53,7 +53,7 @@ def test_the_experiment_page_lists_the_tracked_runs(tmp_path, data, monkeypatch)
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service(DRIVER), options=options)
         try:
-            driver.get(f"{server.url}/#/experiments/{experiment['experiment_id']}")
+            driver.get(f"{server.url}/#/experiments/{experiment['experiment_id']}?workflowType=machine_learning")
             deadline, text = time.monotonic() + 90, ""
             while time.monotonic() < deadline:
                 text = driver.execute_script("return document.body.innerText")
