@@ -26,8 +26,10 @@ app = typer.Typer(
     "then `metabench evaluate --algorithm protonet`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console(stderr=True)
+console = Console(stderr=True)  # logs, warnings and progress
+results = Console(width=max(Console().width, 120))  # results (tables) on stdout
 
 PARAMS = typer.Option(
     None, "--params", help="YAML file with data/run/algorithms sections (default: ./params.yaml if present)."
@@ -37,8 +39,20 @@ HP = typer.Option(
 )
 EPISODES_DIR = typer.Option(None, help="Where the fixed validation/test episodes are (default: <data-dir>/episodes).")
 TRAIN_QUERIES = typer.Option(
-    None, help="Query images per class in training episodes (an override: the run gets its own folder)."
+    None,
+    help="Query images per class in training episodes (an override: the run gets its own folder) "
+    "(default: the algorithm family's protocol, e.g. K for the MAML family)",
 )
+
+
+def _from_params(text: str, field: str) -> str:
+    """Help for an option whose default comes from params.yaml: says where, and the built-in value."""
+    import dataclasses
+
+    from metabench.config import RunConfig
+
+    builtin = {f.name: f.default for f in dataclasses.fields(RunConfig)}[field]
+    return f"{text} (default: algorithms.<name>.run.{field}, else run.{field} of params.yaml, else {builtin!r})"
 
 
 def _version(show: bool) -> None:
@@ -68,6 +82,43 @@ def _progress() -> Progress:
         console=console,
         transient=False,
     )
+
+
+class _Bars:
+    """Progress bars on stderr, one per phase (``update(phase, done, total)``), drawn from the first
+    update on: an input error found before any work starts prints alone, without an empty bar."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix, self.progress, self.tasks = prefix, None, {}
+
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, phase: str, done: int, total: int | None) -> None:
+        if self.progress is None:
+            self.progress = _progress()
+            self.progress.start()
+        if phase.endswith("(bytes)"):  # downloads: count in MB
+            phase, done, total = (
+                phase[: -len("(bytes)")] + "(MB)",
+                done // 10**6,
+                None if total is None else -(-total // 10**6),
+            )
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(f"{self.prefix}{phase}", total=total)
+        self.progress.update(self.tasks[phase], completed=done, total=total)
+
+    def describe(self, phase: str, text: str) -> None:
+        """Show ``text`` as the label of ``phase``'s bar (e.g. the last validation accuracy)."""
+        if phase in self.tasks:
+            self.progress.update(self.tasks[phase], description=f"{self.prefix}{text}")
+
+    def print(self, text: str) -> None:
+        (self.progress.console if self.progress is not None else console).print(text)
 
 
 def _resolve(params_path: Path | None, overrides: dict | None, hp: list[str], **selection):
@@ -101,23 +152,27 @@ def fetch(
     ``--record`` lets a pipeline track a dataset kept in a store shared between pipelines: the
     small JSON file is the stage's output, and it changes exactly when the stored data does.
     """
-    from metabench.config import load_params
-    from metabench.data import fetch as fetch_dataset
+    from metabench import api
+    from metabench.data import SOURCES
 
-    options = dict(((load_params(params).get("data") or {}).get(source)) or {})
-    for key, value in (("source", location), ("split", split), ("rotations", rotations)):
-        if value is not None:
-            options[key] = value
-    with _progress() as progress:
-        task = progress.add_task(f"fetch {source}", total=None)
-        dataset = fetch_dataset(source, options, data_dir, lambda *args: progress.advance(task, 1))
+    if source not in SOURCES:
+        raise MetabenchError(f"unknown dataset source {source!r}; choose one of {', '.join(SOURCES)}")
+    given = {"source": location, "split": split, "rotations": rotations}
+    with _Bars(f"fetch {source}: ") as bars:
+        dataset = api.fetch(
+            source,
+            data_dir=data_dir,
+            params=params,
+            progress=bars.update,
+            **{key: value for key, value in given.items() if value is not None},
+        )
     table = Table(title=f"{dataset.name} stored in {data_dir / dataset.name}")
     for column in ("split", "classes", "images", "groups"):
         table.add_column(column)
     for name, part in dataset.splits.items():
         table.add_row(name, str(part.n_classes), str(len(part.images)), str(len(set(part.groups))))
-    console.print(table)
-    console.print(f"checksum {dataset.checksum}")
+    results.print(table)
+    print(f"checksum {dataset.checksum}")
     if record is not None:
         sizes = {name: {"classes": part.n_classes, "images": len(part.images)} for name, part in dataset.splits.items()}
         receipt = {"name": dataset.name, "checksum": dataset.checksum, "data_dir": str(data_dir), "splits": sizes}
@@ -129,15 +184,17 @@ def train(
     algorithm: str | None = typer.Option(
         None, help="Registered algorithm, e.g. protonet, maml (see `metabench algorithms`)."
     ),
-    dataset: str | None = typer.Option(None, help="Stored dataset name, e.g. glyphs, omniglot."),
-    ways: int | None = typer.Option(None, help="Classes per test episode."),
-    shots: int | None = typer.Option(None, help="Support images per class."),
-    seed: int | None = typer.Option(None, help="Seed of initialisation and training episodes."),
-    iterations: int | None = typer.Option(None, help="Outer updates to run."),
+    dataset: str | None = typer.Option(
+        None, help=_from_params("Stored dataset name, e.g. glyphs, omniglot.", "dataset")
+    ),
+    ways: int | None = typer.Option(None, help=_from_params("Classes per test episode.", "ways")),
+    shots: int | None = typer.Option(None, help=_from_params("Support images per class.", "shots")),
+    seed: int | None = typer.Option(None, help=_from_params("Seed of initialisation and training episodes.", "seed")),
+    iterations: int | None = typer.Option(None, help=_from_params("Outer updates to run.", "iterations")),
     train_queries: int | None = TRAIN_QUERIES,
-    device: str | None = typer.Option(None, help="auto (CUDA if present), cpu or cuda."),
-    data_dir: str | None = typer.Option(None, help="Dataset store directory."),
-    runs_dir: str | None = typer.Option(None, help="Where run outputs go."),
+    device: str | None = typer.Option(None, help=_from_params("auto (CUDA if present), cpu or cuda.", "device")),
+    data_dir: str | None = typer.Option(None, help=_from_params("Dataset store directory.", "data_dir")),
+    runs_dir: str | None = typer.Option(None, help=_from_params("Where run outputs go.", "runs_dir")),
     episodes_dir: str | None = EPISODES_DIR,
     hp: list[str] = HP,
     force: bool = typer.Option(
@@ -148,8 +205,11 @@ def train(
     ),
     params: Path | None = PARAMS,
 ) -> None:
-    """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy."""
-    from metabench.runner import evaluate_run, train_run
+    """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy.
+
+    Progress goes to stderr; the training summary (JSON) to stdout.
+    """
+    from metabench import api
 
     overrides = {"iterations": iterations, "train_queries": train_queries}
     config = _resolve(
@@ -166,24 +226,24 @@ def train(
         data_dir=data_dir,
         episodes_dir=episodes_dir,
     )
-    with _progress() as progress:
-        task = progress.add_task(f"train {config.run_id}", total=config.iterations)
+    with _Bars(f"{config.run_id} ") as bars:
 
         def show(phase: str, done: int, total: int) -> None:
-            if phase.startswith("val"):
-                progress.update(task, description=f"train {config.run_id} ({phase})")
-            progress.update(task, completed=done)
+            if phase.startswith("val "):  # a validation finished: its accuracy labels the training bar
+                bars.describe("train", f"train ({phase})")
+            else:
+                bars.update(phase, done, total)
 
-        summary = train_run(config, show, force=force)
-    console.print_json(json.dumps(summary))
+        api.train(config, progress=show, force=force)
+    print(json.dumps(files.read_json(config.run_dir / "train_summary.json", "training summary", "train again")))
     if then_evaluate:
-        _evaluate_and_show(config, evaluate_run)
+        _evaluate_and_show(config)
 
 
 @app.command()
 def episodes(
     params: Path | None = PARAMS,
-    data_dir: str | None = typer.Option(None, help="Dataset store directory."),
+    data_dir: str | None = typer.Option(None, help=_from_params("Dataset store directory.", "data_dir")),
     episodes_dir: str | None = EPISODES_DIR,
 ) -> None:
     """Make the fixed validation and test episodes of every leaderboard run, once.
@@ -204,13 +264,13 @@ def episodes(
 @app.command()
 def evaluate(
     algorithm: str | None = typer.Option(None, help="Registered algorithm of the run."),
-    dataset: str | None = typer.Option(None, help="Stored dataset name."),
-    ways: int | None = typer.Option(None, help="Classes per test episode."),
-    shots: int | None = typer.Option(None, help="Support images per class."),
-    seed: int | None = typer.Option(None, help="Seed of the run to evaluate."),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda."),
-    data_dir: str | None = typer.Option(None, help="Dataset store directory."),
-    runs_dir: str | None = typer.Option(None, help="Where run outputs are."),
+    dataset: str | None = typer.Option(None, help=_from_params("Stored dataset name.", "dataset")),
+    ways: int | None = typer.Option(None, help=_from_params("Classes per test episode.", "ways")),
+    shots: int | None = typer.Option(None, help=_from_params("Support images per class.", "shots")),
+    seed: int | None = typer.Option(None, help=_from_params("Seed of the run to evaluate.", "seed")),
+    device: str | None = typer.Option(None, help=_from_params("auto, cpu or cuda.", "device")),
+    data_dir: str | None = typer.Option(None, help=_from_params("Dataset store directory.", "data_dir")),
+    runs_dir: str | None = typer.Option(None, help=_from_params("Where run outputs are.", "runs_dir")),
     episodes_dir: str | None = EPISODES_DIR,
     train_queries: int | None = TRAIN_QUERIES,
     hp: list[str] = HP,
@@ -218,9 +278,9 @@ def evaluate(
 ) -> None:
     """Score a trained run on the fixed test episodes: mean accuracy and 95% interval.
 
-    The run is found as `train` placed it: give the same options and overrides.
+    The run is found as `train` placed it: give the same options and overrides. Prints
+    ``<run_id>: accuracy ± interval %`` to stdout (metrics.json in the run folder has every number).
     """
-    from metabench.runner import evaluate_run
 
     config = _resolve(
         params,
@@ -236,14 +296,16 @@ def evaluate(
         data_dir=data_dir,
         episodes_dir=episodes_dir,
     )
-    _evaluate_and_show(config, evaluate_run)
+    _evaluate_and_show(config)
 
 
-def _evaluate_and_show(config, evaluate_run) -> None:
-    with _progress() as progress:
-        task = progress.add_task(f"evaluate {config.run_id}", total=config.test_episodes)
-        metrics = evaluate_run(config, lambda phase, done, total: progress.update(task, completed=done))
-    console.print(
+def _evaluate_and_show(config) -> None:
+    """Evaluate with a progress bar on stderr; the result line goes to stdout."""
+    from metabench import api
+
+    with _Bars(f"{config.run_id} ") as bars:
+        metrics = api.evaluate(config, progress=bars.update)
+    print(
         f"{config.run_id}: {100 * metrics['accuracy']:.2f} ± {100 * metrics['ci95']:.2f} % "
         f"(95% interval, {metrics['episodes']} episodes)"
     )
@@ -259,8 +321,8 @@ def grid(
         None,
         help="Torch threads per run (default: the cores divided between the workers); part of each run's identity.",
     ),
-    data_dir: str | None = typer.Option(None, help="Dataset store directory."),
-    runs_dir: str | None = typer.Option(None, help="Where run outputs go."),
+    data_dir: str | None = typer.Option(None, help=_from_params("Dataset store directory.", "data_dir")),
+    runs_dir: str | None = typer.Option(None, help=_from_params("Where run outputs go.", "runs_dir")),
     episodes_dir: str | None = EPISODES_DIR,
     profiles_dir: Path = typer.Option(Path("profiles"), help="Earlier cost profiles, to start the longest runs first."),
     record: Path = typer.Option(Path("grid.json"), help="Where to write every run's result, output hash and cost."),
@@ -333,32 +395,24 @@ def predict(
     A transductive method's answer for one image depends on the other query images (its network
     normalises with their batch statistics); it warns, once.
     """
-    import torch
-
-    from metabench.config import resolve_device
+    from metabench import api
+    from metabench.algorithms import get_algorithm
+    from metabench.checkpoint import load as load_checkpoint
     from metabench.predict import load_queries, load_support
-    from metabench.runner import load_trained
 
-    target = resolve_device(device)
-    algorithm, saved = load_trained(checkpoint, target)
+    saved = load_checkpoint(checkpoint, rebuild="train the run (metabench train) or restore the file")
     height, _, channels = saved["dataset"]["image_shape"]
     support_x, support_y, class_names = load_support(support, channels, height)
-    if algorithm.fixed_ways and len(class_names) != algorithm.task.test_ways:
-        raise MetabenchError(
-            f"this {saved['algorithm']} checkpoint is {algorithm.task.test_ways}-way but {support} has "
-            f"{len(class_names)} classes; give {algorithm.task.test_ways} class folders"
-        )
     query_x, query_names = load_queries(query, channels, height)
-    if type(algorithm).transductive:
+    scores = api.predict(checkpoint, support_x, support_y, query_x, device=device)
+    if get_algorithm(saved["algorithm"]).transductive:
         console.print(
             f"[yellow]warning:[/yellow] {saved['algorithm']} is transductive: each prediction depends on the "
             f"other {len(query_names) - 1} images in {query} (their batch statistics); classify them together"
         )
-    logits = algorithm.predict(support_x.to(target), support_y.to(target), query_x.to(target), len(class_names))
-    scores = torch.as_tensor(logits).float()
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["image", "predicted_class", *([f"p_{name}" for name in class_names] if probabilities else [])])
-    for name, row in zip(query_names, torch.softmax(scores, dim=1).tolist()):
+    for name, row in zip(query_names, scores.tolist()):
         label = max(range(len(row)), key=row.__getitem__)
         writer.writerow([name, class_names[label], *([f"{value:.6f}" for value in row] if probabilities else [])])
 
@@ -368,11 +422,11 @@ def profile(
     algorithm: str | None = typer.Option(
         None, help="Registered algorithm; default: every algorithm × shots of params.yaml's leaderboard."
     ),
-    dataset: str | None = typer.Option(None, help="Stored dataset name."),
-    ways: int | None = typer.Option(None, help="Classes per test episode."),
-    shots: int | None = typer.Option(None, help="Support images per class."),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda."),
-    data_dir: str | None = typer.Option(None, help="Dataset store directory."),
+    dataset: str | None = typer.Option(None, help=_from_params("Stored dataset name.", "dataset")),
+    ways: int | None = typer.Option(None, help=_from_params("Classes per test episode.", "ways")),
+    shots: int | None = typer.Option(None, help=_from_params("Support images per class.", "shots")),
+    device: str | None = typer.Option(None, help=_from_params("auto, cpu or cuda.", "device")),
+    data_dir: str | None = typer.Option(None, help=_from_params("Dataset store directory.", "data_dir")),
     out: Path | None = typer.Option(
         None, help="JSON file to write (default <out-dir>/<dataset>-<algorithm>-<W>w<K>s.json)."
     ),
@@ -422,7 +476,7 @@ def profile(
             write_profile(result, path)
             progress.advance(task)
             if len(selection) == 1:
-                console.print_json(json.dumps(result))
+                print(json.dumps(result, indent=1))
             else:
                 console.print(
                     f"{path}: {result['meta_train_tasks_per_second']:.1f} meta-train tasks/s, "
@@ -454,7 +508,7 @@ def summary(
             str(row.episodes),
             "yes" if row.transductive else "no",
         )
-    Console(width=max(Console().width, 120)).print(out)
+    results.print(out)
 
 
 @app.command()
@@ -488,7 +542,7 @@ def report(
                 raise MetabenchError(f"none of the leaderboard's runs is evaluated in {runs_dir}; run `metabench grid`")
     headline = build(runs_dir, profiles_dir, out_dir, run_ids)
     console.print(f"wrote {out_dir / 'leaderboard.md'} and {out_dir / 'leaderboard.html'}")
-    console.print_json(json.dumps(headline))
+    print(json.dumps(headline, indent=1))
 
 
 @app.command()
@@ -540,7 +594,7 @@ def algorithms_command() -> None:
         table.add_column(column)
     for name, cls in sorted(REGISTRY.items()):
         table.add_row(name, cls.paper, cls.adapts, "yes" if cls.transductive else "no")
-    Console(width=max(Console().width, 120)).print(table)
+    results.print(table)
 
 
 def main() -> None:

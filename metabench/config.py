@@ -18,12 +18,14 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from metabench import MetabenchError
+
+if TYPE_CHECKING:
+    import torch
 
 TOP_LEVEL_SECTIONS = ("data", "leaderboard", "run", "algorithms", "source")
 # name the run readably: <dataset>-<algorithm>-<ways>w<shots>s-seed<seed>
@@ -276,6 +278,8 @@ def leaderboard_runs(params: dict[str, Any], where: str = "params", **location: 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; anything else is passed to torch."""
+    import torch  # here, not at the top: the command line starts without torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -236,7 +236,8 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
                 progress("train", iteration, config.iterations)
             validating = iteration % config.val_every == 0 or iteration == config.iterations
             if validating:
-                val_accuracy = float(episode_accuracies(algorithm, val_bank, val_episodes).mean())
+                tick = _ticker(progress, "validate", len(val_episodes))
+                val_accuracy = float(episode_accuracies(algorithm, val_bank, val_episodes, tick).mean())
                 validations.append({"iteration": iteration, "val_accuracy": val_accuracy})
                 if progress:
                     progress(f"val {100 * val_accuracy:.1f}%", iteration, config.iterations)
@@ -287,6 +288,19 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
     tracker.log_artifacts([best_path, run_dir / "config.json", run_dir / "train_log.csv"])
     tracker.finish()
     return summary
+
+
+def _ticker(progress: Progress | None, phase: str, total: int):
+    """A callback for ``episode_accuracies`` that reports ``(phase, episodes done, total)``."""
+    if progress is None:
+        return None
+    done = [0]
+
+    def tick(count: int) -> None:
+        done[0] += count
+        progress(phase, done[0], total)
+
+    return tick
 
 
 def _check_divergence(loss, history, iteration, best_weights, best_path, meta, best) -> None:
@@ -381,15 +395,8 @@ def _evaluate_locked(config: RunConfig, progress: Progress | None) -> dict:
     algorithm, training = _algorithm_to_evaluate(config, dataset, device)
     episodes = evaluation_episodes(config, dataset, "test")
     bank = ImageBank(dataset.split("test"), device)
-    done = [0]
-
-    def tick(n):
-        done[0] += n
-        if progress:
-            progress("evaluate", done[0], len(episodes))
-
     start = time.perf_counter()
-    accuracies = episode_accuracies(algorithm, bank, episodes, tick)
+    accuracies = episode_accuracies(algorithm, bank, episodes, _ticker(progress, "evaluate", len(episodes)))
     extra = {
         "run_id": config.run_id,
         "algorithm": config.algorithm,

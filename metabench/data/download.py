@@ -19,7 +19,8 @@ from pathlib import Path
 
 from metabench import MetabenchError
 
-ProgressCallback = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
+# (what, done so far, total or None): every source reports through it, downloads in bytes
+ProgressCallback = Callable[[str, int, int | None], None]
 
 
 def parse_checksum(checksum: str) -> tuple[str, str]:
@@ -122,7 +123,7 @@ def fetch_file(
                 digest.update(block)
                 done += len(block)
                 if progress:
-                    progress(done, total)
+                    progress(f"download {dest.name} (bytes)", done, total)
         if total is not None and done != total:
             raise MetabenchError(f"download of {location} stopped at {done} of {total} bytes; run the command again")
         if expected and digest.hexdigest() != expected:

@@ -68,7 +68,7 @@ def build(config: FolderConfig, data_dir: Path, progress=None) -> store.Dataset:
         raise MetabenchError(
             f"{len(units)} {config.split_by}es cannot fill train, val and test; add data or change fractions"
         )
-    splits = {}
+    splits, read_classes = {}, 0
     for part, chosen in parts.items():
         members = {units[i] for i in chosen}
         picked = [c for c in classes if (c[0] if config.split_by == "superclass" else c[1]) in members]
@@ -76,7 +76,8 @@ def build(config: FolderConfig, data_dir: Path, progress=None) -> store.Dataset:
         for _, _, files in picked:
             arrays.append(np.stack([read(f, config.image_size, config.mode) for f in files]))
             if progress:
-                progress(1)
+                read_classes += 1
+                progress("read classes", read_classes, len(classes))
         splits[part] = store.Split.from_classes(
             arrays, [c for _, c, _ in picked], [sup or name for sup, name, _ in picked]
         )

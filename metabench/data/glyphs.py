@@ -22,6 +22,7 @@ with the reference in ``glyphs_reference.json`` is reported as a warning.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import unicodedata
@@ -198,22 +199,19 @@ def _render_class(job: tuple[int, tuple[str, ...], GlyphsConfig]) -> np.ndarray:
     return np.stack(images)
 
 
-def _map(function, jobs, workers: int, progress=None):
+def _map(function, jobs, workers: int, progress=None, what: str = "render"):
     workers = workers or os.cpu_count() or 1
-    if workers == 1:
-        results = []
-        for job in jobs:
-            results.append(function(job))
-            if progress:
-                progress(1)
-        return results
-    with ProcessPoolExecutor(workers) as pool:
-        results = []
-        for result in pool.map(function, jobs, chunksize=32):
+    results = []
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            outputs = map(function, jobs)
+        else:
+            outputs = stack.enter_context(ProcessPoolExecutor(workers)).map(function, jobs, chunksize=32)
+        for result in outputs:
             results.append(result)
             if progress:
-                progress(1)
-        return results
+                progress(what, len(results), len(jobs))
+    return results
 
 
 def select_classes(
@@ -233,7 +231,7 @@ def select_classes(
             if len(faces) >= config.min_faces:
                 candidates.append((block, codepoint, faces, split))
     jobs = [(codepoint, faces[0], config.image_size) for _, codepoint, faces, _ in candidates]
-    references = _map(_reference_render, jobs, config.workers, progress)
+    references = _map(_reference_render, jobs, config.workers, progress, "check characters")
     kept, kept_vectors = [], []
     for candidate, reference in zip(candidates, references):
         if reference is None:
@@ -263,7 +261,8 @@ def generate(config: GlyphsConfig, data_dir: Path, progress=None) -> store.Datas
     """Generate the glyphs dataset into ``data_dir/glyphs`` and return it."""
     fonts = font_files()
     classes = select_classes(config, fonts, progress)
-    images = _map(_render_class, [(cp, faces, config) for _, cp, faces, _ in classes], config.workers, progress)
+    jobs = [(cp, faces, config) for _, cp, faces, _ in classes]
+    images = _map(_render_class, jobs, config.workers, progress, "render classes")
     splits = {}
     for split in store.SPLITS:
         members = [(c, im) for c, im in zip(classes, images) if c[3] == split]

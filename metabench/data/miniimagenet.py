@@ -103,7 +103,7 @@ class _JpegSource:
 
 def _from_jpeg(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) -> dict[str, store.Split]:
     path = locate(config.source, raw_dir, config.checksums.get(Path(config.source).name), WHERE)
-    splits = {}
+    splits, total = {}, sum(len(classes) for classes in csvs.values())
     with _JpegSource(path) as source:
         for part, classes in csvs.items():
             missing = [name for names in classes.values() for name in names if not source.has(name)]
@@ -116,7 +116,7 @@ def _from_jpeg(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) 
             for names in classes.values():
                 arrays.append(np.stack([decode(source.read(n), n, config.image_size) for n in names]))
                 if progress:
-                    progress(1)
+                    progress("read classes", sum(s.n_classes for s in splits.values()) + len(arrays), total)
             splits[part] = store.Split.from_classes(arrays, list(classes), list(classes))
         return splits
 
@@ -138,7 +138,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) -> dict[str, store.Split]:
-    splits = {}
+    splits, total = {}, sum(len(classes) for classes in csvs.values())
     for part, classes in csvs.items():
         name = f"mini-imagenet-cache-{part}.pkl"
         path = locate(join_location(config.source, name), raw_dir, config.checksums.get(name), WHERE)
@@ -159,7 +159,7 @@ def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress
                 chosen = np.stack([resize(Image.fromarray(img), config.image_size) for img in chosen])
             arrays.append(chosen)
             if progress:
-                progress(1)
+                progress("read classes", sum(s.n_classes for s in splits.values()) + len(arrays), total)
         splits[part] = store.Split.from_classes(arrays, list(classes), list(classes))
     return splits
 

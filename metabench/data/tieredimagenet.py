@@ -124,7 +124,7 @@ def build(config: TieredImageNetConfig, raw_dir: Path, data_dir: Path, progress=
                     files = files[: config.max_per_class]
                 arrays.append(np.stack([decode(data, f"{synset}/{name}", config.image_size) for name, data in files]))
                 if progress:
-                    progress(1)
+                    progress(f"read {part} classes", len(arrays), len(classes))
             splits[part] = store.Split.from_classes(arrays, list(classes), list(classes.values()))
     info = {
         "source": config.source,

@@ -1,0 +1,202 @@
+"""metabench from Python: the calls the command line itself makes.
+
+Settings resolve exactly as on the command line: ``params.yaml`` in the working directory (or
+``params=``) gives the defaults of every run and of each algorithm, keyword arguments override
+them, and a run whose training settings differ from the params' gets its own folder (a
+``variant`` in its id), so an experiment never overwrites the default run.
+
+Example (after ``metabench fetch glyphs``)::
+
+    import metabench
+
+    run = metabench.train("protonet", shots=1, iterations=100)   # -> RunConfig of the trained run
+    metrics = metabench.evaluate(run)                             # the 600 shared test episodes
+    print(f"{100 * metrics['accuracy']:.2f} ± {100 * metrics['ci95']:.2f} %")
+    probabilities = metabench.predict(run.run_dir / "checkpoint.pt", support_x, support_y, query_x)
+    board = metabench.load_leaderboard()                          # reports/leaderboard.csv, checked
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from metabench import MetabenchError
+from metabench.config import RunConfig
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total), as the runner reports it
+
+# the identity and location of a run; every other keyword is a run setting that changes what is trained
+_SELECTION = ("dataset", "ways", "shots", "seed", "device", "data_dir", "runs_dir", "episodes_dir")
+LEADERBOARD_COLUMNS = ("dataset", "setting", "ways", "shots", "algorithm", "accuracy", "ci95", "ci95_over", "rank")
+
+
+def fetch(
+    source: str,
+    *,
+    data_dir: str | Path = "data",
+    params: str | Path | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    **options: Any,
+):
+    """Download (or generate) dataset ``source`` into ``data_dir`` and return the stored dataset.
+
+    ``options`` override the source's ``data.<source>`` section of ``params`` (``source=`` a URL
+    or folder, ``split=``, ``checksums=``, …). ``progress(done, total)`` sees downloaded bytes
+    (``total`` None when the server does not say) or generated classes.
+    """
+    from metabench.config import load_params
+    from metabench.data import fetch as fetch_source
+
+    configured = dict(((load_params(params).get("data") or {}).get(source)) or {})
+    return fetch_source(source, {**configured, **options}, Path(data_dir), progress)
+
+
+def run_config(
+    algorithm: str,
+    *,
+    params: str | Path | None = None,
+    hyper: dict[str, Any] | None = None,
+    **settings: Any,
+) -> RunConfig:
+    """The fully resolved run: ``params`` (default ``./params.yaml`` if present), then ``settings``.
+
+    ``settings`` are :class:`~metabench.config.RunConfig` fields (``shots=5``, ``iterations=200``,
+    ``runs_dir="runs"``, …); ``hyper`` overrides the algorithm's hyper-parameters
+    (``{"inner_lr": 0.1}``). Unknown names are refused with the list of valid ones.
+    """
+    import dataclasses
+
+    from metabench.config import load_params, resolve_run
+
+    valid = {f.name for f in dataclasses.fields(RunConfig)} - {"algorithm", "hyper", "variant"}
+    unknown = sorted(set(settings) - valid)
+    if unknown:
+        raise MetabenchError(f"unknown run setting {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    selection = {"algorithm": algorithm, **{k: v for k, v in settings.items() if k in _SELECTION}}
+    overrides = {k: v for k, v in settings.items() if k not in _SELECTION}
+    where = str(params or "built-in defaults")
+    return resolve_run(load_params(params), selection, overrides, dict(hyper or {}), where=where)
+
+
+def _config(run: str | RunConfig, params, hyper, settings) -> RunConfig:
+    if isinstance(run, RunConfig):
+        if params is not None or hyper or settings:
+            raise MetabenchError("give either a RunConfig or an algorithm name with settings, not both")
+        return run
+    return run_config(run, params=params, hyper=hyper, **settings)
+
+
+def train(
+    run: str | RunConfig,
+    *,
+    params: str | Path | None = None,
+    hyper: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+    **settings: Any,
+) -> RunConfig:
+    """Meta-train one run (``metabench train``) and return its resolved config.
+
+    Interrupted runs resume from their last saved state; the best checkpoint by validation
+    accuracy is ``<run_dir>/checkpoint.pt`` and the training summary ``train_summary.json``.
+    ``progress(phase, done, total)`` sees ``train`` updates and ``validate`` episodes.
+    """
+    from metabench.runner import train_run
+
+    config = _config(run, params, hyper, settings)
+    train_run(config, progress, force=force)
+    return config
+
+
+def evaluate(
+    run: str | RunConfig,
+    *,
+    params: str | Path | None = None,
+    hyper: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Score a trained run (or a reference method) on the fixed test episodes (``metabench evaluate``).
+
+    Returns ``metrics.json``'s content: ``accuracy`` (mean over episodes), ``ci95`` (half-width
+    of the 95% interval over episodes), ``episodes`` and the run's identity; the per-episode
+    accuracies are in ``<run_dir>/episodes.csv``.
+    """
+    from metabench.runner import evaluate_run
+
+    return evaluate_run(_config(run, params, hyper, settings), progress)
+
+
+def predict(
+    checkpoint: str | Path,
+    support_x: Any,
+    support_y: Any,
+    query_x: Any,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Class probabilities of ``query_x`` given a labelled support set (``metabench predict``).
+
+    Shapes: ``support_x`` (n_support, channels, size, size) float in [0, 1] as the dataset store
+    gives images (``metabench.predict.load_support`` reads folders into this), ``support_y``
+    (n_support,) int class indices 0 … ways − 1, ``query_x`` (n_query, channels, size, size).
+    Returns (n_query, ways) float32 probabilities (softmax of the method's scores).
+    A transductive method's answer for one query depends on the others (see the checkpoint's
+    algorithm in ``metabench algorithms``): classify queries together.
+    """
+    import torch
+
+    from metabench.config import resolve_device
+    from metabench.runner import load_trained
+
+    target = resolve_device(device)
+    algorithm, saved = load_trained(Path(checkpoint), target)
+    support_x = torch.as_tensor(np.asarray(support_x, dtype=np.float32), device=target)
+    support_y = torch.as_tensor(np.asarray(support_y, dtype=np.int64), device=target)
+    query_x = torch.as_tensor(np.asarray(query_x, dtype=np.float32), device=target)
+    height, width, channels = saved["dataset"]["image_shape"]
+    for name, images in (("support_x", support_x), ("query_x", query_x)):
+        if images.dim() != 4 or tuple(images.shape[1:]) != (channels, height, width):
+            raise MetabenchError(
+                f"{name} has shape {tuple(images.shape)}; this checkpoint takes (n, {channels}, {height}, {width})"
+            )
+    if support_y.dim() != 1 or len(support_y) != len(support_x):
+        raise MetabenchError(f"support_y must be one class index per support image ({len(support_x)})")
+    ways = int(support_y.max()) + 1
+    if sorted(set(support_y.tolist())) != list(range(ways)):
+        raise MetabenchError("support_y must use every class index 0 … ways − 1")
+    if algorithm.fixed_ways and ways != algorithm.task.test_ways:
+        raise MetabenchError(
+            f"this {saved['algorithm']} checkpoint is {algorithm.task.test_ways}-way but the support set has "
+            f"{ways} classes; give {algorithm.task.test_ways} classes"
+        )
+    scores = torch.as_tensor(algorithm.predict(support_x, support_y, query_x, ways))
+    return torch.softmax(scores.detach().float(), dim=1).cpu().numpy()
+
+
+def load_leaderboard(path: str | Path = "reports/leaderboard.csv") -> pd.DataFrame:
+    """The leaderboard ``metabench report`` wrote: one row per (dataset, setting, algorithm).
+
+    Columns include ``accuracy`` and ``ci95`` (fractions), ``ci95_over`` (``seeds`` or
+    ``episodes``), ``rank``, ``bold`` (best or not separated from it), ``published``. A file
+    that is not a metabench leaderboard is refused rather than half-read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MetabenchError(f"{path} does not exist; run `dvc repro` or `metabench report` first")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise MetabenchError(f"{path} is not a readable CSV ({error}); regenerate it with `metabench report`") from None
+    missing = [column for column in LEADERBOARD_COLUMNS if column not in table]
+    if missing:
+        raise MetabenchError(f"{path} lacks columns {', '.join(missing)}; regenerate it with `metabench report`")
+    if table.empty or not table["accuracy"].between(0, 1).all() or not (table["ci95"] >= 0).all():
+        raise MetabenchError(
+            f"{path} holds no rows or accuracies outside [0, 1]; regenerate it with `metabench report`"
+        )
+    return table
