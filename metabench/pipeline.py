@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from metabench import MetabenchError, sources
+from metabench import MetabenchError, plots, sources
 from metabench.config import load_params
 
 # run settings that only evaluation reads; every other `run` key changes what is trained
@@ -123,10 +123,45 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
                 "leaderboard.tex",
                 "pairwise.csv",
                 "figures",
+                plots.FOLDER,
             )
         ],
         "metrics": [{"reports/summary.json": {"cache": False}}],
     }
+    return out
+
+
+def plot_definitions(params: dict[str, Any]) -> list[Any]:
+    """dvc.yaml's top-level ``plots:``: learning curves and accuracy against cost per setting
+    (data written by ``metabench.plots``), then the report's figures as images."""
+    board, run = params.get("leaderboard") or {}, params.get("run") or {}
+    ways = run.get("ways", 5)
+    out: list[Any] = []
+    for shots in board.get("shots", [run.get("shots", 1)]):
+        name = f"{ways}-way {shots}-shot"
+        out.append(
+            {
+                f"learning curves {name}": {
+                    "template": "linear",
+                    "x": "iteration",
+                    "y": {f"reports/{plots.curve_path(ways, shots, a)}": "val_accuracy" for a in board["algorithms"]},
+                    "x_label": "meta-training iteration",
+                    "y_label": "validation accuracy (mean over seeds)",
+                }
+            }
+        )
+        out.append(
+            {
+                f"accuracy vs training time {name}": {
+                    "template": "scatter",
+                    "x": {f"reports/{plots.cost_path(ways, shots)}": "train_seconds"},
+                    "y": {f"reports/{plots.cost_path(ways, shots)}": "accuracy"},
+                    "x_label": "meta-training seconds",
+                    "y_label": "test accuracy (mean over seeds)",
+                }
+            }
+        )
+    out += [f"reports/figures/{name}" for name in ("accuracy.png", "accuracy_vs_cost.png", "learning_curves.png")]
     return out
 
 
@@ -144,7 +179,9 @@ HEADER = """\
 def render(params_path: Path, root: Path = sources.ROOT) -> str:
     folder = params_path.parent.resolve().relative_to(root.resolve())
     layout = Layout(folder, profile=folder != Path("."))
-    body = yaml.safe_dump({"stages": stages(load_params(params_path), layout)}, sort_keys=False, width=120)
+    params = load_params(params_path)
+    document = {"stages": stages(params, layout), "plots": plot_definitions(params)}
+    body = yaml.safe_dump(document, sort_keys=False, width=120)
     command = f"dvc repro {folder.as_posix()}/dvc.yaml" if layout.profile else "dvc repro"
     return HEADER.format(params=(folder / "params.yaml").as_posix(), command=command) + body
 

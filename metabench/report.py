@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from metabench import MetabenchError, files, leaderboard, published, stats
+from metabench import MetabenchError, files, leaderboard, plots, published, stats
 from metabench.algorithms import REGISTRY
 from metabench.evaluation import read_results
 
@@ -502,6 +502,7 @@ def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, run_ids: list[str] 
             config = json.loads(config_path.read_text())
             hyper.setdefault(config["algorithm"], config["hyper"])
 
+    plots.write(runs.metrics, runs.curves, table, out_dir)  # the data of dvc.yaml's `plots:`
     summary = {f"{r.algorithm}_{r.ways}w{r.shots}s": round(float(r.accuracy), 6) for r in table.itertuples()}
     files.write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     costs = cost_table(table)

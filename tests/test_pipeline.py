@@ -139,3 +139,49 @@ def test_a_comment_in_one_algorithm_reruns_only_that_algorithms_stages(repo):
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
     assert {"grid", "profile"} <= ran and "fetch" not in ran
     assert _ran(repo) == {"glyphs-fomaml-5w1s-seed0"}
+
+
+def test_dvc_plots_show_draws_the_learning_curves_and_accuracy_against_cost(repo):
+    plots = sh_json(repo, "dvc", "plots", "show", "--json")["data"]
+    curves = plots["learning curves 5-way 1-shot"][0]["content"]["data"]["values"]
+    assert {row["filename"] for row in curves} == {"protonet.csv", "fomaml.csv"}  # one series per algorithm
+    assert {int(row["iteration"]) for row in curves} == {5, 10}  # every validation of the 10 iterations
+    cost = plots["accuracy vs training time 5-way 1-shot"][0]["content"]["data"]["values"]
+    summary = json.loads((repo / "reports" / "summary.json").read_text())
+    assert {row["algorithm"]: pytest.approx(float(row["accuracy"]), abs=1e-5) for row in cost} == {
+        "protonet": summary["protonet_5w1s"],
+        "fomaml": summary["fomaml_5w1s"],
+    }
+    assert plots["reports/figures/learning_curves.png"][0]["type"] == "image"
+
+
+def test_exp_show_gives_the_headline_metrics_and_the_params_that_changed(repo):
+    shown = sh_json(repo, "dvc", "exp", "show", "--json", "--only-changed")
+    experiment = next(e for row in shown for e in (row.get("experiments") or []))
+    data = experiment["revs"][0]["data"]
+    metrics = data["metrics"]["reports/summary.json"]["data"]
+    assert set(metrics) == {"protonet_5w1s", "fomaml_5w1s"}
+    assert data["params"]["params.yaml"]["data"]["algorithms"]["fomaml"]["hyper"]["meta_batch"] == 3
+
+
+def test_a_colleague_pulls_data_and_runs_and_reproduces_the_report_without_training(repo, tmp_path):
+    remote = tmp_path / "remote"
+    sh(repo, "dvc", "repro")
+    sh(repo, "dvc", "remote", "add", "-d", "shared", str(remote))
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results and remote")
+    sh(repo, "dvc", "push")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    assert not (clone / "runs").exists() and not (clone / "data" / "glyphs").exists()  # git holds neither
+    sh(clone, "dvc", "pull")
+    for run_id in ("glyphs-protonet-5w1s-seed0", "glyphs-fomaml-5w1s-seed0"):
+        assert (clone / "runs" / run_id / "episodes.csv").read_bytes() == (
+            repo / "runs" / run_id / "episodes.csv"
+        ).read_bytes()
+    status = sh_json(clone, "dvc", "status", "--json")
+    assert status == {}, status  # nothing to re-run: the pulled runs are the pipeline's outputs
+    before = (clone / "reports" / "summary.json").read_text()
+    output = sh(clone, "dvc", "repro", "--force", "--single-item", "report")  # the report alone, from the pulled runs
+    assert "Running stage 'grid'" not in output
+    assert (clone / "reports" / "summary.json").read_text() == before
