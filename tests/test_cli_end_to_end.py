@@ -252,3 +252,36 @@ def test_profile_without_an_algorithm_profiles_the_whole_leaderboard(tmp_path, t
     assert profile["shots"] == 2 and profile["meta_batch"] == 2 and profile["meta_train_tasks_per_second"] > 0
     result = runner.invoke(app, ["profile", "--params", "params.yaml", "--out", "x.json"])
     assert result.exit_code != 0 and "--out needs --algorithm" in str(result.exception)
+
+
+def test_help_is_also_dash_h_and_names_where_each_default_comes_from():
+    long, short = run_cli("train", "--help"), run_cli("train", "-h")
+    assert long.stdout == short.stdout
+    text = " ".join(long.stdout.replace("│", " ").split())
+    assert (
+        "Support images per class. (default: algorithms.<name>.run.shots, else run.shots of params.yaml, else 1)"
+        in text
+    )
+
+
+def test_an_unknown_source_is_refused_before_any_progress_bar(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "metabench", "fetch", "omniglott", "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: unknown dataset source 'omniglott'; choose one of glyphs")
+    assert "fetch omniglott:" not in result.stderr and not (tmp_path / "data").exists()  # no bar, nothing written
+
+
+def test_progress_reports_training_each_validation_and_evaluation_with_totals(workdir):
+    config = RunConfig(algorithm="protonet", data_dir=str(workdir / "data"), runs_dir=str(workdir / "runs"), **QUICK)
+    seen = []
+    train_run(config, lambda *report: seen.append(report))
+    evaluate_run(config, lambda *report: seen.append(report))
+    validations = [done for phase, done, total in seen if phase == "validate" and total == config.val_episodes]
+    assert validations.count(config.val_episodes) == config.iterations // config.val_every  # each one completes
+    assert ("train", config.iterations, config.iterations) in seen
+    assert seen[-1] == ("evaluate", config.test_episodes, config.test_episodes)

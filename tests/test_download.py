@@ -57,3 +57,14 @@ def test_local_path_source_and_missing_local_file(tmp_path):
 def test_malformed_checksum_is_rejected(tmp_path):
     with pytest.raises(MetabenchError, match="md5:<hex>"):
         fetch_file(str(tmp_path), tmp_path / "x", "crc32:1234")
+
+
+def test_progress_reports_bytes_against_the_total(shared_data, http_server, tmp_path):
+    url = http_server(shared_data / "omniglot") + "images_evaluation.zip"
+    size = (shared_data / "omniglot" / "images_evaluation.zip").stat().st_size
+    seen = []
+    fetch_file(url, tmp_path / "images_evaluation.zip", EVALUATION_SHA256, lambda *report: seen.append(report))
+    assert {what for what, _, _ in seen} == {"download images_evaluation.zip (bytes)"}
+    assert all(total == size for _, _, total in seen)  # the server's Content-Length: a bar with a total
+    done = [count for _, count, _ in seen]
+    assert done == sorted(done) and done[-1] == size
