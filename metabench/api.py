@@ -18,9 +18,8 @@ Example (after ``metabench fetch glyphs``)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,9 @@ import pandas as pd
 from metabench import MetabenchError
 from metabench.config import RunConfig
 
-Progress = Callable[[str, int, int], None]  # (phase, done, total), as the runner reports it
+if TYPE_CHECKING:
+    from metabench.data.download import ProgressCallback
+    from metabench.runner import Progress
 
 # the identity and location of a run; every other keyword is a run setting that changes what is trained
 _SELECTION = ("dataset", "ways", "shots", "seed", "device", "data_dir", "runs_dir", "episodes_dir")
@@ -40,14 +41,14 @@ def fetch(
     *,
     data_dir: str | Path = "data",
     params: str | Path | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
+    progress: ProgressCallback | None = None,
     **options: Any,
 ):
     """Download (or generate) dataset ``source`` into ``data_dir`` and return the stored dataset.
 
     ``options`` override the source's ``data.<source>`` section of ``params`` (``source=`` a URL
-    or folder, ``split=``, ``checksums=``, …). ``progress(done, total)`` sees downloaded bytes
-    (``total`` None when the server does not say) or generated classes.
+    or folder, ``split=``, ``checksums=``, …). ``progress(what, done, total)`` sees each phase:
+    downloaded bytes (``total`` None when the server does not say), rendered or read classes.
     """
     from metabench.config import load_params
     from metabench.data import fetch as fetch_source
