@@ -143,7 +143,7 @@ def predict(
     """Class probabilities of ``query_x`` given a labelled support set (``metabench predict``).
 
     Shapes: ``support_x`` (n_support, channels, size, size) float in [0, 1] as the dataset store
-    gives images (``metabench.predict.load_support`` reads folders into this), ``support_y``
+    gives images (``metabench.folders.load_support`` reads folders into this), ``support_y``
     (n_support,) int class indices 0 … ways − 1, ``query_x`` (n_query, channels, size, size).
     Returns (n_query, ways) float32 probabilities (softmax of the method's scores).
     A transductive method's answer for one query depends on the others (see the checkpoint's

@@ -117,9 +117,6 @@ class _Bars:
         if phase in self.tasks:
             self.progress.update(self.tasks[phase], description=f"{self.prefix}{text}")
 
-    def print(self, text: str) -> None:
-        (self.progress.console if self.progress is not None else console).print(text)
-
 
 def _resolve(params_path: Path | None, overrides: dict | None, hp: list[str], **selection):
     """The run picked by ``selection`` (identity and location options) with ``overrides`` and ``--hp``."""
@@ -398,7 +395,7 @@ def predict(
     from metabench import api
     from metabench.algorithms import get_algorithm
     from metabench.checkpoint import load as load_checkpoint
-    from metabench.predict import load_queries, load_support
+    from metabench.folders import load_queries, load_support
 
     saved = load_checkpoint(checkpoint, rebuild="train the run (metabench train) or restore the file")
     height, _, channels = saved["dataset"]["image_shape"]

@@ -4,7 +4,7 @@ classifies query images given a labelled support set, as ``metabench predict`` d
 Input, a dict of numpy arrays (a tensor signature):
 
 * ``support_x``: (n_support, channels, size, size) float32, images as the dataset store gives
-  them (grey or RGB in [0, 1], resized to the run's image size: ``metabench.predict`` reads
+  them (grey or RGB in [0, 1], resized to the run's image size: ``metabench.folders`` reads
   folders into exactly this);
 * ``support_y``: (n_support,) int64, class indices 0 … ways − 1;
 * ``query_x``: (n_query, channels, size, size) float32.

@@ -10,7 +10,7 @@ from PIL import Image
 
 from metabench.config import RunConfig
 from metabench.data import store
-from metabench.predict import load_queries, load_support
+from metabench.folders import load_queries, load_support
 from metabench.runner import train_run
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 import shutil
 import subprocess
@@ -41,6 +43,10 @@ def test_readme_from_python_block_runs(tmp_path, glyphs_dir):
 
 
 def test_the_api_is_what_the_package_exports():
+    # importing a submodule sets the package attribute of its name: none may be named like an API call
+    for module in pkgutil.walk_packages(metabench.__path__, "metabench."):
+        if not module.name.endswith("__main__"):  # that one runs the command line
+            importlib.import_module(module.name)
     for name in ("train", "evaluate", "predict", "load_leaderboard", "fetch", "run_config"):
         assert callable(getattr(metabench, name)) and getattr(metabench, name).__doc__
     with pytest.raises(AttributeError):

@@ -1,4 +1,4 @@
-"""Applying a trained model to the user's own few-shot problem (``metabench predict``).
+"""Reading the user's own support and query folders for ``metabench predict`` and ``metabench.predict``.
 
 The support directory holds one sub-folder of images per class; the query directory holds
 images. Every image, whatever its size and mode, is converted as the training data was: to the
