@@ -393,18 +393,16 @@ def predict(
     normalises with their batch statistics); it warns, once.
     """
     from metabench import api
-    from metabench.algorithms import get_algorithm
-    from metabench.checkpoint import load as load_checkpoint
     from metabench.folders import load_queries, load_support
 
-    saved = load_checkpoint(checkpoint, rebuild="train the run (metabench train) or restore the file")
-    height, _, channels = saved["dataset"]["image_shape"]
+    model = api.load_model(checkpoint, device=device)
+    channels, height, _ = model.image_shape
     support_x, support_y, class_names = load_support(support, channels, height)
     query_x, query_names = load_queries(query, channels, height)
-    scores = api.predict(checkpoint, support_x, support_y, query_x, device=device)
-    if get_algorithm(saved["algorithm"]).transductive:
+    scores = model.predict(support_x, support_y, query_x)
+    if model.transductive:
         console.print(
-            f"[yellow]warning:[/yellow] {saved['algorithm']} is transductive: each prediction depends on the "
+            f"[yellow]warning:[/yellow] {model.algorithm} is transductive: each prediction depends on the "
             f"other {len(query_names) - 1} images in {query} (their batch statistics); classify them together"
         )
     writer = csv.writer(sys.stdout, lineterminator="\n")

@@ -29,24 +29,15 @@ ARTIFACT = "model"
 
 
 class FewShotModel(mlflow.pyfunc.PythonModel):
-    """Loads ``checkpoint.pt`` on the CPU and predicts with the algorithm's own ``predict``."""
+    """Loads ``checkpoint.pt`` on the CPU and predicts as ``metabench.predict`` does (same checks)."""
 
     def load_context(self, context) -> None:
-        import torch
+        from metabench.api import load_model
 
-        from metabench.runner import load_trained
-
-        self.algorithm, self.saved = load_trained(Path(context.artifacts["checkpoint"]), torch.device("cpu"))
+        self.model = load_model(Path(context.artifacts["checkpoint"]), "cpu")
 
     def predict(self, context, model_input, params=None):
-        import torch
-
-        support_x = torch.as_tensor(np.asarray(model_input["support_x"], dtype=np.float32))
-        support_y = torch.as_tensor(np.asarray(model_input["support_y"], dtype=np.int64))
-        query_x = torch.as_tensor(np.asarray(model_input["query_x"], dtype=np.float32))
-        ways = int(support_y.max()) + 1
-        scores = torch.as_tensor(self.algorithm.predict(support_x, support_y, query_x, ways))
-        return torch.softmax(scores.float(), dim=1).numpy()
+        return self.model.predict(model_input["support_x"], model_input["support_y"], model_input["query_x"])
 
 
 def signature(image_shape: list[int]):

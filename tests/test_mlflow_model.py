@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from metabench import MetabenchError
 from metabench.config import RunConfig
 from metabench.data import store
 from metabench.folders import load_queries, load_support
-from metabench.runner import train_run
+from metabench.runner import load_trained, train_run
 
 
 @pytest.mark.parametrize("algorithm", ["protonet", "maml"])  # an embedding method and a transductive one
-def test_the_logged_model_predicts_the_labels_of_metabench_predict(tmp_path, glyphs_dir, algorithm):
+def test_the_logged_model_predicts_the_labels_of_metabench_predict(tmp_path, glyphs_dir, algorithm, monkeypatch):
     import mlflow
     from typer.testing import CliRunner
 
+    from metabench import runner
     from metabench.cli import app
 
     config = RunConfig(
@@ -43,6 +45,8 @@ def test_the_logged_model_predicts_the_labels_of_metabench_predict(tmp_path, gly
         Image.fromarray(images[0]).save(support / f"c{way}" / "shot.png")
         for q in range(1, 3):
             Image.fromarray(images[q]).save((query.mkdir(exist_ok=True), query / f"c{way}_{q}.png")[1])
+    loads = []
+    monkeypatch.setattr(runner, "load_trained", lambda *args: loads.append(args) or load_trained(*args))
     printed = CliRunner().invoke(
         app,
         [
@@ -56,6 +60,7 @@ def test_the_logged_model_predicts_the_labels_of_metabench_predict(tmp_path, gly
         ],
     )
     assert printed.exit_code == 0, printed.output
+    assert len(loads) == 1  # the checkpoint is read once, for its image shape and its weights
     expected = dict(line.split(",") for line in printed.stdout.strip().splitlines()[1:])
 
     support_x, support_y, classes = load_support(support, 1, 28)
@@ -68,3 +73,7 @@ def test_the_logged_model_predicts_the_labels_of_metabench_predict(tmp_path, gly
     assert probabilities.shape == (len(names), 5)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
     assert {name: classes[label] for name, label in zip(names, probabilities.argmax(1))} == expected
+    # the logged model checks its input as metabench.predict does (beyond what the signature enforces)
+    gap = np.where(support_y.numpy() == 2, 4, support_y.numpy())
+    with pytest.raises(MetabenchError, match="support_y must use every class index"):
+        model.predict({"support_x": support_x.numpy(), "support_y": gap, "query_x": query_x.numpy()})
