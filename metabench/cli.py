@@ -434,12 +434,16 @@ def profile(
 ) -> None:
     """Measure what a method costs: meta-train steps/s, adaptation tasks/s, GFLOP/s, peak memory.
 
+    The numbers also go to MLflow as ``cost.*`` metrics of each tracked run of the setting (every
+    seed), beside its accuracy.
+
     Without ``--algorithm``, profiles every algorithm and shot count of the leaderboard in
     params.yaml in one process (what the pipeline's profile stages do one at a time). Profile on
     a quiet machine: other work running at the same time slows every number.
     """
     from metabench.config import load_params
-    from metabench.profiling import profile_run, write_profile
+    from metabench.profiling import profile_run, runs_of_setting, write_profile
+    from metabench.tracking import log_cost
 
     if algorithm is None:
         board = load_params(params).get("leaderboard") or {}
@@ -469,6 +473,7 @@ def profile(
             result = profile_run(config)
             path = out or config.profile_path(out_dir)
             write_profile(result, path)
+            log_cost(result, runs_of_setting(config))
             progress.advance(task)
             if len(selection) == 1:
                 print(json.dumps(result, indent=1))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from metabench import MetabenchError, files
+from metabench import MetabenchError, files, system_metrics
 from metabench.config import RunConfig
 
 GRID_FILE = "grid.json"
@@ -114,9 +114,12 @@ def run_unit(config: RunConfig, threads: int | None = None) -> Outcome:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     start = time.perf_counter()
-    if _trained(config):
-        train_run(config, force=_must_restart(config, threads))
-    metrics = evaluate_run(config)
+    restart = _trained(config) and _must_restart(config, threads)
+    # the worker keeps the machine's load beside the run's files; the driver sends it to MLflow
+    with system_metrics.Sampler(config.run_dir, resume=not restart):
+        if _trained(config):
+            train_run(config, force=restart)
+        metrics = evaluate_run(config)
     return Outcome(
         config.run_id, "done", metrics, {**run_seconds(config), "unit": round(time.perf_counter() - start, 1)}
     )

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from metabench import files
 from metabench.algorithms import build_algorithm, get_algorithm, make_hyper
 from metabench.config import RunConfig, resolve_device
 from metabench.data import store
@@ -131,6 +132,18 @@ def profile_run(config: RunConfig, steps: int = 5, episodes: int = 20) -> dict:
 
 
 def write_profile(result: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    files.write_atomic(Path(path), json.dumps(result, indent=1) + "\n")  # never half a profile
+
+
+def runs_of_setting(config: RunConfig) -> list[Path]:
+    """The run directories of ``config``'s setting, every seed: the runs a profile's cost describes."""
+    import dataclasses
+    import re
+
+    found = []
+    pattern = RunConfig.format_id(config.dataset, config.algorithm, config.ways, config.shots, "*")
+    for path in sorted(Path(config.runs_dir).glob(pattern)):
+        seed = re.fullmatch(r"\d+", path.name[len(pattern) - 1 :].split("-")[0])
+        if path.is_dir() and seed and dataclasses.replace(config, seed=int(seed.group())).run_id == path.name:
+            found.append(path)
+    return found

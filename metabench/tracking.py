@@ -15,7 +15,10 @@ training experiment (``mlflow.experimentKind``; MLflow 3.17's UI still starts in
 unless the link says ``?workflowType=machine_learning``, which ``make mlflow-ui`` prints); MLflow's own
 system tags (``mlflow.source.git.commit``, ``mlflow.source.name``, ``mlflow.user``); each
 parameter once (the resolved run settings, the task shape, the dataset); as metrics only what
-varies or is a result, each training point stamped with the time it was reached.
+varies or is a result, each training point stamped with the time it was reached; the
+machine's load as ``system/*`` metrics (``system_metrics``); a method's cost from the profile
+stage as ``cost.*`` metrics of every run of its setting, so the runs table sets accuracy
+beside cost.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 from rich.console import Console
 
-from metabench import files
+from metabench import files, system_metrics
 
 EXPERIMENT = "metabench"  # prefix: one experiment per dataset, metabench-<dataset>
 # what the MLflow UI reads to open a training experiment on its runs (mlflow.experimentKind)
@@ -46,6 +49,17 @@ RESULTS = {
     "best_iteration",
     "train_seconds",
 }
+# the profile's numbers that measure cost (``metabench profile``); the rest are its settings
+COST = (
+    "meta_train_steps_per_second",
+    "meta_train_tasks_per_second",
+    "adaptation_tasks_per_second",
+    "evaluation_episodes_per_second",
+    "gflop_per_step",
+    "achieved_gflops",
+    "utilisation",
+    "peak_rss_mb",
+)
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 RUN_FILE = "mlflow_run.json"
 PENDING_FILE = "tracking_pending"
@@ -59,6 +73,8 @@ def tracking_uri() -> str:
 
 def _quiet_environment() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow draws a bar per artifact transfer; in a grid's log they are noise
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # fail fast on a dead server instead of retrying for minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -75,12 +91,16 @@ def git_commit() -> str:
 class Tracker:
     """Tracks one metabench run (one run directory) as one MLflow run."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, start_ms: int | None = None, mark_pending: bool = True):
         self.run_dir = Path(run_dir)
         self.enabled = enabled and os.environ.get("METABENCH_TRACKING", "on") != "off"
         self.client = None
         self.run_id: str | None = None
-        self.start_ms = int(time.time() * 1000)  # the MLflow run's start: training points are stamped from it
+        # the MLflow run's start: training points are stamped from it (a resent run gives its own)
+        self.start_ms = int(time.time() * 1000) if start_ms is None else start_ms
+        # a failure leaves the run marked for `metabench track`, unless what failed is not part of it
+        self.mark_pending = mark_pending
+        self._sampler: system_metrics.Sampler | None = None
 
     # -- plumbing -------------------------------------------------------------------------
     def _safely(self, action: str, function, *args, **kwargs):
@@ -92,7 +112,8 @@ class Tracker:
         except Exception as error:  # any failure of the tracking backend must not stop the run
             self.enabled = False
             try:
-                (self.run_dir / PENDING_FILE).write_text(f"{action}: {type(error).__name__}: {error}\n")
+                if self.mark_pending:
+                    (self.run_dir / PENDING_FILE).write_text(f"{action}: {type(error).__name__}: {error}\n")
             except OSError:
                 pass  # a full disk: the warning below still tells the user
             if not _warned:
@@ -128,6 +149,8 @@ class Tracker:
         it RUNNING) or is being replaced, so it is marked KILLED, or deleted when ``replace``.
         """
         self._open(name, params, tags, resume, replace=False)
+        if self.run_id is not None and self.enabled:
+            self._sampler = system_metrics.Sampler(self.run_dir, resume=resume, send=self._send_system).start()
 
     def replace(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
         """A new MLflow run for this run directory in place of the recorded one (deleted)."""
@@ -200,6 +223,23 @@ class Tracker:
 
         self._safely("logging metrics", send)
 
+    def _send_system(self, row: dict[str, float]) -> None:
+        """One system-metrics sample, live; a failure is the sampler's (the file keeps the sample)."""
+        if self.enabled and self.run_id is not None:
+            self.client.log_batch(self.run_id, metrics=system_metric_objects([row]))
+
+    def log_system(self, rows: list[dict[str, float]]) -> None:
+        """Recorded system-metrics samples (``system_metrics.csv``), with their own times and steps."""
+        if not rows or self.run_id is None:
+            return
+
+        def send():
+            metrics = system_metric_objects(rows)
+            for start in range(0, len(metrics), BATCH):
+                self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH])
+
+        self._safely("logging system metrics", send)
+
     def _stamp(self, row: dict[str, Any], now: int) -> int:
         """When a training point was reached: the run's start plus its training seconds."""
         seconds = row.get("seconds")
@@ -258,15 +298,69 @@ class Tracker:
 
             mlflow.pyfunc.log_model(
                 name=mlflow_model.ARTIFACT,
-                python_model=mlflow_model.FewShotModel(),
+                python_model=mlflow_model.__file__,  # models from code: MLflow pickles nothing
                 artifacts={"checkpoint": str(checkpoint_path)},
                 signature=mlflow_model.signature(image_shape),
                 pip_requirements=mlflow_model.requirements(),
             )
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", end_ms: int | None = None) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
         if self.run_id is not None:
-            self._safely("closing the run", self.client.set_terminated, self.run_id, status)
+            self._safely("closing the run", self.client.set_terminated, self.run_id, status, end_ms)
+
+
+def system_metric_objects(rows: list[dict[str, float]]) -> list:
+    """MLflow metrics ``system/<name>`` of samples, as MLflow's own system-metrics monitor names them."""
+    from mlflow.entities import Metric
+
+    return [
+        Metric(f"system/{key}", value, int(row["timestamp"]), int(row["step"]))
+        for row in rows
+        for key, value in row.items()
+        if key not in ("step", "timestamp") and value == value
+    ]
+
+
+def log_cost(profile: dict[str, Any], run_dirs: Iterable[Path]) -> list[str]:
+    """A profile's cost numbers as ``cost.<name>`` metrics of each tracked run in ``run_dirs``
+    (the seeds of its setting): the MLflow runs table then sets accuracy beside cost. Returns the
+    MLflow run ids that got them. A run that is not tracked, or a store that fails, is passed over
+    (the profile file is the record; it is not marked for ``metabench track``).
+    """
+    logged = []
+    for run_dir in run_dirs:
+        tracker = Tracker(run_dir, mark_pending=False)
+        if not tracker.attach():
+            continue
+        tracker.log_rows(
+            [{**{key: profile[key] for key in COST if isinstance(profile.get(key), (int, float))}, "_step": 0}],
+            step_key="_step",
+            prefix="cost.",
+        )
+        tracker.set_tags({"cost.device": str(profile.get("device")), "cost.threads": str(profile.get("threads"))})
+        if tracker.enabled:
+            logged.append(tracker.run_id)
+    return logged
+
+
+def _recorded_span(run_dir: Path) -> tuple[int | None, int | None]:
+    """When a run's work started and ended, in ms, from its files: it ended when its last result
+    file was written, and started its training and evaluation seconds before (file times survive
+    a copy less well than the seconds the run recorded). (None, None) when no result is there."""
+    results = [run_dir / name for name in ("metrics.json", "train_summary.json") if (run_dir / name).is_file()]
+    if not results:
+        return None, None
+    end_ms = int(1000 * max(path.stat().st_mtime for path in results))
+    seconds = 0.0
+    for name, key in (("train_summary.json", "train_seconds"), ("eval_timing.json", "eval_seconds")):
+        try:
+            seconds += float(json.loads((run_dir / name).read_text()).get(key) or 0)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return end_ms - int(1000 * seconds), end_ms
 
 
 def _recorded_run(client, record: Path):
@@ -340,12 +434,14 @@ def resend(run_dir: Path) -> str | None:
 def _resend(run_dir: Path, pd) -> str | None:
     config = files.read_json(run_dir / "config.json", "run config", "retrain the run (metabench train)")
     config.pop("fingerprint", None)  # resume bookkeeping, not a parameter
-    tracker = Tracker(run_dir)
+    start_ms, end_ms = _recorded_span(run_dir)
+    tracker = Tracker(run_dir, start_ms=start_ms)
     tags = run_tags(config, config["dataset"]["checksum"], "unknown")
     tracker.replace(run_dir.name, config, {**tags, "resent_from_files": "true"})  # never a second run beside it
     log = run_dir / "train_log.csv"
     if log.is_file():
         tracker.log_rows(pd.read_csv(log).to_dict("records"))
+    tracker.log_system(system_metrics.read(run_dir))
     for name in ("train_summary.json", "metrics.json"):
         if (run_dir / name).is_file():
             tracker.log_final(
@@ -354,7 +450,7 @@ def _resend(run_dir: Path, pd) -> str | None:
     tracker.log_artifacts(
         [run_dir / n for n in ("checkpoint.pt", "config.json", "train_log.csv", "episodes.csv", "metrics.json")]
     )
-    tracker.finish()
+    tracker.finish(end_ms=end_ms)
     if tracker.enabled and tracker.run_id:
         (run_dir / PENDING_FILE).unlink(missing_ok=True)
         return tracker.run_id
