@@ -27,7 +27,7 @@ setup: $(STAMP)
 
 # The benchmark gate: fails if a hot path (MAML meta-steps, ProtoNet evaluation; seconds each)
 # is 50% slower on the mean than the committed baseline: fresh-clone CI runs differ from the
-# baseline run by more than 25% (README, Benchmarks), and a real regression such as the 5x
+# baseline run by more than 25% (benchmarks/README.md, "Cost and speed"), and a real regression such as the 5x
 # slowed inner loop of tests/test_benchmark_gate.py is far beyond 50%. The millisecond
 # benchmarks vary too much between runs to gate. It runs before the tests, so the log ends
 # with the test suite's summary.

@@ -1,6 +1,6 @@
 """Fixtures of the benchmark gate: the issue's MAML setting and a test-only slowed inner loop.
 
-Setting (README, "Cost"): Conv-4 with 64 channels, 28×28 grey images, 5-way 1-shot tasks with
+Setting (benchmarks/README.md, "Cost and speed"): Conv-4 with 64 channels, 28×28 grey images, 5-way 1-shot tasks with
 15 queries per class, meta-batch 32, one inner step at 0.4. Data are random: speed does not
 depend on pixel values.
 
