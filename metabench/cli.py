@@ -516,6 +516,11 @@ def report(
     runs_dir: Path = typer.Option(Path("runs"), help="Where run outputs are."),
     profiles_dir: Path = typer.Option(Path("profiles"), help="Where profile JSON files are."),
     out_dir: Path = typer.Option(Path("reports"), help="Where to write leaderboard.md/.html and figures."),
+    episodes_dir: Path | None = typer.Option(
+        None,
+        help="The fixed episodes the runs were scored on, for the open intervals "
+        "(default: run.episodes_dir of params.yaml, else <run.data_dir>/episodes).",
+    ),
     available: bool = typer.Option(
         False, "--available", help="Report the leaderboard's runs that are evaluated; name the missing ones."
     ),
@@ -540,7 +545,10 @@ def report(
             run_ids = [run_id for run_id in run_ids if run_id not in missing]
             if not run_ids:
                 raise MetabenchError(f"none of the leaderboard's runs is evaluated in {runs_dir}; run `metabench grid`")
-    headline = build(runs_dir, profiles_dir, out_dir, run_ids)
+    if episodes_dir is None:
+        run = settings.get("run") or {}
+        episodes_dir = Path(run.get("episodes_dir") or Path(run.get("data_dir") or "data") / "episodes")
+    headline = build(runs_dir, profiles_dir, out_dir, run_ids, episodes_dir)
     console.print(f"wrote {out_dir / 'leaderboard.md'} and {out_dir / 'leaderboard.html'}")
     print(json.dumps(headline, indent=1))
 

@@ -56,6 +56,10 @@ def entries(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
                     "published_ci": entry[1] if entry and entry[1] is not None else float("nan"),
                     "published_source": entry[2] if entry else "",
                     "train_seconds": float(r.get("train_seconds", float("nan"))),
+                    # over the image-disjoint test episodes (report.FORMULAS, "Closed and open")
+                    "open_accuracy": float(r.get("open_accuracy", float("nan"))),
+                    "open_ci95": float(r.get("open_ci95", float("nan"))),
+                    "open_episodes": int(r.get("open_episodes", 0)),
                 }
             )
     return pd.DataFrame(rows)

@@ -111,8 +111,8 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
     }
     report_options = " --params params.yaml --runs-dir runs --profiles-dir profiles --out-dir reports"
     out["report"] = {
-        "cmd": f"metabench report{report_options if layout.profile else ''}",
-        "deps": ["runs", "profiles", *layout.code(sources.import_closure("metabench.report") + [cli])],
+        "cmd": f"metabench report{report_options + layout.episodes_option if layout.profile else ''}",
+        "deps": ["runs", "profiles", layout.episodes, *layout.code(sources.import_closure("metabench.report") + [cli])],
         "params": ["leaderboard", *_keys(run, "run", lambda key: key in ("dataset", "ways"))],
         "outs": [
             {f"reports/{name}": {"cache": False}}

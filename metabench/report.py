@@ -9,11 +9,13 @@ Writes into ``reports/``: ``leaderboard.md`` (tables to paste into a paper),
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import itertools
 import json
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -41,11 +43,26 @@ FORMULAS = """\
   Benjamini-Hochberg (`scipy.stats.false_discovery_control`).
 - **Episodes**: drawn once per (dataset checksum, split, ways, shots, queries, count, seed) and
   shared by every algorithm and seed; each episode draws distinct classes and distinct images,
-  episodes independently of each other (with replacement across episodes, which understates
-  interval width; Laffay et al., TMLR 2024).
+  episodes independently of each other (with replacement across episodes: they reuse images).
+- **Closed and open intervals** (Lafargue et al., "Oops, I Sampled it Again", TMLR 2024): the
+  interval over all test episodes is *closed*: it measures how much the number would move with
+  other episodes drawn from this same test set, not with other test images. The *open* interval
+  is the t-interval over the test episodes that share no image with an earlier one (drawn
+  without replacement in effect; the same episodes for every method), whose accuracies are
+  independent draws of the data too; it is wider, and it is the one to compare with a figure
+  measured on other test images. Neither counts training randomness: that is the seeds' interval.
 - **Transductive**: MAML-family methods normalise with each episode's batch statistics, so a
   query's prediction depends on the other queries; this is marked per algorithm.
 """
+
+
+INTERVALS_NOTE = (
+    "Closed: mean ± 1.96·s/√n over every fixed test episode; the episodes reuse test images, so it "
+    "measures the sampler's randomness on this test set only. Open: mean ± t·s/√n over the episodes "
+    "that share no image with an earlier one (the same episodes for every method; Lafargue et al., "
+    "TMLR 2024): the uncertainty with respect to the test data itself. Use the open interval to "
+    "compare with numbers measured on other test images; the seeds' interval counts training randomness."
+)
 
 
 @dataclass
@@ -54,10 +71,31 @@ class Runs:
     episodes: dict[str, np.ndarray]  # run_id -> per-episode accuracy
     curves: pd.DataFrame  # run_id, algorithm, shots, seed, iteration, val_accuracy
     profiles: pd.DataFrame
+    disjoint: dict[str, np.ndarray] = field(default_factory=dict)  # episodes sha256 -> image-disjoint episodes
 
 
-def load_runs(runs_dir: Path, profiles_dir: Path, run_ids: list[str] | None = None) -> Runs:
-    """Read run outputs; with ``run_ids`` exactly those runs (a missing one is an error)."""
+def disjoint_by_digest(episodes_dir: Path | None) -> dict[str, np.ndarray]:
+    """For every fixed episode file in ``episodes_dir``: its digest (the ``episodes_sha256`` of
+    the runs scored on it) -> the positions of its image-disjoint episodes. Matching by digest,
+    never by file name, means a run is only ever paired with the very episodes it was scored on."""
+    from metabench.episodes import EpisodeIndices
+
+    found = {}
+    for path in sorted(Path(episodes_dir).glob("*.npz")) if episodes_dir else []:
+        try:
+            with np.load(path) as saved:
+                indices = EpisodeIndices(saved["support"], saved["query"], saved["classes"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            continue  # not an episode file; a run whose episodes are missing gets no open interval
+        found[indices.digest()] = stats.disjoint_episodes(indices.support, indices.query)
+    return found
+
+
+def load_runs(
+    runs_dir: Path, profiles_dir: Path, run_ids: list[str] | None = None, episodes_dir: Path | None = None
+) -> Runs:
+    """Read run outputs; with ``run_ids`` exactly those runs (a missing one is an error). The
+    fixed episodes in ``episodes_dir`` give the open intervals (none without them)."""
     rows, episodes, curves = [], {}, []
     if run_ids is None:
         paths = sorted(Path(runs_dir).glob("*/metrics.json"))
@@ -97,7 +135,13 @@ def load_runs(runs_dir: Path, profiles_dir: Path, run_ids: list[str] | None = No
     if not rows:
         raise MetabenchError(f"no evaluated runs in {runs_dir}; run the train and evaluate stages first")
     profiles = [json.loads(p.read_text()) for p in sorted(Path(profiles_dir).glob("*.json"))]
-    return Runs(pd.DataFrame(rows), episodes, pd.concat(curves) if curves else pd.DataFrame(), pd.DataFrame(profiles))
+    return Runs(
+        pd.DataFrame(rows),
+        episodes,
+        pd.concat(curves) if curves else pd.DataFrame(),
+        pd.DataFrame(profiles),
+        disjoint_by_digest(episodes_dir),
+    )
 
 
 def aggregate(runs: Runs) -> pd.DataFrame:
@@ -120,6 +164,7 @@ def aggregate(runs: Runs) -> pd.DataFrame:
             "transductive": bool(group["transductive"].iloc[0]),
             "mlflow_run_ids": " ".join(r[:8] for r in group["mlflow_run_id"] if r),
             "seed_accuracies": list(group.sort_values("seed")["accuracy"]),
+            **_open(runs, group),
         }
         if not runs.profiles.empty:
             match = runs.profiles[
@@ -137,6 +182,39 @@ def aggregate(runs: Runs) -> pd.DataFrame:
         )
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _open(runs: Runs, group: pd.DataFrame) -> dict[str, float]:
+    """The open interval of one algorithm and setting: per image-disjoint episode, the mean over
+    seeds; then the t-interval over those episodes. NaN when its episodes are not at hand."""
+    hashes = set(group["episodes_sha256"].dropna()) if "episodes_sha256" in group else set()
+    kept = runs.disjoint.get(next(iter(hashes))) if len(hashes) == 1 else None
+    if kept is None:
+        return {"open_accuracy": float("nan"), "open_ci95": float("nan"), "open_episodes": 0}
+    pooled = np.mean([runs.episodes[run_id] for run_id in group["run_id"]], axis=0)
+    mean, half, count = stats.open_interval(pooled, kept)
+    return {"open_accuracy": mean, "open_ci95": half, "open_episodes": count}
+
+
+def intervals_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Closed against open interval per algorithm and setting (the report's "Intervals" section)."""
+    rows = []
+    for r in table.sort_values(
+        ["dataset", "ways", "shots", "accuracy"], ascending=[True, True, True, False]
+    ).itertuples():
+        if not r.open_episodes:
+            continue
+        rows.append(
+            {
+                "dataset": r.dataset,
+                "setting": f"{r.ways}w{r.shots}s",
+                "algorithm": r.algorithm,
+                "closed (all episodes)": _pct(r.accuracy, r.episode_ci95) + f" (n = {r.episodes})",
+                "open (image-disjoint episodes)": _pct(r.open_accuracy, r.open_ci95) + f" (n = {r.open_episodes})",
+                "open / closed width": f"{r.open_ci95 / r.episode_ci95:.1f}×" if r.episode_ci95 > 0 else "",
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def pairwise(runs: Runs) -> pd.DataFrame:
@@ -455,7 +533,7 @@ def is_reference(algorithm: str) -> bool:
 def split_references(runs: Runs) -> tuple[Runs, pd.DataFrame]:
     """The ranked runs, and the reference methods' runs (one row per run)."""
     mask = runs.metrics["algorithm"].map(is_reference)
-    ranked = Runs(runs.metrics[~mask].reset_index(drop=True), runs.episodes, runs.curves, runs.profiles)
+    ranked = dataclasses.replace(runs, metrics=runs.metrics[~mask].reset_index(drop=True))
     if ranked.metrics.empty:
         raise MetabenchError("only reference methods were evaluated; train and evaluate an algorithm first")
     return ranked, runs.metrics[mask]
@@ -476,9 +554,15 @@ def reference_table(references: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, run_ids: list[str] | None = None) -> dict:
+def build(
+    runs_dir: Path,
+    profiles_dir: Path,
+    out_dir: Path,
+    run_ids: list[str] | None = None,
+    episodes_dir: Path | None = None,
+) -> dict:
     """Write the report; return the headline numbers (also written to summary.json)."""
-    runs, references = split_references(load_runs(runs_dir, profiles_dir, run_ids))
+    runs, references = split_references(load_runs(runs_dir, profiles_dir, run_ids, episodes_dir))
     table = aggregate(runs)
     pairs = pairwise(runs)
     out_dir = Path(out_dir)
@@ -506,8 +590,13 @@ def build(runs_dir: Path, profiles_dir: Path, out_dir: Path, run_ids: list[str] 
     summary = {f"{r.algorithm}_{r.ways}w{r.shots}s": round(float(r.accuracy), 6) for r in table.itertuples()}
     files.write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     costs = cost_table(table)
-    _write_markdown(out_dir / "leaderboard.md", ranking, board, pair_table, baselines, table, hyper, runs, costs)
-    _write_html(out_dir / "leaderboard.html", ranking, board, pair_table, baselines, hyper, paths, runs, costs)
+    intervals = intervals_table(table)
+    _write_markdown(
+        out_dir / "leaderboard.md", ranking, board, pair_table, baselines, table, hyper, runs, costs, intervals
+    )
+    _write_html(
+        out_dir / "leaderboard.html", ranking, board, pair_table, baselines, hyper, paths, runs, costs, intervals
+    )
     return summary
 
 
@@ -527,7 +616,9 @@ def _episode_counts(runs: Runs) -> str:
     return f"fixed test episodes per run: {', '.join(map(str, counts))} (column *test episodes*); only runs on identical episodes are compared."
 
 
-def _write_markdown(path, ranking, board, pairs, baselines, table, hyper, runs: Runs, costs: pd.DataFrame) -> None:
+def _write_markdown(
+    path, ranking, board, pairs, baselines, table, hyper, runs: Runs, costs: pd.DataFrame, intervals: pd.DataFrame
+) -> None:
     lines = [
         "# metabench leaderboard",
         "",
@@ -549,6 +640,15 @@ def _write_markdown(path, ranking, board, pairs, baselines, table, hyper, runs: 
             "## Reference methods on the same episodes",
             "",
             baselines.to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+    if not intervals.empty:
+        lines += [
+            "## Closed and open intervals",
+            "",
+            intervals.to_markdown(index=False, disable_numparse=True),
+            "",
+            INTERVALS_NOTE,
             "",
         ]
     if not costs.empty:
@@ -608,7 +708,18 @@ def _embed(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def _write_html(path, ranking, board, pairs, baselines, hyper, figures: dict, runs: Runs, costs: pd.DataFrame) -> None:
+def _write_html(
+    path,
+    ranking,
+    board,
+    pairs,
+    baselines,
+    hyper,
+    figures: dict,
+    runs: Runs,
+    costs: pd.DataFrame,
+    intervals: pd.DataFrame,
+) -> None:
     style = (
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
@@ -635,6 +746,12 @@ def _write_html(path, ranking, board, pairs, baselines, hyper, figures: dict, ru
         )
     if not baselines.empty:
         parts += ["<h2>Reference methods on the same episodes</h2>", _scroll(baselines.to_html(index=False, border=0))]
+    if not intervals.empty:
+        parts += [
+            "<h2>Closed and open intervals</h2>",
+            _scroll(intervals.to_html(index=False, border=0)),
+            f"<p><small>{html.escape(INTERVALS_NOTE)}</small></p>",
+        ]
     if not costs.empty:
         parts += ["<h2>Cost (profile stage)</h2>", _scroll(costs.to_html(index=False, border=0))]
     if not pairs.empty:

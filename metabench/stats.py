@@ -3,6 +3,11 @@
 * Per run: mean episode accuracy ± z_{0.975}·s/√n (normal approximation over n ≥ 600
   episodes, the field's convention; s is the sample standard deviation, ddof=1).
 * Across seeds: mean of the per-seed means with a Student-t interval over seeds.
+* Open (Lafargue et al., "Oops, I Sampled it Again", TMLR 2024): the fixed episodes are drawn
+  with replacement across episodes, so they reuse test images and the interval over them
+  ("closed") only measures the randomness of the sampler given this test set. Over the
+  episodes that share no image with an earlier one (``disjoint_episodes``) the episodes are
+  independent draws of the data as well; the t-interval over those is the "open" one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,32 @@ def seed_interval(seed_means, confidence: float = 0.95) -> tuple[float, float]:
         return float(values.mean()), float("nan")
     t = stats.t.ppf(0.5 + confidence / 2, df=len(values) - 1)
     return float(values.mean()), float(t * stats.sem(values))
+
+
+def disjoint_episodes(support: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Positions of the episodes, in order, that use no image an earlier kept episode used.
+
+    ``support`` (E, ways, shots) and ``query`` (E, ways, queries) are image indices into one
+    split. Which episodes are kept depends on the indices alone, never on any accuracy, so the
+    kept episodes are the same for every algorithm and seed scored on these episodes.
+    """
+    used: set[int] = set()
+    kept = []
+    for position, (shots, queries) in enumerate(zip(support, query)):
+        images = set(np.asarray(shots).ravel().tolist()) | set(np.asarray(queries).ravel().tolist())
+        if used.isdisjoint(images):
+            used |= images
+            kept.append(position)
+    return np.asarray(kept, dtype=np.int64)
+
+
+def open_interval(accuracies, kept, confidence: float = 0.95) -> tuple[float, float, int]:
+    """(mean, half-width, count) of the t-interval over the image-disjoint episodes ``kept``."""
+    values = np.asarray(accuracies, dtype=np.float64)[np.asarray(kept, dtype=np.int64)]
+    if len(values) < 2:
+        return (float(values.mean()) if len(values) else float("nan")), float("nan"), len(values)
+    t = stats.t.ppf(0.5 + confidence / 2, df=len(values) - 1)
+    return float(values.mean()), float(t * stats.sem(values)), len(values)
 
 
 def paired_comparison(a, b, confidence: float = 0.95) -> dict[str, float]:

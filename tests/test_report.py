@@ -228,3 +228,52 @@ def test_report_available_reports_the_evaluated_runs_and_names_the_missing(tmp_p
     assert result.exit_code == 0, result.output
     assert "left out" in result.output and "glyphs-anil-5w1s-seed0" in result.output
     assert set(json.loads((tmp_path / "reports" / "summary.json").read_text())) == {"protonet_5w1s", "maml_5w1s"}
+
+
+def write_episode_file(root, shots, episodes, rng):
+    """A fixed episode file as `metabench episodes` writes it; the runs' episodes_sha256 is its digest."""
+    from metabench.episodes import EpisodeIndices
+
+    images = rng.integers(0, 100_000, size=(episodes, 5, shots + 15))
+    indices = EpisodeIndices(images[:, :, :shots], images[:, :, shots:], rng.integers(0, 50, size=(episodes, 5)))
+    (root / "episodes").mkdir(exist_ok=True)
+    np.savez(
+        root / "episodes" / f"glyphs-test_{shots}.npz",
+        support=indices.support,
+        query=indices.query,
+        classes=indices.classes,
+    )
+    return indices
+
+
+def test_open_intervals_are_over_the_image_disjoint_episodes_shared_by_every_method(tmp_path):
+    runs_dir = make_runs(tmp_path, seeds=(0, 1))
+    rng = np.random.default_rng(1)
+    for k in (1, 5):
+        indices = write_episode_file(tmp_path, k, 600, rng)
+        for metrics_path in runs_dir.glob(f"*-5w{k}s-*/metrics.json"):
+            metrics = json.loads(metrics_path.read_text())
+            metrics_path.write_text(json.dumps({**metrics, "episodes_sha256": indices.digest()}))
+        if k == 1:
+            kept = stats.disjoint_episodes(indices.support, indices.query)
+    build(runs_dir, tmp_path / "profiles", tmp_path / "reports", episodes_dir=tmp_path / "episodes")
+    board = pd.read_csv(tmp_path / "reports" / "leaderboard.csv")
+    row = board[(board.algorithm == "protonet") & (board.shots == 1)].iloc[0]
+    per_episode = np.mean(
+        [pd.read_csv(runs_dir / f"glyphs-protonet-5w1s-seed{s}" / "episodes.csv")["accuracy"] for s in (0, 1)], axis=0
+    )
+    assert 10 < len(kept) < 600 and row.open_episodes == len(kept)
+    expected = stats.open_interval(per_episode, kept)
+    assert (row.open_accuracy, row.open_ci95) == (pytest.approx(expected[0]), pytest.approx(expected[1]))
+    assert (board.open_episodes > 0).all()
+    text = (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "## Closed and open intervals" in text and f"(n = {len(kept)})" in text and "Lafargue" in text
+    assert "Closed and open intervals" in (tmp_path / "reports" / "leaderboard.html").read_text()
+
+
+def test_without_the_episode_files_the_report_has_no_open_intervals(tmp_path):
+    runs_dir = make_runs(tmp_path, seeds=(0,))
+    build(runs_dir, tmp_path / "profiles", tmp_path / "reports", episodes_dir=tmp_path / "nowhere")
+    board = pd.read_csv(tmp_path / "reports" / "leaderboard.csv")
+    assert (board.open_episodes == 0).all() and board.open_ci95.isna().all()
+    assert "## Closed and open intervals" not in (tmp_path / "reports" / "leaderboard.md").read_text()

@@ -49,3 +49,21 @@ def test_fewer_than_two_paired_episodes_give_no_p_value():
     assert np.isnan(result["p_value"]) and np.isnan(result["ci95"])
     adjusted = stats.adjust_p_values([0.01, float("nan"), 0.04])
     assert np.isnan(adjusted[1]) and adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04)
+
+
+def test_disjoint_episodes_keep_those_that_reuse_no_earlier_image():
+    # (episode, way, shot) image indices; episode 1 reuses image 1 of episode 0, episode 3 image 7 of episode 2
+    support = np.array([[[0], [1]], [[1], [5]], [[6], [7]], [[8], [7]], [[9], [10]]])
+    query = np.array([[[2], [3]], [[11], [12]], [[13], [14]], [[15], [16]], [[3], [17]]])
+    # episode 4's query reuses image 3 of episode 0: kept are 0 and 2 only
+    assert stats.disjoint_episodes(support, query).tolist() == [0, 2]
+
+
+def test_open_interval_is_the_t_interval_over_the_kept_episodes():
+    accuracies = [0.5, 0.9, 0.7, 0.1, 0.6, 0.8]
+    mean, half, count = stats.open_interval(accuracies, [0, 2, 4, 5])
+    kept = [0.5, 0.7, 0.6, 0.8]
+    sd = math.sqrt(sum((v - 0.65) ** 2 for v in kept) / 3)
+    assert (mean, count) == (pytest.approx(0.65), 4)
+    assert half == pytest.approx(3.182446 * sd / 2, rel=1e-6)  # t_{0.975, 3} = 3.1824
+    assert math.isnan(stats.open_interval(accuracies, [1])[1])  # one episode: no interval
