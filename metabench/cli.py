@@ -323,9 +323,18 @@ def grid(
     episodes_dir: str | None = EPISODES_DIR,
     profiles_dir: Path = typer.Option(Path("profiles"), help="Earlier cost profiles, to start the longest runs first."),
     record: Path = typer.Option(Path("grid.json"), help="Where to write every run's result, output hash and cost."),
+    ray_address: str | None = typer.Option(
+        None,
+        envvar="RAY_ADDRESS",
+        help="Run the grid on this Ray cluster (a Ray task per run; pip install 'metabench[ray]') "
+        "instead of local worker processes.",
+    ),
 ) -> None:
     """Train and evaluate every run of params.yaml's leaderboard, several at once; runs whose
-    results match their current settings, data and code are kept, interrupted ones resume."""
+    results match their current settings, data and code are kept, interrupted ones resume.
+
+    With --ray-address (or RAY_ADDRESS) each run is a Ray task on that cluster; the dataset
+    travels through Ray's object store and only this process writes runs/ and MLflow."""
     import time
 
     from metabench import grid as grid_runs
@@ -337,9 +346,15 @@ def grid(
     )
     cores = grid_runs.usable_cores()
     gpu = any(config.device != "cpu" for config in configs) and _cuda_available()
-    workers = workers or (1 if gpu else min(cores, len(configs)))
-    executor = grid_runs.LocalExecutor(workers, threads or max(1, cores // workers))
-    console.print(f"{len(configs)} runs, {executor.workers} at a time, {executor.threads} thread(s) each")
+    if ray_address:
+        from metabench.ray_executor import RayExecutor
+
+        executor = RayExecutor(ray_address, threads or 1)
+        console.print(f"{len(configs)} runs on the Ray cluster at {ray_address}, {executor.threads} thread(s) each")
+    else:
+        workers = workers or (1 if gpu else min(cores, len(configs)))
+        executor = grid_runs.LocalExecutor(workers, threads or max(1, cores // workers))
+        console.print(f"{len(configs)} runs, {executor.workers} at a time, {executor.threads} thread(s) each")
     start = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("grid", total=len(configs))
