@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test check lint pipelines benchmarks benchmark-baseline leaderboard mlflow-ui gpu-check clean
+.PHONY: help setup test check lint pipelines benchmarks benchmark-baseline leaderboard mlflow-ui mlflow-server gpu-check clean
 
 help:
 	@echo "make test         install into .venv (if needed) and run the fast tests (a few minutes)"
@@ -12,6 +12,7 @@ help:
 	@echo "make pipelines    regenerate dvc.yaml and pipelines/*/dvc.yaml after editing a params.yaml's leaderboard"
 	@echo "make leaderboard  install into .venv (if needed) and run the default pipeline (dvc repro)"
 	@echo "make mlflow-ui    browse tracked runs at http://127.0.0.1:5000"
+	@echo "make mlflow-server  one tracking server for many workers (MLFLOW_HOST/MLFLOW_PORT; export MLFLOW_TRACKING_URI)"
 	@echo "make benchmarks   the benchmark gate, then the ungated benchmarks (compare with benchmarks/baseline)"
 	@echo "make gpu-check    on a CUDA machine: the GPU tests, then short MAML/ProtoNet runs on CPU and GPU compared"
 
@@ -82,3 +83,14 @@ gpu-check: $(STAMP)
 mlflow-ui: $(STAMP)
 	@echo "runs: http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning (MLflow opens in its GenAI view otherwise)"
 	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# One tracking server that every machine of a grid logs to: a database backend (never a SQLite
+# file written by two processes) and artifacts served through it, so workers need no shared
+# disk. Point the driver at it: export MLFLOW_TRACKING_URI=http://<host>:$(MLFLOW_PORT)
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_STORE ?= sqlite:///mlflow.db
+mlflow-server: $(STAMP)
+	@echo "tracking URI: http://$(MLFLOW_HOST):$(MLFLOW_PORT) (export MLFLOW_TRACKING_URI=... for metabench grid)"
+	$(RUN) mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 1 --serve-artifacts \
+		--backend-store-uri $(MLFLOW_STORE) --artifacts-destination mlartifacts
