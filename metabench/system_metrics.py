@@ -57,21 +57,23 @@ class Sampler:
     samples (with ``resume``, those of the earlier part of the run first) to
     ``run_dir/system_metrics.csv``.
 
-    ``send`` receives each sample as it is taken (a live MLflow run); a failure there never
-    stops the sampling or the run.
+    ``send`` receives the samples not sent yet each time one is taken (a live MLflow run); a
+    failure there is retried with the next sample, and never stops the sampling or the run.
     """
 
     def __init__(
         self,
         run_dir: Path,
         interval: float | None = None,
-        send: Callable[[dict[str, float]], None] | None = None,
+        send: Callable[[list[dict[str, float]]], None] | None = None,
         resume: bool = True,
     ):
         self.run_dir = Path(run_dir)
         self.interval = INTERVAL_SECONDS if interval is None else interval
         self.send = send
         self.rows = read(self.run_dir) if resume else []  # a run started afresh keeps none of before
+        self._unsent: list[dict[str, float]] = []
+        self._failures = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -110,11 +112,15 @@ class Sampler:
             finally:
                 monitor.clear_metrics()
         self.rows.append(row)
+        self._unsent.append(row)
         if self.send is not None:
             try:
-                self.send(row)
-            except Exception:
-                self.send = None  # the tracker reports its own failures; the file keeps the samples
+                self.send(self._unsent)
+                self._unsent = []
+            except Exception:  # a busy store: these rows go with the next sample
+                self._failures += 1
+                if self._failures >= 3:
+                    self.send = None  # the store is gone; the file keeps the samples for `metabench track`
         return row
 
     def stop(self) -> None:

@@ -223,10 +223,10 @@ class Tracker:
 
         self._safely("logging metrics", send)
 
-    def _send_system(self, row: dict[str, float]) -> None:
-        """One system-metrics sample, live; a failure is the sampler's (the file keeps the sample)."""
+    def _send_system(self, rows: list[dict[str, float]]) -> None:
+        """System-metrics samples, live; a failure is the sampler's to retry (the file keeps them)."""
         if self.enabled and self.run_id is not None:
-            self.client.log_batch(self.run_id, metrics=system_metric_objects([row]))
+            self.client.log_batch(self.run_id, metrics=system_metric_objects(rows))
 
     def log_system(self, rows: list[dict[str, float]]) -> None:
         """Recorded system-metrics samples (``system_metrics.csv``), with their own times and steps."""

@@ -134,3 +134,20 @@ def test_cost_for_an_untracked_run_is_passed_over_and_marks_nothing(tmp_path, st
     monkeypatch.setenv("METABENCH_TRACKING", "on")
     assert tracking.log_cost({"meta_train_tasks_per_second": 1.0}, [run.run_dir]) == []
     assert not (run.run_dir / tracking.PENDING_FILE).exists()
+
+
+def test_samples_a_busy_store_refused_go_with_the_next_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(system_metrics, "INTERVAL_SECONDS", 3600)  # samples taken by hand below
+    sent, calls = [], {"n": 0}
+
+    def flaky(rows):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("database is locked")
+        sent.extend(row["step"] for row in rows)
+
+    sampler = system_metrics.Sampler(tmp_path, send=flaky).start()
+    sampler.sample()
+    sampler.sample()
+    sampler.stop()
+    assert sent == [0.0, 1.0, 2.0]  # the refused sample went with the next, none twice
