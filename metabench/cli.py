@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -326,7 +327,7 @@ def grid(
     ray_address: str | None = typer.Option(
         None,
         envvar="RAY_ADDRESS",
-        help="Run the grid on this Ray cluster (a Ray task per run; pip install 'metabench[ray]') "
+        help="Run the grid on this Ray cluster (a Ray task per run; pip install 'metabench\\[ray]') "
         "instead of local worker processes.",
     ),
 ) -> None:
@@ -627,7 +628,7 @@ def main() -> None:
     try:
         app()
     except MetabenchError as error:
-        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # "[ray]" is text, not markup
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: run the same command again to resume")

@@ -285,3 +285,12 @@ def test_progress_reports_training_each_validation_and_evaluation_with_totals(wo
     assert validations.count(config.val_episodes) == config.iterations // config.val_every  # each one completes
     assert ("train", config.iterations, config.iterations) in seen
     assert seen[-1] == ("evaluate", config.test_episodes, config.test_episodes)
+
+
+def test_an_error_prints_its_text_verbatim_brackets_included(tmp_path):
+    missing = tmp_path / "runs[old]"  # rich would read "[old]" as markup and drop it
+    result = subprocess.run(
+        [sys.executable, "-m", "metabench", "summary", "--runs-dir", str(missing)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"no evaluated runs in {missing}" in result.stderr.replace("\n", "")
