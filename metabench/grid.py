@@ -126,18 +126,10 @@ def run_unit(config: RunConfig, threads: int | None = None) -> Outcome:
 
 
 def run_seconds(config: RunConfig) -> dict:
-    """What the run's files say it cost: training (validation included) and test evaluation."""
-    seconds = {}
-    for name, key, label in (
-        ("train_summary.json", "train_seconds", "train"),
-        ("eval_timing.json", "eval_seconds", "evaluate"),
-    ):
-        path = config.run_dir / name
-        try:
-            seconds[label] = round(float(json.loads(path.read_text())[key]), 1)
-        except (OSError, KeyError, TypeError, ValueError):
-            pass
-    return seconds
+    """What the run's files say it cost (``tracking.recorded_seconds``), to a tenth of a second."""
+    from metabench.tracking import recorded_seconds
+
+    return {label: round(value, 1) for label, value in recorded_seconds(config.run_dir).items()}
 
 
 def _worker_start(threads: int) -> None:

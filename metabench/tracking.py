@@ -218,8 +218,7 @@ class Tracker:
                 for key, value in row.items()
                 if key not in (step_key, "seconds") and isinstance(value, (int, float)) and value == value
             ]
-            for start in range(0, len(metrics), BATCH):
-                self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH])
+            self._send_metrics(metrics)
 
         self._safely("logging metrics", send)
 
@@ -233,12 +232,12 @@ class Tracker:
         if not rows or self.run_id is None:
             return
 
-        def send():
-            metrics = system_metric_objects(rows)
-            for start in range(0, len(metrics), BATCH):
-                self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH])
+        self._safely("logging system metrics", self._send_metrics, system_metric_objects(rows))
 
-        self._safely("logging system metrics", send)
+    def _send_metrics(self, metrics: list) -> None:
+        """MLflow metrics in batches of MLflow's limit."""
+        for start in range(0, len(metrics), BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH])
 
     def _stamp(self, row: dict[str, Any], now: int) -> int:
         """When a training point was reached: the run's start plus its training seconds."""
@@ -354,13 +353,22 @@ def _recorded_span(run_dir: Path) -> tuple[int | None, int | None]:
     if not results:
         return None, None
     end_ms = int(1000 * max(path.stat().st_mtime for path in results))
-    seconds = 0.0
-    for name, key in (("train_summary.json", "train_seconds"), ("eval_timing.json", "eval_seconds")):
+    return end_ms - int(1000 * sum(recorded_seconds(run_dir).values())), end_ms
+
+
+def recorded_seconds(run_dir: Path) -> dict[str, float]:
+    """What a run's files say it cost, in seconds: ``train`` (validation included) and
+    ``evaluate`` (the test episodes); a missing or unreadable file leaves its entry out."""
+    seconds = {}
+    for name, key, label in (
+        ("train_summary.json", "train_seconds", "train"),
+        ("eval_timing.json", "eval_seconds", "evaluate"),
+    ):
         try:
-            seconds += float(json.loads((run_dir / name).read_text()).get(key) or 0)
-        except (OSError, ValueError, AttributeError):
-            continue
-    return end_ms - int(1000 * seconds), end_ms
+            seconds[label] = float(json.loads((Path(run_dir) / name).read_text())[key])
+        except (OSError, KeyError, TypeError, ValueError):
+            pass
+    return seconds
 
 
 def _recorded_run(client, record: Path):
