@@ -77,3 +77,26 @@ def test_meta_gradient_of_the_learned_optimiser_matches_finite_differences():
         return query_loss(params).item()
 
     assert relative_error(analytic, numerical_gradient(loss_at, vector)) < 1e-5
+
+
+def test_the_written_out_update_equals_the_library_lstm_and_linear_layers_over_several_steps():
+    """``MetaLearner.step`` spells out ``nn.LSTMCell`` and the gates' ``nn.Linear`` for speed: three
+    steps with recurrent state must equal the library modules applied to the concatenated inputs."""
+    meta = meta_learner()
+    torch.manual_seed(2)
+    n = 50
+    theta = torch.randn(n, dtype=torch.float64)
+    zeros = torch.zeros(n, dtype=torch.float64)
+    state, reference_state = (None, zeros, zeros), (None, zeros, zeros)
+    reference_theta = theta.clone()
+    for _ in range(3):
+        grad, loss = torch.randn(n, dtype=torch.float64), torch.rand((), dtype=torch.float64)
+        theta, state = meta.step(theta, grad, loss, state)
+        lstm_state, f_prev, i_prev = reference_state
+        inputs = torch.cat([preprocess(grad), preprocess(loss.reshape(1)).expand(n, 2)], dim=1)
+        h, c = meta.lstm(inputs, lstm_state)
+        f = torch.sigmoid(meta.forget(torch.cat([h, reference_theta[:, None], f_prev[:, None]], dim=1))).squeeze(1)
+        i = torch.sigmoid(meta.input(torch.cat([h, reference_theta[:, None], i_prev[:, None]], dim=1))).squeeze(1)
+        reference_theta, reference_state = f * reference_theta - i * grad, ((h, c), f, i)
+        torch.testing.assert_close(theta, reference_theta, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(state[0][1].t(), c, rtol=1e-12, atol=1e-14)  # (hidden, n) inside
