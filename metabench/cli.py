@@ -205,9 +205,11 @@ def train(
 ) -> None:
     """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy.
 
-    Progress goes to stderr; the training summary (JSON) to stdout.
+    Progress goes to stderr; the training summary (JSON) to stdout. Under `torchrun
+    --nproc-per-node N -m metabench train ...` the N processes share each meta-batch (MAML,
+    FOMAML, Meta-SGD, ANIL, MetaLSTM; gloo on CPU, NCCL on GPUs) and rank 0 writes the run.
     """
-    from metabench import api
+    from metabench import api, distributed
 
     overrides = {"iterations": iterations, "train_queries": train_queries}
     config = _resolve(
@@ -233,6 +235,8 @@ def train(
                 bars.update(phase, done, total)
 
         api.train(config, progress=show, force=force)
+    if not distributed.is_writer():  # under torchrun, rank 0 reports the run
+        return
     print(json.dumps(files.read_json(config.run_dir / "train_summary.json", "training summary", "train again")))
     if then_evaluate:
         _evaluate_and_show(config)

@@ -4,7 +4,7 @@ How episodes are drawn (stated in every report): each episode picks ``ways`` dis
 uniformly at random, then ``shots + queries`` distinct images of each class; the support and
 query sets of one episode never share an image. Episodes are drawn independently of each other,
 so two episodes may share classes or images (sampling *with* replacement across episodes, the
-common practice; Laffay et al., TMLR 2024, show this understates the width of intervals).
+common practice; Lafargue et al., TMLR 2024, show this understates the width of intervals).
 
 Labels inside an episode are ``0..ways-1`` in the order the classes were drawn, so the label a
 class receives is itself random.

@@ -262,16 +262,38 @@ def _track(configs: Iterable[RunConfig], run_id: str) -> None:
             resend(config.run_dir)
 
 
+def cpu_identity() -> dict:
+    """The CPU that decides a run's float rounding: torch's kernel set and the vector extensions.
+
+    The same run with the same threads gives the same bytes on CPUs with an equal identity; on
+    another (e.g. AMX against AVX-512 only), oneDNN, MKL and ATen pick other kernels and the last
+    bits of every result differ.
+    """
+    import torch
+
+    model, flags = "", []
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = sorted(f for f in value.split() if f.startswith(("avx", "amx", "fma", "f16c")))
+    return {"model": model, "capability": torch.backends.cpu.get_cpu_capability(), "vector_flags": flags}
+
+
 def write_record(path: Path, outcomes: list[Outcome], executor: Executor, wall_seconds: float) -> dict:
     """``grid.json``: every run's headline numbers and output hash, and what each run cost.
 
     It is the pipeline's committed receipt of the runs (``runs/`` itself lives in DVC's cache):
-    ``tests/test_committed_lock.py`` re-runs one run and compares its ``episodes.csv`` hash.
+    ``tests/test_committed_lock.py`` re-runs one run and compares its ``episodes.csv`` hash (on a
+    CPU of the recorded ``cpu`` identity; on another, its accuracy within the recorded interval).
     """
     record = {
         "workers": getattr(executor, "workers", None),
         "threads_per_run": executor.threads,
         "wall_seconds": round(wall_seconds, 1),
+        "cpu": cpu_identity(),
         "runs": [
             {
                 "run_id": outcome.run_id,

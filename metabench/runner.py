@@ -12,6 +12,7 @@ Files in ``runs/<run_id>/``:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from metabench import MetabenchError, checkpoint, files, sources
+from metabench import MetabenchError, checkpoint, distributed, files, sources
 from metabench.algorithms import TaskShape, build_algorithm, get_algorithm, make_hyper
 from metabench.config import RunConfig, resolve_device
 from metabench.data import store
@@ -95,7 +96,10 @@ def fingerprint(config: RunConfig, dataset: store.Dataset, threads: int | None =
     code = sources.digest(sources.training_sources(config.algorithm))
     # float results on CPU are bit-identical only for the same number of threads
     threads = threads or torch.get_num_threads()
-    return {"config": config.training_settings(), "dataset": dataset.checksum, "code": code, "threads": threads}
+    found = {"config": config.training_settings(), "dataset": dataset.checksum, "code": code, "threads": threads}
+    if distributed.world_size() > 1:  # the ranks sum gradients in another order than one process
+        found["ranks"] = distributed.world_size()
+    return found
 
 
 def _changed(before: dict, after: dict) -> list[str]:
@@ -105,7 +109,7 @@ def _changed(before: dict, after: dict) -> list[str]:
 
 def _differences(saved: dict, current: dict) -> str:
     changed = [f"config.{k}" for k in _changed(saved.get("config") or {}, current["config"])]
-    changed += [k for k in ("dataset", "code", "threads") if saved.get(k) != current.get(k)]
+    changed += [k for k in ("dataset", "code", "threads", "ranks") if saved.get(k) != current.get(k)]
     return ", ".join(changed) or "nothing"
 
 
@@ -127,6 +131,8 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
     A finished run trained with other settings, data or code is kept unless ``force``: its
     folder may hold results someone relies on. Training removes the run's stale evaluation.
     The run folder is locked for the duration: a second ``train`` of the same run refuses.
+    Under ``torchrun`` the ranks share the meta-batch (``metabench.distributed``) and rank 0
+    alone writes the run's files.
     """
     algorithm_cls = get_algorithm(config.algorithm)
     if not algorithm_cls.trained:
@@ -134,13 +140,17 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
             f"{config.algorithm} is a reference method with nothing to train; "
             f"score it with `metabench evaluate --algorithm {config.algorithm}`"
         )
-    with files.exclusive(config.run_dir, f"run {config.run_dir}"):
-        files.remove_stale_parts(config.run_dir)
-        return _train_locked(config, progress, force)
-
-
-def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> dict:
     device = resolve_device(config.device)
+    with distributed.process_group(device):
+        writer = distributed.is_writer()
+        with files.exclusive(config.run_dir, f"run {config.run_dir}") if writer else contextlib.nullcontext():
+            if writer:
+                files.remove_stale_parts(config.run_dir)
+            return _train_locked(config, progress if writer else None, force, device)
+
+
+def _train_locked(config: RunConfig, progress: Progress | None, force: bool, device: torch.device) -> dict:
+    writer = distributed.is_writer()
     dataset = store.load(config.dataset, Path(config.data_dir), verify=True)
     algorithm_cls = get_algorithm(config.algorithm)
     hyper = make_hyper(algorithm_cls.Hyper, config.hyper, config.algorithm)
@@ -152,6 +162,7 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
 
     torch.manual_seed(config.seed)
     algorithm = build_algorithm(config.algorithm, config.hyper, task, device)
+    _check_ranks(config, algorithm)
     rng = np.random.default_rng(config.seed)
     train_bank, val_bank = ImageBank(train_split, device), ImageBank(val_split, device)
     run_dir = config.run_dir
@@ -163,9 +174,10 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
             f"{run_dir} is a finished run trained with other {_differences(finished, current)}; "
             f"pass --force to retrain over it, or choose another --runs-dir"
         )
-    if force:
+    if force and writer:
         for name in ("state.pt", "checkpoint.pt"):
             (run_dir / name).unlink(missing_ok=True)
+    distributed.barrier()  # every rank reads the state rank 0 has left
 
     start, history, validations = 0, [], []
     best = {"val_accuracy": -1.0, "iteration": 0}
@@ -196,7 +208,7 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
             )
             best_weights, elapsed = saved["best_weights"], saved["elapsed"]
 
-    if start < config.iterations:
+    if start < config.iterations and writer:
         for name in EVALUATION_FILES:  # they scored other weights
             (run_dir / name).unlink(missing_ok=True)
     meta = {
@@ -213,8 +225,9 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
         },
     }
     # the fully resolved settings, and what a later `train` compares before touching this run
-    files.write_json(run_dir / "config.json", {**meta, "fingerprint": current})
-    tracker = Tracker(run_dir)
+    if writer:
+        files.write_json(run_dir / "config.json", {**meta, "fingerprint": current})
+    tracker = Tracker(run_dir, enabled=writer)
     tracker.start(config.run_id, meta, run_tags(meta, dataset.checksum, str(device)), resume=start > 0)
     try:
         # history holds one row per update from iteration 1; rows go to the tracker at each validation
@@ -236,8 +249,11 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
                 progress("train", iteration, config.iterations)
             validating = iteration % config.val_every == 0 or iteration == config.iterations
             if validating:
-                tick = _ticker(progress, "validate", len(val_episodes))
-                val_accuracy = float(episode_accuracies(algorithm, val_bank, val_episodes, tick).mean())
+                share = distributed.shard(len(val_episodes))  # each rank scores its share of the episodes
+                tick = _ticker(progress, "validate", len(share))
+                mine = episode_accuracies(algorithm, val_bank, val_episodes[share.start : share.stop], tick)
+                val_accuracy = float(distributed.gather(mine).mean())
+                distributed.check_same_weights(algorithm.networks().values(), f"at iteration {iteration}")
                 validations.append({"iteration": iteration, "val_accuracy": val_accuracy})
                 if progress:
                     progress(f"val {100 * val_accuracy:.1f}%", iteration, config.iterations)
@@ -246,10 +262,12 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
                 if val_accuracy > best["val_accuracy"]:
                     best = {"val_accuracy": val_accuracy, "iteration": iteration}
                     best_weights = copy.deepcopy(algorithm.state_dict())
-            if validating or (config.checkpoint_every and iteration % config.checkpoint_every == 0):
+            saving = validating or (config.checkpoint_every and iteration % config.checkpoint_every == 0)
+            if saving:
                 now = time.perf_counter()
                 elapsed += now - clock
                 clock = now
+            if saving and writer:
                 checkpoint.save_atomic(
                     {
                         "fingerprint": current,
@@ -265,13 +283,6 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
                     },
                     state_path,
                 )
-        checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
-        log = (
-            pd.DataFrame(history).merge(pd.DataFrame(validations), on="iteration", how="left")
-            if history
-            else pd.DataFrame()
-        )
-        files.write_atomic(run_dir / "train_log.csv", log.to_csv(index=False))
         summary = {
             "run_id": config.run_id,
             "best_iteration": best["iteration"],
@@ -279,8 +290,11 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
             "train_seconds": round(elapsed, 3),
             "device": str(device),
             "threads": torch.get_num_threads(),
+            **({"ranks": distributed.world_size()} if distributed.world_size() > 1 else {}),
         }
-        files.write_json(run_dir / "train_summary.json", summary)
+        if writer:
+            _write_training_results(run_dir, meta, best, best_weights, history, validations, summary)
+        distributed.barrier()  # the run's files exist when any rank returns
     except BaseException as error:
         tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
@@ -288,6 +302,34 @@ def _train_locked(config: RunConfig, progress: Progress | None, force: bool) -> 
     tracker.log_artifacts([best_path, run_dir / "config.json", run_dir / "train_log.csv"])
     tracker.finish()
     return summary
+
+
+def _write_training_results(run_dir, meta, best, best_weights, history, validations, summary) -> None:
+    """The best checkpoint, the per-update log and the summary of a finished training."""
+    checkpoint.save_atomic({**meta, **best, "weights": best_weights}, run_dir / "checkpoint.pt")
+    log = (
+        pd.DataFrame(history).merge(pd.DataFrame(validations), on="iteration", how="left")
+        if history
+        else pd.DataFrame()
+    )
+    files.write_atomic(run_dir / "train_log.csv", log.to_csv(index=False))
+    files.write_json(run_dir / "train_summary.json", summary)
+
+
+def _check_ranks(config: RunConfig, algorithm) -> None:
+    """Under torchrun, the algorithm must split its meta-batch, and every rank needs a task."""
+    ranks = distributed.world_size()
+    if ranks == 1:
+        return
+    if not algorithm.data_parallel:
+        raise MetabenchError(
+            f"{config.algorithm} does not split its meta-batch over ranks; train it in one process (without torchrun)"
+        )
+    if algorithm.episodes_per_step < ranks:
+        raise MetabenchError(
+            f"{config.algorithm} has a meta-batch of {algorithm.episodes_per_step} tasks for {ranks} ranks; "
+            f"raise meta_batch to at least {ranks} or start fewer ranks"
+        )
 
 
 def _ticker(progress: Progress | None, phase: str, total: int):
@@ -309,7 +351,8 @@ def _check_divergence(loss, history, iteration, best_weights, best_path, meta, b
     if math.isfinite(loss) and loss <= min(LOSS_LIMIT, DIVERGENCE_FACTOR * reference):
         return
     if best_weights is not None:
-        checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
+        if distributed.is_writer():  # every rank sees the same loss and stops; one writes
+            checkpoint.save_atomic({**meta, **best, "weights": best_weights}, best_path)
         kept = f"the best checkpoint so far (iteration {best['iteration']}) is kept in {best_path}"
     else:
         kept = "no checkpoint was saved: it diverged before its first validation"

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from metabench import MetabenchError
+from metabench import MetabenchError, distributed
 from metabench.episodes import Episode
 from metabench.models import Classifier, build_backbone
 
@@ -74,17 +74,35 @@ class Algorithm(abc.ABC):
         """Training loss of one episode and its query logits (used by the default step)."""
         raise NotImplementedError(f"{self.name} defines neither episode_loss nor meta_train_step")
 
-    def meta_train_step(self, batch: Episode) -> dict[str, float]:
-        """One outer update from a batch of episodes (tensors with a leading episode axis)."""
-        self.train(True)
-        self.optimizer.zero_grad(set_to_none=True)
+    # True when the step's meta-gradient is a mean over the meta-batch's tasks, so the tasks can be
+    # split over torch.distributed ranks (metabench.distributed); the default step does the split
+    data_parallel: ClassVar[bool] = False
+
+    def accumulate_meta_gradient(self, batch: Episode) -> dict[str, torch.Tensor]:
+        """Add the meta-gradient of the mean query loss over ``batch`` to the parameters' ``.grad``.
+
+        Under ``torchrun`` this rank takes its share of the tasks and the ranks sum their
+        gradients (``distributed.all_reduce_gradients``), so every rank ends with the whole
+        batch's meta-gradient. Returns the batch's mean loss and query accuracy.
+        """
         losses, accuracies = [], []
-        for index in range(len(batch)):
+        for index in distributed.shard(len(batch)):
             task = batch.task(index)
             loss, logits = self.episode_loss(task)
             (loss / len(batch)).backward()  # per task, so only one task's graph is alive at a time
             losses.append(loss.detach())
             accuracies.append((logits.detach().argmax(1) == task.query_y).float().mean())
+        distributed.all_reduce_gradients(p for group in self.optimizer.param_groups for p in group["params"])
+        return {
+            "loss": distributed.mean_over_ranks(losses, len(batch)),
+            "accuracy": distributed.mean_over_ranks(accuracies, len(batch)),
+        }
+
+    def meta_train_step(self, batch: Episode) -> dict[str, float]:
+        """One outer update from a batch of episodes (tensors with a leading episode axis)."""
+        self.train(True)
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self.accumulate_meta_gradient(batch)
         parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(parameters, self.clip_grad_norm)
@@ -93,7 +111,7 @@ class Algorithm(abc.ABC):
         self.optimizer.step()
         if getattr(self, "scheduler", None) is not None:
             self.scheduler.step()
-        return {"loss": torch.stack(losses).mean().item(), "accuracy": torch.stack(accuracies).mean().item()}
+        return {name: value.item() for name, value in metrics.items()}
 
     @abc.abstractmethod
     def predict(

@@ -117,6 +117,7 @@ class MAML(Algorithm):
     adapts = "every weight, by a few SGD steps on the support set (second order)"
     transductive = True
     fixed_ways = True
+    data_parallel = True  # the meta-batch is split over torchrun ranks (metabench.distributed)
     Hyper = MAMLHyper
 
     @classmethod

@@ -139,6 +139,7 @@ class MetaLSTM(Algorithm):
     adapts = "every weight, by a learned LSTM optimiser from a learned initialisation"
     transductive = True
     fixed_ways = True
+    data_parallel = True  # the meta-batch is split over torchrun ranks (metabench.distributed)
     Hyper = MetaLSTMHyper
 
     def __init__(self, hyper: MetaLSTMHyper, task, device):

@@ -1,0 +1,136 @@
+"""Data-parallel meta-training: one meta-batch split over ``torch.distributed`` ranks.
+
+``torchrun --nproc-per-node N metabench train ...`` starts N processes; each joins the process
+group (gloo on CPU, NCCL on CUDA), computes the meta-gradient of its share of the meta-batch's
+tasks, and the ranks sum those gradients (``all_reduce_gradients``, the one hook an algorithm's
+step calls) before the single optimiser step, so every rank holds the same weights after it.
+Each rank draws the same batches from the run's seeded generator (what sampling on rank 0 and
+sending the batch would give, with nothing but gradients sent), validation episodes are split
+over the ranks and their accuracies gathered in order, and only rank 0 writes the run's files
+and talks to MLflow, so a run's outputs are the same files as a one-process run's.
+
+On one process (no ``WORLD_SIZE`` > 1 in the environment) every function here is the identity
+or a no-op, and a run's arithmetic is exactly what it was without this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from metabench import MetabenchError
+
+
+def active() -> bool:
+    """True inside a process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank: the group's, or torchrun's ``RANK`` once the group is left."""
+    return dist.get_rank() if active() else int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_writer() -> bool:
+    """Only rank 0 writes files, shows progress and logs to MLflow."""
+    return rank() == 0
+
+
+def requested_ranks() -> int:
+    """The world size torchrun asks for (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[None]:
+    """Join the process group torchrun describes for the duration (nothing on one process).
+
+    A group this call joined is left at the end; one that already exists is kept.
+    """
+    if requested_ranks() <= 1 or dist.is_initialized():
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def shard(count: int) -> range:
+    """This rank's contiguous share of ``count`` items (shares differ by at most one)."""
+    size, me = world_size(), rank()
+    base, extra = divmod(count, size)
+    start = me * base + min(me, extra)
+    return range(start, start + base + (1 if me < extra else 0))
+
+
+def all_reduce_gradients(parameters: Iterable[torch.Tensor]) -> None:
+    """Sum every parameter's gradient over the ranks, in one flat buffer (no-op on one rank).
+
+    A parameter without a gradient on every rank keeps none, as in one process; one with a
+    gradient on some rank gets the sum (the others count as zeros).
+    """
+    if not active():
+        return
+    params = list(parameters)
+    if not params:
+        return
+    dtype = params[0].dtype
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=dtype, device=params[0].device)
+    flat = torch.cat(
+        [has_grad] + [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in params]
+    )
+    dist.all_reduce(flat)
+    used, values = flat[: len(params)] > 0, flat[len(params) :]
+    for p, is_used, chunk in zip(params, used.tolist(), values.split([p.numel() for p in params])):
+        p.grad = chunk.view_as(p).to(p.dtype).clone() if is_used else None
+
+
+def mean_over_ranks(values: list[torch.Tensor], count: int) -> torch.Tensor:
+    """The mean of the per-task scalars ``values`` of every rank (``count`` in all).
+
+    On one process, ``torch.stack(values).mean()`` (the same rounding as before ranks existed).
+    """
+    if not active():
+        return torch.stack(values).mean()
+    total = torch.stack(values).sum().detach().to(torch.float64).reshape(1).clone()  # every rank has a task
+    dist.all_reduce(total)
+    return total[0] / count
+
+
+def gather(local: np.ndarray) -> np.ndarray:
+    """Every rank's ``local`` array (its ``shard`` of a sequence), concatenated in rank order."""
+    if not active():
+        return local
+    parts: list[np.ndarray | None] = [None] * world_size()
+    dist.all_gather_object(parts, local)
+    return np.concatenate(parts)
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def check_same_weights(modules: Iterable[torch.nn.Module], where: str) -> None:
+    """Fail loudly if the ranks' weights differ (they must stay equal after every step)."""
+    if not active():
+        return
+    tensors = [p.detach().to(torch.float64) for module in modules for p in module.state_dict().values()]
+    checksum = torch.stack([t.sum() for t in tensors] + [(t * t).sum() for t in tensors])
+    gathered = [torch.empty_like(checksum) for _ in range(world_size())]
+    dist.all_gather(gathered, checksum)
+    if any(not torch.equal(gathered[0], other) for other in gathered[1:]):
+        raise MetabenchError(f"the ranks' weights differ {where}; report this with the command that was run")
