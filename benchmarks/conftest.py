@@ -70,6 +70,11 @@ def conv4_classifier(seed: int = 0, textbook: bool = False) -> Classifier:
 
 @pytest.fixture
 def task_batch() -> Episode:
+    return make_task_batch()
+
+
+def make_task_batch() -> Episode:
+    """The benchmark's meta-batch of random tasks (the same in every process)."""
     generator = torch.Generator().manual_seed(0)
     support_x = torch.rand(META_BATCH, WAYS * SHOTS, 1, SIZE, SIZE, generator=generator)
     query_x = torch.rand(META_BATCH, WAYS * QUERIES, 1, SIZE, SIZE, generator=generator)
