@@ -8,8 +8,6 @@ Rank 1 is a helper process that takes a meta-step each time the benchmark (rank 
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,12 +16,7 @@ import torch.multiprocessing as mp
 from benchmarks.conftest import conv4_classifier, make_task_batch
 from metabench import distributed
 from metabench.algorithms import maml
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.network import free_port
 
 
 def rank_step(model, batch, first_order: bool) -> None:

@@ -8,7 +8,6 @@ uninterrupted 2-rank run; an algorithm that does not split its meta-batch must r
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,11 @@ from metabench import checkpoint, distributed
 from metabench.algorithms import TaskShape, build_algorithm
 from metabench.episodes import Episode
 from tests.maths import relative_error
+from tests.network import free_port
 
 # every algorithm whose step averages a meta-batch's tasks (Algorithm.data_parallel)
 DATA_PARALLEL = ["maml", "fomaml", "metasgd", "anil", "metalstm"]
 WAYS, TASKS = 3, 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build(name: str):

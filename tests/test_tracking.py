@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ import pytest
 from metabench import tracking
 from metabench.config import RunConfig
 from metabench.runner import evaluate_run, train_run
+from tests.network import free_port
 
 QUICK = {"iterations": 20, "val_every": 5, "val_episodes": 10, "test_episodes": 20, "queries": 5}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Server:
