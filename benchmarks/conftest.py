@@ -57,11 +57,12 @@ def fixed_threads():
 
 
 def conv4_classifier(seed: int = 0, textbook: bool = False) -> Classifier:
-    """metabench's Conv-4 classifier; ``textbook``: the same network with each block in the
-    papers' order (conv, batch norm, ReLU, max-pool), as a user of a peer library writes it.
-    metabench pools before the ReLU (the same function, bitwise; ``models.conv4.conv_block``)."""
+    """metabench's Conv-4 classifier; ``textbook``: the same network as a user of a peer library
+    writes it, each block in the papers' order (conv, batch norm, ReLU, max-pool) on PyTorch's
+    default NCHW maps. metabench pools before the ReLU (the same function, bitwise;
+    ``models.conv4.conv_block``) and keeps its maps channels-last (``models.conv4.channels_last``)."""
     torch.manual_seed(seed)
-    body = Conv4(in_channels=1, hidden=64, track_running_stats=False)
+    body = Conv4(in_channels=1, hidden=64, track_running_stats=False, channels_last=not textbook)
     if textbook:
         for block in body.blocks:
             block[2], block[3] = block[3], block[2]

@@ -31,6 +31,9 @@ def rank_step(model, batch, first_order: bool) -> None:
 
 
 def _helper(port: int, first_order: bool) -> None:
+    from metabench.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the benchmark process (conftest) and every command-line rank do
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=1, world_size=2)
     model, batch, go = conv4_classifier(), make_task_batch(), torch.zeros(1)

@@ -179,6 +179,7 @@ def fetch(
 
 @app.command()
 def train(
+    context: typer.Context,
     algorithm: str | None = typer.Option(
         None, help="Registered algorithm, e.g. protonet, maml (see `metabench algorithms`)."
     ),
@@ -201,13 +202,20 @@ def train(
     then_evaluate: bool = typer.Option(
         False, "--evaluate", help="Then score it on the test episodes in the same process (one grid unit)."
     ),
+    ranks: str = typer.Option(
+        "auto",
+        help="Processes sharing each meta-batch: auto (MAML family and MetaLSTM: one per core, or per GPU; "
+        "others: 1) or a number; part of the run's identity when above 1.",
+    ),
     params: Path | None = PARAMS,
 ) -> None:
     """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy.
 
-    Progress goes to stderr; the training summary (JSON) to stdout. Under `torchrun
-    --nproc-per-node N -m metabench train ...` the N processes share each meta-batch (MAML,
-    FOMAML, Meta-SGD, ANIL, MetaLSTM; gloo on CPU, NCCL on GPUs) and rank 0 writes the run.
+    Progress goes to stderr; the training summary (JSON) to stdout. Algorithms that average
+    over a meta-batch (MAML, FOMAML, Meta-SGD, ANIL, MetaLSTM) split it over local ranks
+    (`--ranks`, PyTorch's torchrun launcher; gloo on CPU, NCCL on GPUs); rank 0 writes the run.
+    Under `torchrun --nproc-per-node N -m metabench train ...` (several machines, say) the N
+    processes are the ranks.
     """
     from metabench import api, distributed
 
@@ -226,6 +234,20 @@ def train(
         data_dir=data_dir,
         episodes_dir=episodes_dir,
     )
+    if distributed.requested_ranks() == 1:  # not yet a rank: choose the arrangement
+        plan = _training_arrangement(config, ranks)
+        if plan.ranks > 1:
+            from metabench.data import store
+
+            store.load(config.dataset, Path(config.data_dir))  # a missing dataset: one error, not one per rank
+            console.print(f"{config.run_id}: {plan.ranks} ranks × {plan.threads} thread(s) (--ranks 1: one process)")
+            command = _command_line(context, exclude=("ranks", "then_evaluate"))
+            distributed.launch(plan, [*command, "--ranks", str(plan.ranks)])  # rank 0 prints the summary
+            if then_evaluate:  # here, with every core: the ranks have exited
+                _evaluate_and_show(config)
+            return
+    elif ranks != "auto" and _ranks_number(ranks) != distributed.requested_ranks():
+        raise MetabenchError(f"--ranks {ranks} but torchrun started {distributed.requested_ranks()} ranks")
     with _Bars(f"{config.run_id} ") as bars:
 
         def show(phase: str, done: int, total: int) -> None:
@@ -240,6 +262,47 @@ def train(
     print(json.dumps(files.read_json(config.run_dir / "train_summary.json", "training summary", "train again")))
     if then_evaluate:
         _evaluate_and_show(config)
+
+
+def _ranks_number(ranks: str) -> int | None:
+    """``--ranks``: None for auto, else a positive count."""
+    if ranks == "auto":
+        return None
+    if not ranks.isdigit() or int(ranks) < 1:
+        raise MetabenchError(f"--ranks must be auto or a positive number, not {ranks!r}")
+    return int(ranks)
+
+
+def _training_arrangement(config, ranks: str):
+    """Ranks × threads for training ``config`` (``distributed.arrangement``)."""
+    from metabench import distributed
+    from metabench.algorithms import get_algorithm
+    from metabench.algorithms.base import make_hyper
+    from metabench.config import resolve_device
+
+    cls = get_algorithm(config.algorithm)
+    hyper = make_hyper(cls.Hyper, config.hyper, config.algorithm)
+    tasks = getattr(hyper, "meta_batch", 1)
+    return distributed.arrangement(cls.data_parallel, tasks, resolve_device(config.device), _ranks_number(ranks))
+
+
+def _command_line(context: typer.Context, exclude: tuple[str, ...]) -> list[str]:
+    """The command's name and options as given (all but ``exclude``), to run it again."""
+    command = [context.info_name]
+    for option in context.command.params:
+        value = context.params.get(option.name)
+        if option.name in exclude or value is None or value is False or value == [] or value == option.default:
+            continue
+        flag = option.opts[0]
+        if value is True:
+            command.append(flag)
+        else:
+            command += [
+                item
+                for element in (value if isinstance(value, (list, tuple)) else [value])
+                for item in (flag, str(element))
+            ]
+    return command
 
 
 @app.command()

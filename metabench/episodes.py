@@ -109,6 +109,14 @@ class Episode:
     def __len__(self) -> int:
         return len(self.support_x)
 
+    def tasks(self, indices: range) -> Episode:
+        """Episodes ``indices`` (consecutive) of a batch, keeping the leading episode axis."""
+        part = slice(indices.start, indices.stop)
+        classes = None if self.classes is None else self.classes[part]
+        return Episode(
+            self.support_x[part], self.support_y[part], self.query_x[part], self.query_y[part], self.ways, classes
+        )
+
     def task(self, index: int) -> Episode:
         """Episode ``index`` of a batch, without the leading episode axis."""
         classes = None if self.classes is None else self.classes[index]

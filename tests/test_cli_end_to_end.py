@@ -1,6 +1,7 @@
 """fetch → train → evaluate → predict through the real CLI on the embedded glyphs data."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,13 @@ def test_train_then_evaluate_writes_metrics_above_chance(workdir, algorithm):
     assert metrics["episodes"] == 40 == len(per_episode)
     assert metrics["accuracy"] == pytest.approx(per_episode.mean())
     assert metrics["accuracy"] > 0.35  # chance is 0.2
+    # `--ranks auto`: MAML's meta-batch is split over one local rank per core, one thread each
+    fingerprint = json.loads((run_dir / "config.json").read_text())["fingerprint"]
+    cores = len(os.sched_getaffinity(0))
+    if algorithm == "maml" and cores > 1:
+        assert (fingerprint["ranks"], fingerprint["threads"]) == (min(cores, 2), max(1, cores // 2))
+    else:
+        assert "ranks" not in fingerprint
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "train_log.csv").is_file()
 
 

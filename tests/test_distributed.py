@@ -104,6 +104,19 @@ def test_a_rank_takes_a_contiguous_share_and_the_shares_cover_every_task(monkeyp
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
+def test_ranks_and_threads_are_chosen_from_the_cores_or_gpus(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 2)
+    assert distributed.arrangement(True, 32, cpu, None) == distributed.Arrangement(2, 1)
+    assert distributed.arrangement(False, 1, cpu, None) == distributed.Arrangement(1, 2)  # threads instead
+    assert distributed.arrangement(True, 32, cpu, 1) == distributed.Arrangement(1, 2)  # --ranks 1
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 16)
+    assert distributed.arrangement(True, 8, cpu, None) == distributed.Arrangement(8, 2)  # a small meta-batch
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert distributed.arrangement(True, 32, cuda, None) == distributed.Arrangement(4, 1)  # one rank per GPU
+    assert distributed.arrangement(False, 1, cuda, None) == distributed.Arrangement(1, 1)
+
+
 def test_one_process_is_untouched_by_the_hooks():
     assert not distributed.active() and distributed.shard(5) == range(5)
     values = [torch.tensor(0.1), torch.tensor(0.2), torch.tensor(0.7)]

@@ -71,3 +71,21 @@ def test_a_checkpoint_trained_on_the_gpu_predicts_on_the_cpu(tmp_path, glyphs_di
     assert all(not p.is_cuda for net in algorithm.networks().values() for p in net.parameters())
     on_cpu = evaluate_run(RunConfig(algorithm="protonet", device="cpu", **common, **quick))
     assert abs(on_cpu["accuracy"] - on_gpu["accuracy"]) <= 0.02
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd"])
+def test_vmapped_tasks_on_the_gpu_give_the_loops_meta_gradient(name):
+    """``task_batching: auto`` takes vmap on CUDA; it must equal the loop there too (float64)."""
+    from tests.test_task_batching import batch, build
+
+    gradients = []
+    for setting in ("loop", "auto"):
+        algorithm = build(name, setting)
+        for network in algorithm.networks().values():
+            network.to(CUDA)
+        algorithm.vmap_tasks = setting == "auto"  # built on the CPU; on CUDA, auto means vmap
+        algorithm.optimizer.zero_grad(set_to_none=True)
+        algorithm.accumulate_meta_gradient(batch().to(CUDA))
+        parameters = [p for group in algorithm.optimizer.param_groups for p in group["params"]]
+        gradients.append(torch.cat([p.grad.reshape(-1) for p in parameters]))
+    assert float((gradients[1] - gradients[0]).norm() / gradients[0].norm()) < 1e-10

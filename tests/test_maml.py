@@ -82,11 +82,12 @@ def textbook_order(model):
 
 @pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
 def test_pooling_before_relu_gives_bitwise_the_papers_block(first_order):
-    """Conv-4 pools before its ReLU (a quarter of the ReLU work); outputs and meta-gradients are bitwise equal."""
+    """Conv-4 pools before its ReLU (a quarter of the ReLU work); outputs and meta-gradients are
+    bitwise equal (in PyTorch's default layout; channels-last is compared with it below)."""
     from metabench.models import Classifier, Conv4
 
     torch.manual_seed(0)
-    body = Conv4(in_channels=1, hidden=16, track_running_stats=False)
+    body = Conv4(in_channels=1, hidden=16, track_running_stats=False, channels_last=False)
     ours = Classifier(body, body.out_features(28), 5)
     papers = textbook_order(ours)
     generator = torch.Generator().manual_seed(3)
@@ -103,6 +104,38 @@ def test_pooling_before_relu_gives_bitwise_the_papers_block(first_order):
         loss, _ = query_loss(model, params, task, 2, 0.4, first_order)
         gradients.append(torch.autograd.grad(loss, list(params.values())))
     assert all(torch.equal(a, b) for a, b in zip(*gradients))
+
+
+@pytest.mark.parametrize("channels", [1, 3], ids=["grey", "rgb"])
+@pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
+def test_channels_last_maps_give_the_nchw_outputs_and_meta_gradient_in_float64(channels, first_order):
+    """Conv-4's channels-last layout (``models.conv4.channels_last``) changes speed, not maths:
+    the same weights give the NCHW network's logits and its meta-gradient of two inner steps
+    (float64; only summation order differs), and the maps really are channels-last."""
+    from metabench.models import Classifier, Conv4
+    from metabench.models.conv4 import channels_last
+
+    networks = []
+    for layout in (True, False):
+        torch.manual_seed(0)
+        body = Conv4(in_channels=channels, hidden=8, track_running_stats=False, channels_last=layout)
+        networks.append(Classifier(body, body.out_features(16), 5).double())
+    generator = torch.Generator().manual_seed(3)
+    task = (
+        torch.randn(5, channels, 16, 16, generator=generator, dtype=torch.float64),
+        torch.arange(5),
+        torch.randn(15, channels, 16, 16, generator=generator, dtype=torch.float64),
+        torch.arange(5).repeat_interleave(3),
+    )
+    first_block = networks[0].body.blocks[0]
+    assert first_block(channels_last(task[0])).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(networks[0](task[2]), networks[1](task[2]), rtol=1e-12, atol=1e-12)
+    gradients = []
+    for model in networks:
+        params = dict(model.named_parameters())
+        loss, _ = query_loss(model, params, task, 2, 0.4, first_order)
+        gradients.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(params.values()))]))
+    assert relative_error(gradients[0], gradients[1]) < 1e-12
 
 
 def test_compiled_first_order_path_gives_the_eager_meta_gradient():

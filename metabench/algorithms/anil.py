@@ -62,7 +62,10 @@ class ANIL(MAML):
     def __init__(self, hyper: ANILHyper, task, device):
         if hyper.compile:  # its inner loop runs on cached body features, not the compiled task loss
             raise MetabenchError("anil has no compiled path; remove compile: true from its hyper-parameters")
+        if hyper.task_batching == "vmap":  # its inner loop is on the head alone: the loop is cheap everywhere
+            raise MetabenchError("anil has no vmap path; use task_batching: loop or auto")
         super().__init__(hyper, task, device)
+        self.vmap_tasks = False
 
     def episode_loss(self, task):
         parts = (task.support_x, task.support_y, task.query_x, task.query_y)

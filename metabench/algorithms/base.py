@@ -85,18 +85,32 @@ class Algorithm(abc.ABC):
         gradients (``distributed.all_reduce_gradients``), so every rank ends with the whole
         batch's meta-gradient. Returns the batch's mean loss and query accuracy.
         """
-        losses, accuracies = [], []
-        for index in distributed.shard(len(batch)):
-            task = batch.task(index)
-            loss, logits = self.episode_loss(task)
-            (loss / len(batch)).backward()  # per task, so only one task's graph is alive at a time
-            losses.append(loss.detach())
-            accuracies.append((logits.detach().argmax(1) == task.query_y).float().mean())
+        share = distributed.shard(len(batch))
+        together = self.batched_episode_losses(batch.tasks(share))
+        if together is not None:
+            losses, logits = together
+            (losses.sum() / len(batch)).backward()
+            query_y = batch.query_y[share.start : share.stop]
+            accuracies = list((logits.detach().argmax(-1) == query_y).float().mean(-1))
+            losses = list(losses.detach())
+        else:
+            losses, accuracies = [], []
+            for index in share:
+                task = batch.task(index)
+                loss, logits = self.episode_loss(task)
+                (loss / len(batch)).backward()  # per task, so only one task's graph is alive at a time
+                losses.append(loss.detach())
+                accuracies.append((logits.detach().argmax(1) == task.query_y).float().mean())
         distributed.all_reduce_gradients(p for group in self.optimizer.param_groups for p in group["params"])
         return {
             "loss": distributed.mean_over_ranks(losses, len(batch)),
             "accuracy": distributed.mean_over_ranks(accuracies, len(batch)),
         }
+
+    def batched_episode_losses(self, batch: Episode) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Every episode's training loss (E,) and query logits (E, queries, ways) computed at once
+        (tasks under ``torch.func.vmap``, the GPU path), or None: one episode at a time."""
+        return None
 
     def meta_train_step(self, batch: Episode) -> dict[str, float]:
         """One outer update from a batch of episodes (tensors with a leading episode axis)."""
