@@ -283,7 +283,9 @@ def _training_arrangement(config, ranks: str):
     cls = get_algorithm(config.algorithm)
     hyper = make_hyper(cls.Hyper, config.hyper, config.algorithm)
     tasks = getattr(hyper, "meta_batch", 1)
-    return distributed.arrangement(cls.data_parallel, tasks, resolve_device(config.device), _ranks_number(ranks))
+    return distributed.arrangement(
+        cls.splits_meta_batch(hyper), tasks, resolve_device(config.device), _ranks_number(ranks)
+    )
 
 
 def _command_line(context: typer.Context, exclude: tuple[str, ...]) -> list[str]:

@@ -100,15 +100,16 @@ def all_reduce_gradients(parameters: Iterable[torch.Tensor]) -> None:
 
 
 def mean_over_ranks(values: list[torch.Tensor], count: int) -> torch.Tensor:
-    """The mean of the per-task scalars ``values`` of every rank (``count`` in all).
+    """The mean of the per-task tensors ``values`` of every rank (``count`` in all), elementwise.
 
-    On one process, ``torch.stack(values).mean()`` (the same rounding as before ranks existed).
+    On one process, ``torch.stack(values).mean(0)`` (the same rounding as before ranks existed);
+    over ranks, the sum in float64, then divided.
     """
     if not active():
-        return torch.stack(values).mean()
-    total = torch.stack(values).sum().detach().to(torch.float64).reshape(1).clone()  # every rank has a task
+        return torch.stack(values).mean(0)
+    total = torch.stack(values).sum(0).detach().to(torch.float64).clone()  # every rank has a task
     dist.all_reduce(total)
-    return total[0] / count
+    return total / count
 
 
 def gather(local: np.ndarray) -> np.ndarray:

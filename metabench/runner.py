@@ -321,7 +321,7 @@ def _check_ranks(config: RunConfig, algorithm) -> None:
     ranks = distributed.world_size()
     if ranks == 1:
         return
-    if not algorithm.data_parallel:
+    if not type(algorithm).splits_meta_batch(algorithm.hyper):
         raise MetabenchError(
             f"{config.algorithm} does not split its meta-batch over ranks; train it in one process (without torchrun)"
         )

@@ -26,7 +26,8 @@ from metabench.episodes import Episode
 from tests.maths import relative_error
 from tests.network import free_port
 
-# every algorithm whose step averages a meta-batch's tasks (Algorithm.data_parallel)
+# every algorithm whose step averages a meta-batch's meta-gradients (Algorithm.data_parallel);
+# Reptile, which averages adapted weights, is checked on its own below
 DATA_PARALLEL = ["maml", "fomaml", "metasgd", "anil", "metalstm"]
 WAYS, TASKS = 3, 4
 
@@ -34,7 +35,8 @@ WAYS, TASKS = 3, 4
 def build(name: str):
     torch.manual_seed(0)
     task = TaskShape(channels=1, image_size=16, train_ways=WAYS, test_ways=WAYS)
-    algorithm = build_algorithm(name, {"hidden": 4, "meta_batch": TASKS}, task, torch.device("cpu"))
+    extra = {"inner_batch": 4} if name == "reptile" else {}  # mini-batches drawn from torch's generator
+    algorithm = build_algorithm(name, {"hidden": 4, "meta_batch": TASKS, **extra}, task, torch.device("cpu"))
     for network in algorithm.networks().values():
         network.double()  # in place: the optimiser keeps the same parameters
     return algorithm
@@ -65,11 +67,19 @@ def gradient_and_step(name: str) -> dict:
     return {"gradient": gradient, "weights": weights, "loss": metrics["loss"].item(), "step": step_metrics}
 
 
+def reptile_step() -> dict:
+    """Reptile has no meta-gradient: the weights after its batched outer update, and its loss."""
+    algorithm = build("reptile")
+    metrics = algorithm.meta_train_step(batch())
+    return {"weights": torch.cat([p.detach().reshape(-1) for p in algorithm.model.parameters()]), **metrics}
+
+
 def _rank(rank: int, world: int, port: int, out: Path) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
         results = {name: gradient_and_step(name) for name in DATA_PARALLEL}
+        results["reptile"] = reptile_step()
         torch.save(results, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -91,6 +101,17 @@ def test_two_ranks_all_reduce_the_single_process_meta_gradient_in_float64(two_ra
         # clipping (MetaLSTM clips at 0.25) and the Adam step act on the summed gradient
         assert relative_error(ranked[name]["weights"], single["weights"]) < 1e-10
         assert ranked[name]["step"]["accuracy"] == pytest.approx(single["step"]["accuracy"], abs=1e-6)  # float32 metric
+
+
+def test_two_ranks_give_reptiles_batched_update_of_one_process_in_float64(two_rank_results):
+    """Each rank adapts its share of the tasks (with the mini-batches one process would draw for
+    them) and the ranks average the adapted weights before the outer step."""
+    single = reptile_step()
+    before = torch.cat([p.detach().reshape(-1) for p in build("reptile").model.parameters()])
+    assert relative_error(single["weights"], before) > 1e-3  # the step moved the weights
+    for ranked in two_rank_results:
+        assert relative_error(ranked["reptile"]["weights"], single["weights"]) < 1e-10
+        assert ranked["reptile"]["loss"] == pytest.approx(single["loss"], abs=1e-6)  # float32 losses
 
 
 def test_a_rank_takes_a_contiguous_share_and_the_shares_cover_every_task(monkeypatch):

@@ -78,6 +78,12 @@ class Algorithm(abc.ABC):
     # split over torch.distributed ranks (metabench.distributed); the default step does the split
     data_parallel: ClassVar[bool] = False
 
+    @classmethod
+    def splits_meta_batch(cls, hyper: Any) -> bool:
+        """Whether a run with ``hyper`` can split its meta-batch over ranks (``data_parallel``,
+        unless a setting makes the tasks depend on each other)."""
+        return cls.data_parallel
+
     def accumulate_meta_gradient(self, batch: Episode) -> dict[str, torch.Tensor]:
         """Add the meta-gradient of the mean query loss over ``batch`` to the parameters' ``.grad``.
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from metabench import MetabenchError
+from metabench import MetabenchError, distributed
 from metabench.algorithms.base import Algorithm, BackboneHyper, episodic_classifier
 from metabench.algorithms.maml import Params, adapt
 from metabench.episodes import Episode
@@ -67,12 +67,15 @@ def mini_batches(count: int, size: int, batches: int) -> list[torch.Tensor]:
     return list(order[: size * batches].split(size))
 
 
-def inner_sgd(model, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch: int = 0) -> Params:
-    """Plain SGD from ``params`` (no graph kept), one step per mini-batch: Reptile's φ."""
+def inner_sgd(
+    model, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch: int = 0, rows=None
+) -> Params:
+    """Plain SGD from ``params`` (no graph kept), one step per mini-batch: Reptile's φ.
+    ``rows``: the mini-batches' indices, drawn beforehand (``mini_batches``), else drawn here."""
     with torch.enable_grad():
         adapted = {name: p.detach().requires_grad_() for name, p in params.items()}
-        for rows in mini_batches(len(x), batch, steps):
-            adapted = adapt(model, adapted, x[rows], y[rows], 1, lr, first_order=True)
+        for chosen in rows if rows is not None else mini_batches(len(x), batch, steps):
+            adapted = adapt(model, adapted, x[chosen], y[chosen], 1, lr, first_order=True)
             adapted = {name: p.detach().requires_grad_() for name, p in adapted.items()}
     return {name: p.detach() for name, p in adapted.items()}
 
@@ -83,7 +86,12 @@ class Reptile(Algorithm):
     adapts = "every weight, by many SGD steps on the support set (first order, no second derivatives)"
     transductive = True
     fixed_ways = True
+    data_parallel = True  # the batched update (not ``serial``) is split over torchrun ranks
     Hyper = ReptileHyper
+
+    @classmethod
+    def splits_meta_batch(cls, hyper: ReptileHyper) -> bool:
+        return not hyper.serial  # Algorithm 1's tasks depend on each other's outer steps
 
     def __init__(self, hyper: ReptileHyper, task, device):
         super().__init__(hyper, task, device)
@@ -105,41 +113,41 @@ class Reptile(Algorithm):
     def training_queries(cls, hyper: ReptileHyper, shots: int, queries: int) -> int:
         return max(1, hyper.train_shots - shots)  # support + query = train_shots images per class
 
-    def _outer_step(self, adapted: list[Params]) -> None:
-        """SGD of size ε on θ − mean(φ): θ ← θ + ε (mean φ − θ)."""
-        for name, p in self.model.named_parameters():
-            p.grad = p.detach() - torch.stack([phi[name] for phi in adapted]).mean(0)
+    def _outer_step(self, adapted: list[Params], tasks: int) -> None:
+        """SGD of size ε on θ − mean(φ): θ ← θ + ε (mean φ − θ); the mean over ``tasks`` tasks,
+        ``adapted`` being this rank's share of them (``distributed.mean_over_ranks``)."""
+        params = dict(self.model.named_parameters())
+        flat = [torch.cat([phi[name].reshape(-1) for name in params]) for phi in adapted]
+        means = distributed.mean_over_ranks(flat, tasks).split([p.numel() for p in params.values()])
+        for p, mean in zip(params.values(), means):
+            p.grad = p.detach() - mean.view_as(p).to(p.dtype)
         self.optimizer.step()
 
     def meta_train_step(self, batch: Episode) -> dict[str, float]:
         self.train(True)
+        size = batch.support_x.shape[1] + batch.query_x.shape[1]
+        # every task's mini-batches, in task order, from the generator every rank holds alike
+        rows = [mini_batches(size, self.hyper.inner_batch, self.hyper.inner_steps) for _ in range(len(batch))]
         adapted, losses = [], []
-        for index in range(len(batch)):
+        for index in range(len(batch)) if self.hyper.serial else distributed.shard(len(batch)):
             task = batch.task(index)
             x = torch.cat([task.support_x, task.query_x])
             y = torch.cat([task.support_y, task.query_y])
             with torch.no_grad():
                 losses.append(F.cross_entropy(self.model(x), y))
-            adapted.append(
-                inner_sgd(
-                    self.model,
-                    dict(self.model.named_parameters()),
-                    x,
-                    y,
-                    self.hyper.inner_steps,
-                    self.hyper.inner_lr,
-                    self.hyper.inner_batch,
-                )
-            )
+            params = dict(self.model.named_parameters())
+            hyper = self.hyper
+            adapted.append(inner_sgd(self.model, params, x, y, hyper.inner_steps, hyper.inner_lr, rows=rows[index]))
             if self.hyper.serial:
-                self._outer_step(adapted)
+                self._outer_step(adapted, 1)
                 adapted = []
         if adapted:
-            self._outer_step(adapted)
+            self._outer_step(adapted, len(batch))
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         # the loss before adaptation on the task's own images: how well θ itself fits a new task
-        return {"loss": torch.stack(losses).mean().item(), "outer_lr": self.scheduler.get_last_lr()[0]}
+        loss = distributed.mean_over_ranks(losses, len(batch))
+        return {"loss": loss.item(), "outer_lr": self.scheduler.get_last_lr()[0]}
 
     def predict(self, support_x, support_y, query_x, ways):
         adapted = inner_sgd(
