@@ -204,15 +204,15 @@ def train(
     ),
     ranks: str = typer.Option(
         "auto",
-        help="Processes sharing each meta-batch: auto (MAML family and MetaLSTM: one per core, or per GPU; "
-        "others: 1) or a number; part of the run's identity when above 1.",
+        help="Processes sharing each meta-batch: auto (MAML family, MetaLSTM, Reptile: one per core, or per "
+        "GPU; others: 1) or a number; part of the run's identity when above 1.",
     ),
     params: Path | None = PARAMS,
 ) -> None:
     """Meta-train one run; resumes if interrupted; keeps the best checkpoint by validation accuracy.
 
     Progress goes to stderr; the training summary (JSON) to stdout. Algorithms that average
-    over a meta-batch (MAML, FOMAML, Meta-SGD, ANIL, MetaLSTM) split it over local ranks
+    over a meta-batch (MAML, FOMAML, Meta-SGD, ANIL, MetaLSTM, Reptile) split it over local ranks
     (`--ranks`, PyTorch's torchrun launcher; gloo on CPU, NCCL on GPUs); rank 0 writes the run.
     Under `torchrun --nproc-per-node N -m metabench train ...` (several machines, say) the N
     processes are the ranks.
@@ -636,6 +636,39 @@ def report(
     headline = build(runs_dir, profiles_dir, out_dir, run_ids, episodes_dir)
     console.print(f"wrote {out_dir / 'leaderboard.md'} and {out_dir / 'leaderboard.html'}")
     print(json.dumps(headline, indent=1))
+
+
+@app.command()
+def reproduction(
+    params: Path = typer.Option(
+        ..., "--params", help="The paper-protocol profile, e.g. pipelines/omniglot_paper/params.yaml."
+    ),
+    algorithm: list[str] = typer.Option(
+        [], help="Algorithms to write pages for (repeatable; default: every one with a paper entry)."
+    ),
+    shots: int = typer.Option(1, help="The setting of the pages (the papers' headline: 1)."),
+    seed: int = typer.Option(0, help="Seed of the runs."),
+    runs_dir: str | None = typer.Option(None, help=_from_params("Where run outputs are.", "runs_dir")),
+    out_dir: Path = typer.Option(Path("reports/reproductions"), help="Where the pages go."),
+) -> None:
+    """Write reports/reproductions/<algorithm>.md: the paper's figure beside our run at its protocol.
+
+    Reads each run's files (trained with `metabench train --params ...` and evaluated); the
+    paper's full budget is the profile's `iterations` for the algorithm.
+    """
+    from metabench.config import load_params
+    from metabench.reproduction import PAPERS, write_pages
+
+    settings = load_params(params)
+    names = list(algorithm) or [name for name in PAPERS if name in (settings.get("algorithms") or {})]
+    unknown = [name for name in names if name not in PAPERS]
+    if unknown:
+        raise MetabenchError(f"no reproduction page for {', '.join(unknown)}; choose from {', '.join(PAPERS)}")
+    location = {"runs_dir": runs_dir} if runs_dir else {}
+    configs = [_resolve(params, None, [], algorithm=name, shots=shots, seed=seed, **location) for name in names]
+    full = {config.algorithm: config.iterations for config in configs}  # the profile's budget, not --iterations
+    for path in write_pages(configs, full, str(params), out_dir):
+        print(path)
 
 
 @app.command()

@@ -1,0 +1,214 @@
+"""Reproduction pages, ``reports/reproductions/<algorithm>.md``: a paper's Omniglot figure beside
+ours at the paper's protocol, from the run's own files (never re-trained).
+
+Each page shows the published figure and the protocol it was measured under, our test accuracy
+on the same protocol (Vinyals split with rotations as classes, 28×28, the paper's ways, shots
+and test episodes: ``pipelines/omniglot_paper/params.yaml``), the budget we trained for against
+the paper's, the validation learning curve (table and figure) and whether it was still rising,
+the fully resolved configuration, the commands that reproduce the run, and what the paper's
+full budget would cost at the speed measured here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from metabench import MetabenchError, files, published
+from metabench.config import RunConfig
+
+# A rise of the validation accuracy over the last third of the curve larger than this (points)
+# counts as "still rising": more training would likely close part of the gap.
+RISING_POINTS = 0.2
+
+
+@dataclass(frozen=True)
+class Paper:
+    """What the paper measured its Omniglot figure with, and where the protocol comes from."""
+
+    protocol: str  # the paper's training and test protocol, in words
+    reference: str  # the reference code (or the paper section) our settings follow
+
+
+PAPERS = {
+    "protonet": Paper(
+        "60-way training episodes with 5 queries per class and as many shots as at test; Adam 1e-3 "
+        "halved every 2,000 episodes; trained until validation accuracy stopped improving; 1,000 test episodes",
+        "jakesnell/prototypical-networks `scripts/train/few_shot/run_train.py` defaults",
+    ),
+    "maml": Paper(
+        "meta-batch 32; one inner SGD step at 0.4 in training, three at test; K queries per class in "
+        "training; Adam 1e-3; 60,000 meta-steps; 600 test tasks",
+        "cbfinn/maml `main.py` and the README's Omniglot command",
+    ),
+    "fomaml": Paper(
+        "MAML's protocol with the first-order meta-gradient (the inner gradients treated as constants)",
+        "cbfinn/maml `main.py` with `--stop_grad=True`",
+    ),
+    "metasgd": Paper(
+        "MAML's protocol (one inner step, meta-batch 32) with a learned step size per weight",
+        "Li et al. 2017, Section 4.1",
+    ),
+    "reptile": Paper(
+        "meta-batch 5; 5 inner Adam steps (β₁ = 0, 1e-3) on mini-batches of 10 of 10 images per class; "
+        "outer step 1.0 annealed to 0 over 100,000 meta-steps; 50 inner steps at test (transductive)",
+        "openai/supervised-reptile `run_omniglot.py` flags in its README",
+    ),
+    "matchingnet": Paper(
+        "episodes of the test's ways and shots; cosine attention over the support set; full context "
+        "embeddings did not help on Omniglot (paper, Section 4.1.1)",
+        "Vinyals et al. 2016, Table 1; attention scale from CloserLookFewShot `methods/matchingnet.py`",
+    ),
+    "relationnet": Paper(
+        "5-way 1-shot training episodes with 19 queries per class; Adam 1e-3; MSE on one-hot relation scores",
+        "floodsung/LearningToCompare_FSL `omniglot/omniglot_train_one_shot.py`",
+    ),
+    "siamese": Paper(
+        "verification network trained on same/different pairs, one-shot tasks scored by the best pair "
+        "(Koch et al. 2015); the figure is Vinyals et al.'s reimplementation, fine-tuned",
+        "Vinyals et al. 2016, Table 1",
+    ),
+}
+
+
+def curve(run_dir: Path) -> pd.DataFrame:
+    """Validation accuracy (%) by outer step, with the training seconds at each validation."""
+    log = pd.read_csv(run_dir / "train_log.csv")
+    rows = log.dropna(subset=["val_accuracy"])
+    return pd.DataFrame(
+        {
+            "step": rows["iteration"].astype(int),
+            "val_accuracy": 100 * rows["val_accuracy"],
+            "minutes": rows["seconds"] / 60,
+        }
+    ).reset_index(drop=True)
+
+
+def still_rising(points: pd.DataFrame) -> bool:
+    """Whether the validation accuracy rose by more than RISING_POINTS over the curve's last third."""
+    if len(points) < 3:
+        return False
+    tail = points["val_accuracy"].iloc[-max(2, len(points) // 3) :]
+    return float(tail.iloc[-1] - tail.iloc[0]) > RISING_POINTS
+
+
+def page(config: RunConfig, full_iterations: int, commands: list[str], figure: str | None) -> str:
+    """The markdown page of one trained and evaluated run."""
+    run_dir = config.run_dir
+    metrics = files.read_json(run_dir / "metrics.json", "test metrics", "evaluate the run")
+    summary = files.read_json(run_dir / "train_summary.json", "training summary", "train the run")
+    resolved = files.read_json(run_dir / "config.json", "run configuration", "train the run")
+    paper = PAPERS[config.algorithm]
+    figure_value = published.lookup(config.dataset, config.algorithm, config.ways, config.shots)
+    if figure_value is None:
+        raise MetabenchError(f"no published figure for {config.algorithm} at {config.ways}-way {config.shots}-shot")
+    value, plus_minus, citation = figure_value
+    ours, half = 100 * metrics["accuracy"], 100 * metrics["ci95"]
+    points = curve(run_dir)
+    trained = int(metrics["iterations"])
+    tasks = resolved["hyper"].get("meta_batch", 1)
+    seconds = float(summary["train_seconds"])
+    hours = full_iterations * seconds / max(trained, 1) / 3600
+    rising = still_rising(points)
+    published_text = f"{value:.2f}" + (f" ± {plus_minus}" if plus_minus is not None else "")
+    lines = [
+        f"# {config.algorithm} on Omniglot, {config.ways}-way {config.shots}-shot: paper and metabench",
+        "",
+        "| | test accuracy % | protocol |",
+        "|---|---|---|",
+        f"| paper ({citation}) | {published_text} | {paper.protocol} |",
+        f"| metabench, this run | **{ours:.2f} ± {half:.2f}** (95% interval over {metrics['episodes']:,} "
+        f"test episodes, seed {config.seed}) | the paper's settings as far as this suite has them "
+        f"({paper.reference}); Vinyals split with rotations as classes, 28×28 |",
+        "",
+        f"Gap: **{ours - value:+.2f} points**.",
+        "",
+        "## Budget",
+        "",
+        f"- Trained: {trained:,} outer steps × {tasks} task(s) in {seconds / 60:.1f} minutes on one core "
+        f"({summary.get('threads', '?')} thread, {summary.get('device', 'cpu')}); best validation at step "
+        f"{summary['best_iteration']:,}.",
+        f"- The paper's budget in this profile: {full_iterations:,} outer steps ({100 * trained / full_iterations:.1f}% "
+        f"of it trained here). At this run's speed the full budget would take **{hours:.1f} core-hours** of this "
+        "CPU; GPU-hours are not measured (no GPU has been lent to this project).",
+        f"- Validation accuracy still rising at the end: **{'yes' if rising else 'no'}** (more than "
+        f"{RISING_POINTS} points over the last third of the curve).",
+        "",
+        "## Learning curve (validation episodes of the validation classes)",
+        "",
+    ]
+    if figure:
+        lines += [f"![validation accuracy]({figure})", ""]
+    lines += ["| outer step | minutes | validation accuracy % |", "|---|---|---|"]
+    lines += [f"| {r.step:,} | {r.minutes:.1f} | {r.val_accuracy:.2f} |" for r in points.itertuples()]
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        *commands,
+        "```",
+        "",
+        "## Resolved configuration",
+        "",
+        "```json",
+        json.dumps({"config": resolved["config"], "hyper": resolved["hyper"], "task": resolved["task"]}, indent=1),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def learning_curve_figure(points: pd.DataFrame, published_value: float, path: Path, title: str) -> None:
+    """The validation curve beside the paper's test figure, as a small PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3), dpi=110)
+    axis.plot(points["step"], points["val_accuracy"], marker="o", label="metabench, validation")
+    axis.axhline(published_value, color="grey", linestyle="--", label="paper, test")
+    axis.set_xlabel("outer step")
+    axis.set_ylabel("accuracy %")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_pages(
+    configs: list[RunConfig], full_iterations: dict[str, int], params_path: str, out_dir: Path
+) -> list[Path]:
+    """One page (and figure) per run in ``configs`` that has a paper entry; returns the pages."""
+    written = []
+    for config in configs:
+        if config.algorithm not in PAPERS:
+            continue
+        if not (config.run_dir / "metrics.json").is_file():
+            raise MetabenchError(f"{config.run_id} has no test metrics; train and evaluate it first")
+        full = full_iterations[config.algorithm]
+        trained = int(
+            files.read_json(config.run_dir / "metrics.json", "test metrics", "evaluate the run")["iterations"]
+        )
+        selection = f"--params {params_path} --algorithm {config.algorithm} --shots {config.shots} --seed {config.seed}"
+        commands = [
+            f"metabench fetch omniglot --params {params_path}   # data.omniglot.source: the zips' URL or folder",
+            f"metabench train {selection} --iterations {trained} --ranks 1   # OMP_NUM_THREADS=1: one core",
+            f"metabench evaluate {selection}",
+            f"metabench reproduction --params {params_path} --algorithm {config.algorithm}   # this page",
+        ]
+        value = published.lookup(config.dataset, config.algorithm, config.ways, config.shots)
+        figure_name = f"{config.algorithm}-{config.ways}w{config.shots}s.png"
+        if value is not None:
+            title = f"{config.algorithm}, Omniglot {config.ways}-way {config.shots}-shot"
+            learning_curve_figure(curve(config.run_dir), value[0], out_dir / figure_name, title)
+        path = out_dir / f"{config.algorithm}.md"
+        files.write_atomic(path, page(config, full, commands, figure_name if value is not None else None))
+        written.append(path)
+    return written
