@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from metabench.algorithms import TaskShape, build_algorithm
-from metabench.algorithms.baseline import BaselineHyper, CosineHead, cosine_logits, fine_tune_heads, linear_logits
+from metabench.algorithms.baseline import (
+    BaselineHyper,
+    BaselinePPHyper,
+    CosineHead,
+    cosine_logits,
+    fine_tune_heads,
+    linear_logits,
+)
 from metabench.episodes import Episode
 
 
@@ -69,7 +76,8 @@ def test_heads_fitted_together_equal_each_head_fitted_alone():
     labels = torch.tensor([0, 1, 2, 3, 4] * 2)
     for make, forward in (
         (lambda: torch.nn.Linear(6, 5).double(), linear_logits),
-        (lambda: CosineHead(6, 5).double(), lambda x, w: cosine_logits(x, w, 2.0)),
+        (lambda: CosineHead(6, 5).double(), lambda x, w, g: cosine_logits(x, w, 2.0, g)),
+        (lambda: CosineHead(6, 5, class_norm=False).double(), lambda x, w: cosine_logits(x, w, 2.0)),
     ):
         torch.manual_seed(1)
         together = fine_tune_heads(make(), forward, features, labels, hyper, torch.Generator().manual_seed(0))
@@ -80,14 +88,26 @@ def test_heads_fitted_together_equal_each_head_fitted_alone():
                 torch.testing.assert_close(a[episode], b, rtol=1e-12, atol=1e-12)
 
 
-def test_cosine_head_is_scaled_cosine_similarity():
+def test_cosine_head_is_scaled_cosine_similarity_times_a_learnable_class_norm():
+    """CloserLookFewShot backbone.py distLinear: WeightNorm(dim=0) on the head, so a class's
+    logit is scale · g_j · cos(x, v_j), g_j a parameter initialised to ||v_j||."""
     head = CosineHead(3, 2).double()
+    assert [name for name, _ in head.named_parameters()] == ["weight", "norm"]
+    torch.testing.assert_close(head.norm.detach(), head.weight.detach().norm(dim=1))  # WeightNorm's g init
     x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, 4.0]], dtype=torch.float64)
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+        head.norm.copy_(torch.tensor([1.5, 0.5]))
     # by hand: cos(x0, w0)=1, cos(x0, w1)=0, cos(x1, w0)=0, cos(x1, w1)=4/5; scale 2 for <= 200 classes
-    torch.testing.assert_close(head(x), 2 * torch.tensor([[1.0, 0.0], [0.0, 0.8]], dtype=torch.float64))
+    expected = 2 * torch.tensor([[1.0, 0.0], [0.0, 0.8]], dtype=torch.float64) * torch.tensor([1.5, 0.5])
+    torch.testing.assert_close(head(x), expected)
+    plain = CosineHead(3, 2, class_norm=False).double()  # the paper's equation: no norm parameter
+    assert [name for name, _ in plain.named_parameters()] == ["weight"]
+    with torch.no_grad():
+        plain.weight.copy_(head.weight)
+    torch.testing.assert_close(plain(x), 2 * torch.tensor([[1.0, 0.0], [0.0, 0.8]], dtype=torch.float64))
     assert CosineHead(3, 201).scale == 10.0
+    assert BaselinePPHyper().class_norm and not hasattr(BaselineHyper(), "class_norm")
 
 
 def build(name: str):

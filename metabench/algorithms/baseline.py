@@ -7,8 +7,12 @@ embedded once and a fresh head for the episode's classes is fine-tuned on those 
 1e-3, mini-batches of 4, 100 epochs).
 
 * ``baseline``: linear heads.
-* ``baselinepp``: cosine heads, ``logits = scale · cos(x, w_j)`` (weight-normalised rows), with
-  scale 2 for heads of at most 200 classes and 10 otherwise, as in the paper's code.
+* ``baselinepp``: cosine heads, ``logits = scale · g_j · cos(x, v_j)``, with scale 2 for heads of
+  at most 200 classes and 10 otherwise, and a learnable norm ``g_j`` per class: the paper's code
+  (CloserLookFewShot ``backbone.py``, ``distLinear``) applies ``WeightNorm(dim=0)`` to the head,
+  ``class_wise_learnable_norm = True``, so each class's weight is ``g_j · v_j / ||v_j||`` with
+  ``g_j`` initialised to ``||v_j||`` (that repository's issues #4 and #8). ``class_norm: false``
+  gives the plain cosine head of the paper's equation.
 
 Pre-training batches are the training episodes' images with their split-level class labels
 (``train_ways`` classes × (shots + queries) images per batch) instead of uniformly shuffled
@@ -44,16 +48,19 @@ class BaselineHyper(BackboneHyper):
 
 
 class CosineHead(nn.Module):
-    """``scale · cos(x, w_j)`` for each class j (Baseline++)."""
+    """``scale · g_j · cos(x, v_j)`` for each class j (Baseline++): ``weight`` holds the directions
+    v (``nn.Linear``'s initialisation), ``norm`` the per-class norms g, initialised to ``||v_j||``
+    as ``WeightNorm`` does; without ``class_norm``, g is fixed at 1 (no parameter)."""
 
-    def __init__(self, features: int, classes: int):
+    def __init__(self, features: int, classes: int, class_norm: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(classes, features))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        self.norm = nn.Parameter(self.weight.detach().norm(dim=1).clone()) if class_norm else None
         self.scale = cosine_scale(classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cosine_logits(x, self.weight, self.scale)
+        return cosine_logits(x, self.weight, self.scale, self.norm)
 
 
 def cosine_scale(classes: int) -> float:
@@ -61,9 +68,13 @@ def cosine_scale(classes: int) -> float:
     return 2.0 if classes <= 200 else 10.0
 
 
-def cosine_logits(x: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale · cos(x_i, w_j)``; batched over leading dimensions (x (…, n, F), weight (…, C, F))."""
-    return scale * F.normalize(x, dim=-1) @ F.normalize(weight, dim=-1).transpose(-1, -2)
+def cosine_logits(
+    x: torch.Tensor, weight: torch.Tensor, scale: float, norm: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``scale · g_j · cos(x_i, w_j)`` (g = 1 without ``norm``); batched over leading dimensions
+    (x (…, n, F), weight (…, C, F), norm (…, C))."""
+    cosines = F.normalize(x, dim=-1) @ F.normalize(weight, dim=-1).transpose(-1, -2)
+    return scale * (cosines if norm is None else cosines * norm.unsqueeze(-2))
 
 
 def linear_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -162,14 +173,22 @@ class Baseline(EmbeddingAlgorithm):
         return self.head_logits(query, *weights)
 
 
+@dataclass
+class BaselinePPHyper(BaselineHyper):
+    # a learnable norm per class on the cosine head (CloserLookFewShot backbone.py distLinear:
+    # WeightNorm(dim=0), class_wise_learnable_norm = True); false: the plain cosine head
+    class_norm: bool = True
+
+
 class BaselinePP(Baseline):
     name = "baselinepp"
     paper = "Chen et al. 2019, A Closer Look at Few-shot Classification (Baseline++)"
     adapts = "a new cosine-similarity head, fine-tuned on frozen support features"
+    Hyper = BaselinePPHyper
 
     def make_head(self, features: int, classes: int) -> nn.Module:
-        return CosineHead(features, classes)
+        return CosineHead(features, classes, self.hyper.class_norm)
 
     def head_logits(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
-        (weight,) = weights
-        return cosine_logits(x, weight, cosine_scale(weight.shape[-2]))
+        weight, *norm = weights  # the direction, then the class norms (with class_norm)
+        return cosine_logits(x, weight, cosine_scale(weight.shape[-2]), *norm)
