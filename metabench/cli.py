@@ -8,9 +8,12 @@ hyper-parameters). Command-line options override them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import typer
@@ -242,7 +245,8 @@ def train(
             store.load(config.dataset, Path(config.data_dir))  # a missing dataset: one error, not one per rank
             console.print(f"{config.run_id}: {plan.ranks} ranks × {plan.threads} thread(s) (--ranks 1: one process)")
             command = _command_line(context, exclude=("ranks", "then_evaluate"))
-            distributed.launch(plan, [*command, "--ranks", str(plan.ranks)])  # rank 0 prints the summary
+            with _rank_errors():
+                distributed.launch(plan, [*command, "--ranks", str(plan.ranks)])  # rank 0 prints the summary
             if then_evaluate:  # here, with every core: the ranks have exited
                 _evaluate_and_show(config)
             return
@@ -262,6 +266,31 @@ def train(
     print(json.dumps(files.read_json(config.run_dir / "train_summary.json", "training summary", "train again")))
     if then_evaluate:
         _evaluate_and_show(config)
+
+
+RANK_ERRORS = "METABENCH_RANK_ERRORS"  # where a launched rank leaves its one-line error
+
+
+@contextlib.contextmanager
+def _rank_errors():
+    """Within the block, a rank that stops with a MetabenchError leaves its message for the
+    launcher (``main``), and a failed launch is reported with that message (the first rank's to
+    fail), not only as "a rank failed"."""
+    with tempfile.TemporaryDirectory(prefix="metabench-ranks-") as folder:
+        previous = os.environ.get(RANK_ERRORS)
+        os.environ[RANK_ERRORS] = folder
+        try:
+            yield
+        except MetabenchError as failure:
+            messages = sorted(Path(folder).glob("rank*.txt"), key=lambda path: path.stat().st_mtime)
+            if not messages:
+                raise
+            raise MetabenchError(messages[0].read_text()) from failure
+        finally:
+            if previous is None:
+                os.environ.pop(RANK_ERRORS, None)
+            else:
+                os.environ[RANK_ERRORS] = previous
 
 
 def _ranks_number(ranks: str) -> int | None:
@@ -731,6 +760,8 @@ def main() -> None:
         app()
     except MetabenchError as error:
         console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # "[ray]" is text, not markup
+        if os.environ.get(RANK_ERRORS) and "RANK" in os.environ:  # a launched rank: tell the launcher why
+            Path(os.environ[RANK_ERRORS], f"rank{os.environ['RANK']}.txt").write_text(str(error))
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: run the same command again to resume")
