@@ -182,11 +182,26 @@ def learning_curve_figure(points: pd.DataFrame, published_value: float, path: Pa
     plt.close(figure)
 
 
+def summary_row(config: RunConfig, full_iterations: int) -> str:
+    """One line of the pages' index: paper, ours, gap, budget, minutes, still rising."""
+    metrics = files.read_json(config.run_dir / "metrics.json", "test metrics", "evaluate the run")
+    summary = files.read_json(config.run_dir / "train_summary.json", "training summary", "train the run")
+    value, _, citation = published.lookup(config.dataset, config.algorithm, config.ways, config.shots)
+    ours, half = 100 * metrics["accuracy"], 100 * metrics["ci95"]
+    trained = int(metrics["iterations"])
+    rising = "yes" if still_rising(curve(config.run_dir)) else "no"
+    return (
+        f"| [{config.algorithm}]({config.algorithm}.md) | {value:.2f} ({citation}) | {ours:.2f} ± {half:.2f} | "
+        f"{ours - value:+.2f} | {trained:,} of {full_iterations:,} | {summary['train_seconds'] / 60:.1f} | {rising} |"
+    )
+
+
 def write_pages(
     configs: list[RunConfig], full_iterations: dict[str, int], params_path: str, out_dir: Path
 ) -> list[Path]:
-    """One page (and figure) per run in ``configs`` that has a paper entry; returns the pages."""
-    written = []
+    """One page (and figure) per run in ``configs`` that has a paper entry, then the index
+    (``README.md``: one row per page); returns the pages."""
+    written, rows = [], []
     for config in configs:
         if config.algorithm not in PAPERS:
             continue
@@ -211,4 +226,26 @@ def write_pages(
         path = out_dir / f"{config.algorithm}.md"
         files.write_atomic(path, page(config, full, commands, figure_name if value is not None else None))
         written.append(path)
+        rows.append(summary_row(config, full))
+    if rows:
+        files.write_atomic(out_dir / "README.md", index(rows, params_path))
     return written
+
+
+def index(rows: list[str], params_path: str) -> str:
+    """The index page: every reproduction in one table."""
+    return "\n".join(
+        [
+            "# Reproductions: the papers' Omniglot figures beside metabench at their protocol",
+            "",
+            f"Runs of `{params_path}` (5-way 1-shot, seed 0, one core each), written by `metabench "
+            "reproduction`. Accuracy ± 95% interval over the profile's test episodes; the budget is "
+            "outer steps trained against the paper's; still rising: the validation accuracy rose by more "
+            f"than {RISING_POINTS} points over the last third of its curve.",
+            "",
+            "| algorithm | paper % | metabench % | gap (points) | outer steps trained | train minutes | still rising |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )

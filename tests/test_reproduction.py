@@ -54,6 +54,8 @@ def test_a_page_sets_the_papers_figure_beside_the_run_with_its_budget_curve_and_
     assert "| 4 |" in page and "| 12 |" in page  # the validation curve, every validation
     assert "metabench train --params paper.yaml --algorithm protonet --shots 1 --seed 0 --iterations 12" in page
     assert '"train_ways": 10' in page  # the resolved configuration
+    index = (profile / "pages" / "README.md").read_text()
+    assert "| [protonet](protonet.md) | 98.80 (Snell et al. 2017) |" in index and "| 12 of 20,000 |" in index
 
 
 def test_an_unevaluated_run_or_an_algorithm_without_a_paper_is_refused_in_one_line(profile, monkeypatch):
