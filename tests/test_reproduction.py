@@ -72,4 +72,5 @@ def test_still_rising_compares_the_last_third_of_the_curve():
 
     assert still_rising(points([90.0, 95.0, 96.0, 96.5, 97.0, 97.6]))
     assert not still_rising(points([90.0, 95.0, 97.0, 97.1, 97.0, 97.1]))
-    assert not still_rising(points([90.0, 99.0]))  # too short to tell
+    assert still_rising(points([90.0, 99.0])) and not still_rising(points([99.0, 99.1]))  # two validations
+    assert not still_rising(points([99.0]))  # one validation: nothing to tell
