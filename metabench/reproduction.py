@@ -96,6 +96,12 @@ def still_rising(points: pd.DataFrame) -> bool:
     return float(tail.iloc[-1] - tail.iloc[0]) > RISING_POINTS
 
 
+def rising_text(points: pd.DataFrame) -> str:
+    if len(points) < 2:
+        return "cannot tell (one validation)"
+    return "yes" if still_rising(points) else "no"
+
+
 def page(config: RunConfig, full_iterations: int, commands: list[str], figure: str | None) -> str:
     """The markdown page of one trained and evaluated run."""
     run_dir = config.run_dir
@@ -113,7 +119,6 @@ def page(config: RunConfig, full_iterations: int, commands: list[str], figure: s
     tasks = resolved["hyper"].get("meta_batch", 1)
     seconds = float(summary["train_seconds"])
     hours = full_iterations * seconds / max(trained, 1) / 3600
-    rising = still_rising(points)
     published_text = f"{value:.2f}" + (f" ± {plus_minus}" if plus_minus is not None else "")
     lines = [
         f"# {config.algorithm} on Omniglot, {config.ways}-way {config.shots}-shot: paper and metabench",
@@ -135,7 +140,7 @@ def page(config: RunConfig, full_iterations: int, commands: list[str], figure: s
         f"- The paper's budget in this profile: {full_iterations:,} outer steps ({100 * trained / full_iterations:.1f}% "
         f"of it trained here). At this run's speed the full budget would take **{hours:.1f} core-hours** of this "
         "CPU; GPU-hours are not measured (no GPU has been lent to this project).",
-        f"- Validation accuracy still rising at the end: **{'yes' if rising else 'no'}** (more than "
+        f"- Validation accuracy still rising at the end: **{rising_text(points)}** (more than "
         f"{RISING_POINTS} points over the last third of the curve).",
         "",
         "## Learning curve (validation episodes of the validation classes)",
@@ -190,7 +195,7 @@ def summary_row(config: RunConfig, full_iterations: int) -> str:
     value, _, citation = published.lookup(config.dataset, config.algorithm, config.ways, config.shots)
     ours, half = 100 * metrics["accuracy"], 100 * metrics["ci95"]
     trained = int(metrics["iterations"])
-    rising = "yes" if still_rising(curve(config.run_dir)) else "no"
+    rising = rising_text(curve(config.run_dir))
     return (
         f"| [{config.algorithm}]({config.algorithm}.md) | {value:.2f} ({citation}) | {ours:.2f} ± {half:.2f} | "
         f"{ours - value:+.2f} | {trained:,} of {full_iterations:,} | {summary['train_seconds'] / 60:.1f} | {rising} |"
