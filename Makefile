@@ -55,7 +55,7 @@ pipelines: $(STAMP)
 
 benchmarks: $(STAMP)
 	$(GATE)
-	$(BENCH) -k "inner_loop_of_one_task or sampler or compiled or data_parallel" --benchmark-compare=0001
+	$(BENCH) -k "inner_loop_of_one_task or sampler or compiled or data_parallel or peak_memory" --benchmark-compare=0001
 
 # Record a new baseline (on a quiet machine; commit benchmarks/baseline/)
 benchmark-baseline: $(STAMP)
