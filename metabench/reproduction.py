@@ -74,6 +74,45 @@ PAPERS = {
 }
 
 
+@dataclass(frozen=True)
+class Reproduced:
+    """One trained and evaluated run's files, read once, with the paper's figure for its setting."""
+
+    config: RunConfig
+    metrics: dict
+    summary: dict
+    resolved: dict  # config.json
+    points: pd.DataFrame  # the validation curve (``curve``)
+    figure: tuple[float, float | None, str]  # the paper's (accuracy %, ±, citation)
+
+    @property
+    def accuracy(self) -> tuple[float, float]:
+        """Test accuracy and its 95% half-width, in %."""
+        return 100 * self.metrics["accuracy"], 100 * self.metrics["ci95"]
+
+    @property
+    def trained(self) -> int:
+        return int(self.metrics["iterations"])
+
+
+def load(config: RunConfig) -> Reproduced:
+    """Read ``config``'s run; a run without test metrics or a setting without a paper figure is an error."""
+    run_dir = config.run_dir
+    if not (run_dir / "metrics.json").is_file():
+        raise MetabenchError(f"{config.run_id} has no test metrics; train and evaluate it first")
+    figure = published.lookup(config.dataset, config.algorithm, config.ways, config.shots)
+    if figure is None:
+        raise MetabenchError(f"no published figure for {config.algorithm} at {config.ways}-way {config.shots}-shot")
+    return Reproduced(
+        config,
+        files.read_json(run_dir / "metrics.json", "test metrics", "evaluate the run"),
+        files.read_json(run_dir / "train_summary.json", "training summary", "train the run"),
+        files.read_json(run_dir / "config.json", "run configuration", "train the run"),
+        curve(run_dir),
+        figure,
+    )
+
+
 def curve(run_dir: Path) -> pd.DataFrame:
     """Validation accuracy (%) by outer step, with the training seconds at each validation."""
     log = pd.read_csv(run_dir / "train_log.csv")
@@ -102,20 +141,13 @@ def rising_text(points: pd.DataFrame) -> str:
     return "yes" if still_rising(points) else "no"
 
 
-def page(config: RunConfig, full_iterations: int, commands: list[str], figure: str | None) -> str:
+def page(run: Reproduced, full_iterations: int, commands: list[str], figure: str) -> str:
     """The markdown page of one trained and evaluated run."""
-    run_dir = config.run_dir
-    metrics = files.read_json(run_dir / "metrics.json", "test metrics", "evaluate the run")
-    summary = files.read_json(run_dir / "train_summary.json", "training summary", "train the run")
-    resolved = files.read_json(run_dir / "config.json", "run configuration", "train the run")
+    config, metrics, summary, resolved, points = run.config, run.metrics, run.summary, run.resolved, run.points
     paper = PAPERS[config.algorithm]
-    figure_value = published.lookup(config.dataset, config.algorithm, config.ways, config.shots)
-    if figure_value is None:
-        raise MetabenchError(f"no published figure for {config.algorithm} at {config.ways}-way {config.shots}-shot")
-    value, plus_minus, citation = figure_value
-    ours, half = 100 * metrics["accuracy"], 100 * metrics["ci95"]
-    points = curve(run_dir)
-    trained = int(metrics["iterations"])
+    value, plus_minus, citation = run.figure
+    ours, half = run.accuracy
+    trained = run.trained
     tasks = resolved["hyper"].get("meta_batch", 1)
     seconds = float(summary["train_seconds"])
     hours = full_iterations * seconds / max(trained, 1) / 3600
@@ -146,8 +178,7 @@ def page(config: RunConfig, full_iterations: int, commands: list[str], figure: s
         "## Learning curve (validation episodes of the validation classes)",
         "",
     ]
-    if figure:
-        lines += [f"![validation accuracy]({figure})", ""]
+    lines += [f"![validation accuracy]({figure})", ""]
     lines += ["| outer step | minutes | validation accuracy % |", "|---|---|---|"]
     lines += [f"| {r.step:,} | {r.minutes:.1f} | {r.val_accuracy:.2f} |" for r in points.itertuples()]
     lines += [
@@ -188,17 +219,14 @@ def learning_curve_figure(points: pd.DataFrame, published_value: float, path: Pa
     plt.close(figure)
 
 
-def summary_row(config: RunConfig, full_iterations: int) -> str:
+def summary_row(run: Reproduced, full_iterations: int) -> str:
     """One line of the pages' index: paper, ours, gap, budget, minutes, still rising."""
-    metrics = files.read_json(config.run_dir / "metrics.json", "test metrics", "evaluate the run")
-    summary = files.read_json(config.run_dir / "train_summary.json", "training summary", "train the run")
-    value, _, citation = published.lookup(config.dataset, config.algorithm, config.ways, config.shots)
-    ours, half = 100 * metrics["accuracy"], 100 * metrics["ci95"]
-    trained = int(metrics["iterations"])
-    rising = rising_text(curve(config.run_dir))
+    config, (value, _, citation), (ours, half) = run.config, run.figure, run.accuracy
+    trained, rising = run.trained, rising_text(run.points)
+    minutes = run.summary["train_seconds"] / 60
     return (
         f"| [{config.algorithm}]({config.algorithm}.md) | {value:.2f} ({citation}) | {ours:.2f} ± {half:.2f} | "
-        f"{ours - value:+.2f} | {trained:,} of {full_iterations:,} | {summary['train_seconds'] / 60:.1f} | {rising} |"
+        f"{ours - value:+.2f} | {trained:,} of {full_iterations:,} | {minutes:.1f} | {rising} |"
     )
 
 
@@ -211,28 +239,22 @@ def write_pages(
     for config in configs:
         if config.algorithm not in PAPERS:
             continue
-        if not (config.run_dir / "metrics.json").is_file():
-            raise MetabenchError(f"{config.run_id} has no test metrics; train and evaluate it first")
+        run = load(config)
         full = full_iterations[config.algorithm]
-        trained = int(
-            files.read_json(config.run_dir / "metrics.json", "test metrics", "evaluate the run")["iterations"]
-        )
         selection = f"--params {params_path} --algorithm {config.algorithm} --shots {config.shots} --seed {config.seed}"
         commands = [
             f"metabench fetch omniglot --params {params_path}   # data.omniglot.source: the zips' URL or folder",
-            f"metabench train {selection} --iterations {trained} --ranks 1   # OMP_NUM_THREADS=1: one core",
+            f"metabench train {selection} --iterations {run.trained} --ranks 1   # OMP_NUM_THREADS=1: one core",
             f"metabench evaluate {selection}",
             f"metabench reproduction --params {params_path} --algorithm {config.algorithm}   # this page",
         ]
-        value = published.lookup(config.dataset, config.algorithm, config.ways, config.shots)
         figure_name = f"{config.algorithm}-{config.ways}w{config.shots}s.png"
-        if value is not None:
-            title = f"{config.algorithm}, Omniglot {config.ways}-way {config.shots}-shot"
-            learning_curve_figure(curve(config.run_dir), value[0], out_dir / figure_name, title)
+        title = f"{config.algorithm}, Omniglot {config.ways}-way {config.shots}-shot"
+        learning_curve_figure(run.points, run.figure[0], out_dir / figure_name, title)
         path = out_dir / f"{config.algorithm}.md"
-        files.write_atomic(path, page(config, full, commands, figure_name if value is not None else None))
+        files.write_atomic(path, page(run, full, commands, figure_name))
         written.append(path)
-        rows.append(summary_row(config, full))
+        rows.append(summary_row(run, full))
     if rows:
         files.write_atomic(out_dir / "README.md", index(rows, params_path))
     return written
