@@ -17,6 +17,7 @@ CHEAP = {
     "fomaml": {"meta_batch": 2},
     "metasgd": {"meta_batch": 2},
     "anil": {"meta_batch": 2},
+    "relationnet": {"unpadded_convs": 0},  # 16x16 images: unpadded, the maps are too small to pool twice
 }
 
 

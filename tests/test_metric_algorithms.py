@@ -69,13 +69,13 @@ def test_relation_pairs_put_each_class_sum_beside_each_query():
 
 
 def test_relation_network_scores_and_loss_against_a_loop():
-    task = TaskShape(channels=1, image_size=16, train_ways=3, test_ways=3)
+    task = TaskShape(channels=1, image_size=28, train_ways=3, test_ways=3)
     torch.manual_seed(0)
     algorithm = build_algorithm("relationnet", {"hidden": 4}, task, torch.device("cpu"))
     algorithm.body.double(), algorithm.relation.double()
     algorithm.train(False)
-    support_x = random(6, 1, 16, 16, seed=5).abs()
-    query_x = random(3, 1, 16, 16, seed=6).abs()
+    support_x = random(6, 1, 28, 28, seed=5).abs()
+    query_x = random(3, 1, 28, 28, seed=6).abs()
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     scores = algorithm.predict(support_x, labels, query_x, 3)
     with torch.no_grad():
@@ -131,3 +131,53 @@ def test_siamese_pair_logits_best_match_and_balanced_loss_by_hand():
 def test_siamese_refuses_an_unknown_shot_pooling():
     with pytest.raises(MetabenchError, match="shot_pooling must be one of mean, max"):
         SiameseHyper(shot_pooling="median").validate()
+
+
+def test_siamese_affine_maps_stay_in_koch_ranges_and_keep_half_the_components():
+    from metabench.algorithms.siamese import affine_matrices
+
+    matrices = affine_matrices(20_000, 0.5, torch.Generator().manual_seed(0))
+    linear, move = matrices[:, :, :2], matrices[:, :, 2]
+    # det(rotation · shear · scale) = (1 - rho_x rho_y) s_x s_y
+    det = torch.linalg.det(linear)
+    assert det.min() >= 0.64 * (1 - 0.09) - 1e-12 and det.max() <= 1.44 * (1 + 0.09) + 1e-12
+    assert move.abs().max() <= 2 * 2 / 105 + 1e-12
+    # each translation component is kept with probability 1/2: about half are exactly 0
+    untouched = (move == 0).double().mean().item()
+    assert abs(untouched - 0.5) < 0.02
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    assert torch.equal(affine_matrices(5, 0.0), identity.expand(5, 2, 3))
+
+
+def test_siamese_rotation_alone_is_the_hand_written_matrix():
+    from metabench.algorithms.siamese import affine_matrices
+
+    generator = torch.Generator().manual_seed(1)
+    matrices = affine_matrices(4000, 0.5, generator)
+    # where shears and scales were all left out, the linear part is a pure rotation within 10 degrees
+    linear = matrices[:, :, :2]
+    rotations = linear[(linear[:, 0, 0] == linear[:, 1, 1]) & (linear[:, 0, 1] == -linear[:, 1, 0])]
+    assert len(rotations) > 50
+    angles = torch.rad2deg(torch.atan2(rotations[:, 1, 0], rotations[:, 0, 0]))
+    assert angles.abs().max() <= 10 + 1e-9 and angles.abs().max() > 9
+
+
+def test_siamese_distorts_only_in_training():
+    from metabench.algorithms.siamese import distort
+    from metabench.episodes import Episode
+
+    images = random(4, 1, 12, 12, seed=11)
+    assert torch.allclose(distort(images, 0.0), images, atol=1e-12)  # identity maps sample pixel centres
+    task = TaskShape(channels=1, image_size=16, train_ways=2, test_ways=2)
+    torch.manual_seed(0)
+    algorithm = build_algorithm("siamese", {"hidden": 4}, task, torch.device("cpu"))
+    plain = build_algorithm("siamese", {"hidden": 4, "distort": 0.0}, task, torch.device("cpu"))
+    plain.net.load_state_dict(algorithm.net.state_dict())
+    x = random(4, 1, 16, 16, seed=12).float()
+    episode = Episode(x[:2], torch.tensor([0, 1]), x[2:], torch.tensor([1, 0]), 2)
+    for model in (algorithm, plain):
+        model.train(False)
+    assert torch.equal(algorithm.episode_loss(episode)[0], plain.episode_loss(episode)[0])
+    for model in (algorithm, plain):
+        model.train(True)
+    assert not torch.equal(algorithm.episode_loss(episode)[0], plain.episode_loss(episode)[0])

@@ -112,3 +112,52 @@ def test_siamese_figures_are_credited_to_the_reimplementation_that_reported_them
     for shots, ways, value in ((1, 5, 97.3), (5, 5, 98.4), (1, 20, 88.1), (5, 20, 97.0)):
         accuracy, _, citation = published.lookup("omniglot", "siamese", ways, shots)
         assert accuracy == value and citation.startswith("Vinyals et al. 2016")
+
+
+def test_relation_network_matches_floodsungs_omniglot_script():
+    # floodsung/LearningToCompare_FSL omniglot/omniglot_train_one_shot.py: Adam 1e-3 halved every
+    # 100,000 episodes, relation_dim 8, CNNEncoder layer1-2 with padding=0 (28x28 -> 5x5 maps),
+    # weights_init, clip_grad_norm(..., 0.5) on each network
+    h = hyper("relationnet")
+    assert (h.lr, h.lr_halve_every, h.relation_hidden) == (1e-3, 100_000, 8)
+    assert (h.unpadded_convs, h.clip_grad_norm, h.init) == (2, 0.5, "reference")
+    task = TaskShape(channels=1, image_size=28, train_ways=5, test_ways=5)
+    algorithm = build_algorithm("relationnet", {"hidden": 64}, task, torch.device("cpu"))
+    algorithm.train(False)
+    assert algorithm.embed(torch.zeros(3, 1, 28, 28)).shape == (3, 64, 5, 5)
+    assert algorithm.relation.fc[0].in_features == 64  # 5x5 -> pool -> 2x2 -> pool -> 1x1
+    conv = algorithm.body.blocks[0][0]
+    assert conv.bias.abs().max() == 0
+    assert conv.weight.std().item() == pytest.approx((2 / (9 * 64)) ** 0.5, rel=0.15)
+    for linear in (algorithm.relation.fc[0], algorithm.relation.fc[2]):
+        assert torch.equal(linear.bias, torch.ones_like(linear.bias))
+    assert algorithm.relation.fc[0].weight.std().item() == pytest.approx(0.01, rel=0.15)
+
+
+def test_relation_network_clips_each_networks_gradient_on_its_own():
+    # the reference clips the encoder's and the relation module's gradients separately (0.5 each);
+    # one joint clip would leave each network's norm below 0.5, not at it
+    from metabench.episodes import Episode
+
+    task = TaskShape(channels=1, image_size=28, train_ways=3, test_ways=3)
+    algorithm = build_algorithm("relationnet", {"hidden": 8, "clip_grad_norm": 1e-4}, task, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(1, 6, 1, 28, 28, generator=generator)
+    labels = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    batch = Episode(images[:, :3], labels[:, :3], images[:, 3:], labels[:, 3:], 3, torch.tensor([[0, 1, 2]]))
+    algorithm.train(True)
+    algorithm.optimizer.zero_grad()
+    algorithm.accumulate_meta_gradient(batch)
+    for network in (algorithm.body, algorithm.relation):
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in network.parameters()]))
+        assert norm.item() == pytest.approx(1e-4, rel=1e-2)  # clip_grad_norm_ divides by norm + 1e-6
+
+
+def test_siamese_distorts_training_pairs_as_koch_et_al():
+    # Koch et al. 2015, "affine distortions": theta in [-10, 10] degrees, rho_x, rho_y in [-0.3, 0.3],
+    # s_x, s_y in [0.8, 1.2], t_x, t_y in [-2, 2] pixels (of 105), each included with probability 0.5
+    from metabench.algorithms import siamese
+
+    assert hyper("siamese").distort == 0.5
+    assert (siamese.ROTATION_DEGREES, siamese.SHEAR, siamese.SCALE) == (10.0, 0.3, (0.8, 1.2))
+    assert siamese.TRANSLATION == pytest.approx(2 / 105)

@@ -5,9 +5,17 @@ their spatial extent) embeds every image; a class is represented by the element-
 its support feature maps (K-shot, paper Section 3.2). Each (class, query) pair is concatenated
 along channels and scored by a learned relation module (two conv blocks with pooling, then
 fully connected layers to 8 units and to one sigmoid output). Training regresses the scores
-onto the one-hot match with mean squared error (paper, Eq. 3), Adam 1e-3. Deviation: all
-convolutions are padded, so the same module fits 28×28 and 84×84 inputs; the paper's Omniglot
-network leaves the first two unpadded.
+onto the one-hot match with mean squared error (paper, Eq. 3), Adam 1e-3.
+
+The reference code (floodsung/LearningToCompare_FSL, ``omniglot/omniglot_train_one_shot.py`` and
+``miniimagenet/miniimagenet_train_one_shot.py``) fixes three choices the paper leaves out, each a
+hyper-parameter here with the reference's value as default: the encoder's first two
+convolutions are unpadded (28×28 images give 5×5 maps, not 7×7: the relation module then runs
+on half the positions); the weights start from ``weights_init`` (convolutions N(0, 2/(9·out)),
+linear layers N(0, 0.01²) with bias 1); and each network's gradient norm is clipped at 0.5
+before its Adam step. Deviation: batch norm evaluates with running statistics (the reference
+never leaves training mode, so a test image is normalised with the other images of its set),
+which keeps an image's embedding independent of its episode.
 """
 
 from __future__ import annotations
@@ -31,12 +39,49 @@ class RelationNetHyper(BackboneHyper):
     meta_batch: int = 1
     train_ways: int = 0  # ways of training episodes; 0: same as test
     relation_hidden: int = 8  # width of the relation module's fully connected layer (paper: 8)
+    unpadded_convs: int = 2  # the encoder's first convolutions without padding (reference: 2)
+    clip_grad_norm: float = 0.5  # per network, before each step (reference: 0.5); 0: no clipping
+    init: str = "reference"  # reference (the reference's weights_init) or torch (PyTorch's defaults)
 
     def validate(self) -> None:
         if self.backbone != "conv4":
             raise MetabenchError("relationnet needs backbone conv4 (its embedding keeps feature maps)")
         if self.lr <= 0 or self.meta_batch < 1 or self.train_ways < 0 or self.relation_hidden < 1:
             raise MetabenchError("relationnet needs lr > 0, meta_batch >= 1, train_ways >= 0, relation_hidden >= 1")
+        if not 0 <= self.unpadded_convs <= 4 or self.clip_grad_norm < 0:
+            raise MetabenchError("relationnet needs 0 <= unpadded_convs <= 4 and clip_grad_norm >= 0")
+        if self.init not in ("reference", "torch"):
+            raise MetabenchError(f"relationnet init must be reference or torch, not {self.init!r}")
+
+
+def encoder(channels: int, hidden: int, unpadded_convs: int) -> Conv4:
+    """The embedding module: Conv-4 pooled in its first two blocks, the first ``unpadded_convs``
+    convolutions without padding (the reference's ``CNNEncoder``: ``padding=0`` in layer1-2)."""
+    body = Conv4(channels, hidden, pooled=2, flatten=False)
+    for block in body.blocks[:unpadded_convs]:
+        block[0].padding = (0, 0)  # read by Conv2d.forward; the weights are the same 3×3 kernels
+    return body
+
+
+def map_size(body: nn.Module, channels: int, image_size: int) -> int:
+    """Height (= width) of the encoder's feature maps for ``image_size`` inputs."""
+    with torch.no_grad():
+        return body.eval()(torch.zeros(1, channels, image_size, image_size)).shape[-1]
+
+
+def reference_init(module: nn.Module) -> None:
+    """floodsung's ``weights_init``: convolutions N(0, 2/(k·k·out)) with zero bias, batch norm 1 and
+    0, linear layers N(0, 0.01²) with bias 1."""
+    if isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+        nn.init.normal_(module.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 0.01)
+        nn.init.ones_(module.bias)
 
 
 class RelationModule(nn.Module):
@@ -47,7 +92,10 @@ class RelationModule(nn.Module):
         self.blocks = nn.Sequential(conv_block(2 * hidden, hidden, True), conv_block(hidden, hidden, True))
         out = (size // 2) // 2
         if out < 1:
-            raise MetabenchError(f"relationnet: {size}x{size} feature maps are too small for two poolings")
+            raise MetabenchError(
+                f"relationnet: {size}x{size} feature maps are too small for the relation module's two poolings; "
+                "use larger images (28x28 or more) or hyper unpadded_convs: 0"
+            )
         self.fc = nn.Sequential(nn.Linear(hidden * out * out, fc_hidden), nn.ReLU(), nn.Linear(fc_hidden, 1))
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
@@ -76,10 +124,14 @@ class RelationNet(EmbeddingAlgorithm):
 
     def __init__(self, hyper: RelationNetHyper, task, device):
         super().__init__(hyper, task, device)
-        self.body = Conv4(task.channels, hyper.hidden, pooled=2, flatten=False).to(device)
-        self.relation = RelationModule(hyper.hidden, self.body.out_size(task.image_size), hyper.relation_hidden).to(
-            device
-        )
+        self.body = encoder(task.channels, hyper.hidden, hyper.unpadded_convs)
+        size = map_size(self.body, task.channels, task.image_size)
+        self.relation = RelationModule(hyper.hidden, size, hyper.relation_hidden)
+        if hyper.init == "reference":
+            self.body.apply(reference_init)
+            self.relation.apply(reference_init)
+        self.body.to(device)
+        self.relation.to(device)
         self.optimizer = torch.optim.Adam([*self.body.parameters(), *self.relation.parameters()], lr=hyper.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=hyper.lr_halve_every, gamma=0.5)
 
@@ -88,6 +140,13 @@ class RelationNet(EmbeddingAlgorithm):
 
     def optimizers(self):
         return {"optimizer": self.optimizer, "scheduler": self.scheduler}
+
+    def accumulate_meta_gradient(self, batch):
+        metrics = super().accumulate_meta_gradient(batch)
+        if self.hyper.clip_grad_norm > 0:  # each network on its own, as the reference clips them
+            for network in (self.body, self.relation):
+                torch.nn.utils.clip_grad_norm_(network.parameters(), self.hyper.clip_grad_norm)
+        return metrics
 
     def scores(self, support_maps, support_y, query_maps, ways: int) -> torch.Tensor:
         """Relation score of every query with every class: (n_query, ways)."""
