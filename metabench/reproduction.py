@@ -12,6 +12,7 @@ full budget would cost at the speed measured here.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,31 @@ def still_rising(points: pd.DataFrame) -> bool:
     return float(tail.iloc[-1] - tail.iloc[0]) > RISING_POINTS
 
 
+def steps_to_close(points: pd.DataFrame, gap: float) -> int | None:
+    """More outer steps that would close ``gap`` points (negative: we are below the paper) at the
+    slope of the curve's last two validations: a lower bound, as learning curves flatten. None
+    when there is no gap to close or the curve is not rising."""
+    if gap >= 0 or not still_rising(points):
+        return None
+    last, before = points.iloc[-1], points.iloc[-2]
+    slope = float(last.val_accuracy - before.val_accuracy) / float(last.step - before.step)
+    return math.ceil(-gap / slope) if slope > 0 else None
+
+
+def closing_text(points: pd.DataFrame, gap: float, seconds_per_step: float) -> list[str]:
+    """The page's line on the budget that would close the gap (none when nothing is to close)."""
+    more = steps_to_close(points, gap)
+    if more is None:
+        return []
+    last, before = points.iloc[-1], points.iloc[-2]
+    per_thousand = 1000 * float(last.val_accuracy - before.val_accuracy) / float(last.step - before.step)
+    return [
+        f"- Closing the gap: at the slope of the last two validations ({per_thousand:.2f} points per 1,000 "
+        f"steps) the {-gap:.2f} points need at least **{more:,} more outer steps** "
+        f"({more * seconds_per_step / 3600:.1f} core-hours here); a lower bound, since learning curves flatten."
+    ]
+
+
 def rising_text(points: pd.DataFrame) -> str:
     if len(points) < 2:
         return "cannot tell (one validation)"
@@ -174,6 +200,7 @@ def page(run: Reproduced, full_iterations: int, commands: list[str], figure: str
         "CPU; GPU-hours are not measured (no GPU has been lent to this project).",
         f"- Validation accuracy still rising at the end: **{rising_text(points)}** (more than "
         f"{RISING_POINTS} points over the last third of the curve).",
+        *closing_text(points, ours - value, seconds / max(trained, 1)),
         "",
         "## Learning curve (validation episodes of the validation classes)",
         "",

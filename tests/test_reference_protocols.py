@@ -161,3 +161,51 @@ def test_siamese_distorts_training_pairs_as_koch_et_al():
     assert hyper("siamese").distort == 0.5
     assert (siamese.ROTATION_DEGREES, siamese.SHEAR, siamese.SCALE) == (10.0, 0.3, (0.8, 1.2))
     assert siamese.TRANSLATION == pytest.approx(2 / 105)
+
+
+def test_prototypical_networks_as_snells_run_train():
+    # jakesnell/prototypical-networks scripts/train/few_shot/run_train.py: Adam, train.learning_rate
+    # 0.001, train.decay_every 20 epochs of 100 episodes (halved: StepLR gamma 0.5), one episode per
+    # update; Omniglot trains on 60-way episodes (the default CPU profile uses 20, params.yaml)
+    h = hyper("protonet")
+    assert (h.lr, h.lr_halve_every, h.meta_batch) == (1e-3, 2000, 1)
+
+
+def test_maml_and_fomaml_as_cbfinns_omniglot_command():
+    # cbfinn/maml main.py, 5-way 1-shot Omniglot: --meta_batch_size=32 --update_lr=0.4 --num_updates=1,
+    # meta_lr 0.001; the paper evaluates with 3 steps; --stop_grad=True is FOMAML
+    for name, first_order in (("maml", False), ("fomaml", True)):
+        h = hyper(name)
+        assert (h.meta_lr, h.inner_lr, h.inner_steps, h.test_inner_steps) == (1e-3, 0.4, 1, 3)
+        assert (h.meta_batch, h.first_order) == (32, first_order)
+
+
+def test_meta_sgd_as_li_et_al():
+    # Li et al. 2017 (Meta-SGD), few-shot classification experiments: one adaptation step with learned per-parameter rates, initialised
+    # U[0.005, 0.1]; the same single step at test time
+    h = hyper("metasgd")
+    assert (h.inner_steps, h.test_inner_steps, h.lr_init_low, h.lr_init_high) == (1, 1, 0.005, 0.1)
+
+
+@pytest.mark.parametrize("name", ["baseline", "baselinepp"])
+def test_baselines_fine_tune_as_closer_looks_baselinefinetune(name):
+    # wyharveychen/CloserLookFewShot methods/baselinefinetune.py: SGD(lr=0.01, momentum=0.9,
+    # dampening=0.9, weight_decay=0.001), batch_size 4, 100 epochs; train.py: Adam 1e-3
+    h = hyper(name)
+    assert (h.lr, h.finetune_lr, h.finetune_momentum, h.finetune_dampening) == (1e-3, 0.01, 0.9, 0.9)
+    assert (h.finetune_weight_decay, h.finetune_batch, h.finetune_epochs) == (1e-3, 4, 100)
+
+
+def test_baselinepp_head_scale_as_closer_looks_distlinear():
+    # backbone.py distLinear: scale_factor = 2 if outdim <= 200 else 10; class_wise_learnable_norm = True
+    from metabench.algorithms.baseline import cosine_scale
+
+    assert (cosine_scale(5), cosine_scale(200), cosine_scale(201)) == (2, 2, 10)
+    assert hyper("baselinepp").class_norm is True
+
+
+def test_metaoptnet_heads_as_kjunelees_classification_heads():
+    # kjunelee/MetaOptNet models/classification_heads.py: MetaOptNetHead_SVM_CS(C_reg=0.1),
+    # R2D2Head(l2_regularizer_lambda=50.0); README's training commands: --eps 0.1 label smoothing
+    h = hyper("metaoptnet")
+    assert (h.head, h.svm_c, h.ridge_lambda, h.label_smoothing) == ("svm", 0.1, 50.0, 0.1)

@@ -74,3 +74,15 @@ def test_still_rising_compares_the_last_third_of_the_curve():
     assert not still_rising(points([90.0, 95.0, 97.0, 97.1, 97.0, 97.1]))
     assert still_rising(points([90.0, 99.0])) and not still_rising(points([99.0, 99.1]))  # two validations
     assert not still_rising(points([99.0]))  # one validation: nothing to tell
+
+
+def test_the_budget_to_close_a_gap_extrapolates_the_last_slope():
+    from metabench.reproduction import steps_to_close
+
+    def points(values):
+        return pd.DataFrame({"step": [500 * (i + 1) for i in range(len(values))], "val_accuracy": values})
+
+    rising = points([90.0, 93.0, 94.0, 95.0])  # the last two: 1 point per 500 steps
+    assert steps_to_close(rising, -2.5) == 1250
+    assert steps_to_close(rising, 0.3) is None  # above the paper: nothing to close
+    assert steps_to_close(points([90.0, 97.0, 97.1, 97.1]), -2.0) is None  # flat at the end
