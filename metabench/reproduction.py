@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats
 
 from metabench import MetabenchError, files, published
 from metabench.config import RunConfig
 
-# A rise of the validation accuracy over the last third of the curve larger than this (points)
-# counts as "still rising": more training would likely close part of the gap.
+# A rise of the least-squares line through the last third of the validation curve larger than
+# this (points) counts as "still rising": more training would likely close part of the gap.
 RISING_POINTS = 0.2
 
 
@@ -127,24 +128,29 @@ def curve(run_dir: Path) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+def tail_slope(points: pd.DataFrame) -> float:
+    """Validation points per outer step over the curve's last third (at least its last two
+    validations), by least squares: one noisy validation neither makes nor hides a trend."""
+    tail = points.iloc[-max(2, len(points) // 3) :]
+    return float(stats.linregress(tail["step"], tail["val_accuracy"]).slope)
+
+
 def still_rising(points: pd.DataFrame) -> bool:
-    """Whether the validation accuracy rose by more than RISING_POINTS over the curve's last third
-    (at least its last two validations)."""
+    """Whether the least-squares line through the curve's last third rises by more than
+    RISING_POINTS across it."""
     if len(points) < 2:
         return False
-    tail = points["val_accuracy"].iloc[-max(2, len(points) // 3) :]
-    return float(tail.iloc[-1] - tail.iloc[0]) > RISING_POINTS
+    tail = points.iloc[-max(2, len(points) // 3) :]
+    return tail_slope(points) * float(tail["step"].iloc[-1] - tail["step"].iloc[0]) > RISING_POINTS
 
 
 def steps_to_close(points: pd.DataFrame, gap: float) -> int | None:
     """More outer steps that would close ``gap`` points (negative: we are below the paper) at the
-    slope of the curve's last two validations: a lower bound, as learning curves flatten. None
-    when there is no gap to close or the curve is not rising."""
+    slope of the curve's last third: a lower bound, as learning curves flatten. None when there is
+    no gap to close or the curve is not rising."""
     if gap >= 0 or not still_rising(points):
         return None
-    last, before = points.iloc[-1], points.iloc[-2]
-    slope = float(last.val_accuracy - before.val_accuracy) / float(last.step - before.step)
-    return math.ceil(-gap / slope) if slope > 0 else None
+    return math.ceil(-gap / tail_slope(points))
 
 
 def closing_text(points: pd.DataFrame, gap: float, seconds_per_step: float) -> list[str]:
@@ -152,11 +158,9 @@ def closing_text(points: pd.DataFrame, gap: float, seconds_per_step: float) -> l
     more = steps_to_close(points, gap)
     if more is None:
         return []
-    last, before = points.iloc[-1], points.iloc[-2]
-    per_thousand = 1000 * float(last.val_accuracy - before.val_accuracy) / float(last.step - before.step)
     return [
-        f"- Closing the gap: at the slope of the last two validations ({per_thousand:.2f} points per 1,000 "
-        f"steps) the {-gap:.2f} points need at least **{more:,} more outer steps** "
+        f"- Closing the gap: at the slope of the last third of the curve ({1000 * tail_slope(points):.2f} points "
+        f"per 1,000 steps, least squares) the {-gap:.2f} points need at least **{more:,} more outer steps** "
         f"({more * seconds_per_step / 3600:.1f} core-hours here); a lower bound, since learning curves flatten."
     ]
 
@@ -199,7 +203,7 @@ def page(run: Reproduced, full_iterations: int, commands: list[str], figure: str
         f"of it trained here). At this run's speed the full budget would take **{hours:.1f} core-hours** of this "
         "CPU; GPU-hours are not measured (no GPU has been lent to this project).",
         f"- Validation accuracy still rising at the end: **{rising_text(points)}** (more than "
-        f"{RISING_POINTS} points over the last third of the curve).",
+        f"{RISING_POINTS} points along the least-squares line through the last third of the curve).",
         *closing_text(points, ours - value, seconds / max(trained, 1)),
         "",
         "## Learning curve (validation episodes of the validation classes)",
@@ -295,8 +299,8 @@ def index(rows: list[str], params_path: str) -> str:
             "",
             f"Runs of `{params_path}` (5-way 1-shot, seed 0, one thread each, two runs at a time on a "
             "2-core machine), written by `metabench reproduction`. Accuracy ± 95% interval over the profile's test episodes; the budget is "
-            "outer steps trained against the paper's; still rising: the validation accuracy rose by more "
-            f"than {RISING_POINTS} points over the last third of its curve.",
+            "outer steps trained against the paper's; still rising: the least-squares line through the last "
+            f"third of its validation curve rose by more than {RISING_POINTS} points.",
             "",
             "| algorithm | paper % | metabench % | gap (points) | outer steps trained | train minutes | still rising |",
             "|---|---|---|---|---|---|---|",

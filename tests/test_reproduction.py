@@ -74,6 +74,10 @@ def test_still_rising_compares_the_last_third_of_the_curve():
     assert not still_rising(points([90.0, 95.0, 97.0, 97.1, 97.0, 97.1]))
     assert still_rising(points([90.0, 99.0])) and not still_rising(points([99.0, 99.1]))  # two validations
     assert not still_rising(points([99.0]))  # one validation: nothing to tell
+    # a noisy curve: its last value is below the first of its last third, yet the trend rises
+    noisy = [88.0, 91.0, 94.0, 93.7, 94.0, 95.5, 94.6, 95.7, 96.3, 95.1, 96.6, 96.8, 97.2, 94.1, 97.3, 96.1, 97.4, 97.4]
+    noisy += [97.5, 97.1]
+    assert noisy[-1] < noisy[-6] and still_rising(points(noisy))
 
 
 def test_the_budget_to_close_a_gap_extrapolates_the_last_slope():
@@ -82,7 +86,9 @@ def test_the_budget_to_close_a_gap_extrapolates_the_last_slope():
     def points(values):
         return pd.DataFrame({"step": [500 * (i + 1) for i in range(len(values))], "val_accuracy": values})
 
-    rising = points([90.0, 93.0, 94.0, 95.0])  # the last two: 1 point per 500 steps
+    rising = points([90.0, 93.0, 94.0, 95.0])  # the last third (two validations): 1 point per 500 steps
     assert steps_to_close(rising, -2.5) == 1250
+    # six validations: the least-squares slope of the last two (0.5 points per 500 steps)
+    assert steps_to_close(points([80.0, 85.0, 88.0, 90.0, 91.5, 92.0]), -1.0) == 1000
     assert steps_to_close(rising, 0.3) is None  # above the paper: nothing to close
     assert steps_to_close(points([90.0, 97.0, 97.1, 97.1]), -2.0) is None  # flat at the end
