@@ -128,10 +128,15 @@ def curve(run_dir: Path) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+def last_third(points: pd.DataFrame) -> pd.DataFrame:
+    """The curve's last third, at least its last two validations."""
+    return points.iloc[-max(2, len(points) // 3) :]
+
+
 def tail_slope(points: pd.DataFrame) -> float:
-    """Validation points per outer step over the curve's last third (at least its last two
-    validations), by least squares: one noisy validation neither makes nor hides a trend."""
-    tail = points.iloc[-max(2, len(points) // 3) :]
+    """Validation points per outer step over the curve's last third, by least squares: one noisy
+    validation neither makes nor hides a trend."""
+    tail = last_third(points)
     return float(stats.linregress(tail["step"], tail["val_accuracy"]).slope)
 
 
@@ -140,7 +145,7 @@ def still_rising(points: pd.DataFrame) -> bool:
     RISING_POINTS across it."""
     if len(points) < 2:
         return False
-    tail = points.iloc[-max(2, len(points) // 3) :]
+    tail = last_third(points)
     return tail_slope(points) * float(tail["step"].iloc[-1] - tail["step"].iloc[0]) > RISING_POINTS
 
 

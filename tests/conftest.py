@@ -22,6 +22,11 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_TRACKING_DIR}/mlflow.db"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+# Hyper-parameters an algorithm needs on the tests' 16x16 images: Relation Networks' reference
+# encoder leaves its first two convolutions unpadded, and the maps would be too small to pool twice.
+SMALL_IMAGES = {"relationnet": {"unpadded_convs": 0}}
+
+
 def tiny_split(
     classes: int, instances: int, size: int = 28, seed: int = 0, prefix: str = "c", channels: int = 1
 ) -> store.Split:

@@ -7,6 +7,7 @@ import torch
 
 from metabench.algorithms import REGISTRY, TaskShape, build_algorithm
 from metabench.episodes import Episode
+from tests.conftest import SMALL_IMAGES
 
 SMALL = {"hidden": 4}
 CHEAP = {
@@ -17,14 +18,15 @@ CHEAP = {
     "fomaml": {"meta_batch": 2},
     "metasgd": {"meta_batch": 2},
     "anil": {"meta_batch": 2},
-    "relationnet": {"unpadded_convs": 0},  # 16x16 images: unpadded, the maps are too small to pool twice
 }
 
 
 def build(name: str):
     task = TaskShape(channels=1, image_size=16, train_ways=3, test_ways=3, train_classes=10)
     torch.manual_seed(0)
-    return build_algorithm(name, {**SMALL, **CHEAP.get(name, {})}, task, torch.device("cpu"))
+    return build_algorithm(
+        name, {**SMALL, **CHEAP.get(name, {}), **SMALL_IMAGES.get(name, {})}, task, torch.device("cpu")
+    )
 
 
 def batch(count: int, seed: int = 0) -> Episode:

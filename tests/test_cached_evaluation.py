@@ -9,7 +9,7 @@ from metabench.algorithms import REGISTRY, TaskShape, build_algorithm
 from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import EpisodeSpec, ImageBank, sample_indices
 from metabench.evaluation import episode_accuracies
-from tests.conftest import tiny_split
+from tests.conftest import SMALL_IMAGES, tiny_split
 
 EMBEDDING = sorted(name for name, cls in REGISTRY.items() if issubclass(cls, EmbeddingAlgorithm) and cls.trained)
 
@@ -30,15 +30,13 @@ def test_cached_accuracies_equal_per_episode_accuracies(name, shots, monkeypatch
     episodes = sample_indices(split, EpisodeSpec(4, shots, 3), 12, np.random.default_rng(0))
     task = TaskShape(channels=1, image_size=16, train_ways=4, test_ways=4, train_classes=10)
     torch.manual_seed(0)
-    # 16x16 images: Relation Networks' unpadded encoder would leave maps too small to pool twice;
-    # its reference init starts every score at sigmoid(1) +- 0.01, so after three steps near-ties
-    # would let float summation order (threads) pick the argmax: PyTorch's init keeps scores apart
-    extra = {
-        "baseline": {"finetune_epochs": 3},
-        "baselinepp": {"finetune_epochs": 3},
-        "relationnet": {"unpadded_convs": 0, "init": "torch"},
-    }
-    algorithm = build_algorithm(name, {"hidden": 8, **extra.get(name, {})}, task, torch.device("cpu"))
+    # Relation Networks' reference init starts every score at sigmoid(1) +- 0.01, so after three
+    # steps near-ties would let float summation order (threads) pick the argmax: PyTorch's init
+    # keeps scores apart
+    extra = {"baseline": {"finetune_epochs": 3}, "baselinepp": {"finetune_epochs": 3}, "relationnet": {"init": "torch"}}
+    algorithm = build_algorithm(
+        name, {"hidden": 8, **extra.get(name, {}), **SMALL_IMAGES.get(name, {})}, task, torch.device("cpu")
+    )
     # a few training steps so running statistics and weights are not at their initial values
     train = sample_indices(split, EpisodeSpec(4, shots, 3), 3, np.random.default_rng(1))
     for index in range(3):

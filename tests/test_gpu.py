@@ -15,7 +15,7 @@ from metabench.algorithms import REGISTRY, TaskShape, build_algorithm
 from metabench.config import RunConfig
 from metabench.episodes import EpisodeSpec, ImageBank, sample_indices
 from metabench.evaluation import episode_accuracies
-from tests.conftest import tiny_split
+from tests.conftest import SMALL_IMAGES, tiny_split
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 CUDA = torch.device("cuda")
@@ -26,10 +26,8 @@ SMALL = {"hidden": 8}
 def _build(name: str, device: torch.device):
     task = TaskShape(channels=1, image_size=16, train_ways=4, test_ways=4, train_classes=10)
     extra = {"meta_batch": 2} if "meta_batch" in REGISTRY[name].Hyper.__dataclass_fields__ else {}
-    if name == "relationnet":  # 16x16 images: unpadded, the maps are too small to pool twice
-        extra["unpadded_convs"] = 0
     torch.manual_seed(0)
-    return build_algorithm(name, {**SMALL, **extra}, task, device)
+    return build_algorithm(name, {**SMALL, **extra, **SMALL_IMAGES.get(name, {})}, task, device)
 
 
 @pytest.mark.parametrize("name", TRAINED)
