@@ -68,6 +68,27 @@ def test_relation_pairs_put_each_class_sum_beside_each_query():
             torch.testing.assert_close(pairs[q, c], torch.cat([sums[c], query_maps[q]]))
 
 
+@pytest.mark.parametrize("padded", [True, False])
+def test_relation_scores_equal_the_relation_module_on_concatenated_pairs(padded):
+    # RelationModule.scores splits the first convolution over [class; query] instead of building
+    # the pairs; in training mode (batch norm over all pairs) values and gradients must equal the
+    # paper's form, forward(pair_up(...)), in float64
+    from metabench.algorithms.relationnet import RelationModule
+
+    torch.manual_seed(0)
+    module = RelationModule(hidden=3, size=10, fc_hidden=4, padded=padded).double().train()
+    class_maps = random(4, 3, 10, 10, seed=7).requires_grad_()
+    query_maps = random(6, 3, 10, 10, seed=8).requires_grad_()
+    weights = random(6, 4, seed=9)
+    direct = module(pair_up(class_maps, query_maps)).view(6, 4)
+    direct_grads = torch.autograd.grad((direct * weights).sum(), [class_maps, query_maps, *module.parameters()])
+    split = module.scores(class_maps, query_maps)
+    split_grads = torch.autograd.grad((split * weights).sum(), [class_maps, query_maps, *module.parameters()])
+    torch.testing.assert_close(split, direct, rtol=1e-12, atol=1e-12)
+    for a, b in zip(split_grads, direct_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_relation_network_scores_and_loss_against_a_loop():
     task = TaskShape(channels=1, image_size=28, train_ways=3, test_ways=3)
     torch.manual_seed(0)

@@ -134,6 +134,24 @@ def test_relation_network_matches_floodsungs_omniglot_script():
     assert algorithm.relation.fc[0].weight.std().item() == pytest.approx(0.01, rel=0.15)
 
 
+def test_relation_network_on_miniimagenet_leaves_the_relation_module_unpadded():
+    # floodsung/LearningToCompare_FSL miniimagenet/miniimagenet_train_one_shot.py: RelationNetwork
+    # layer1-2 Conv2d(128, 64, 3, padding=0), fc1 Linear(64*3*3, 8): 84x84 -> 19x19 maps -> 3x3;
+    # the Omniglot script pads its relation convolutions (the default, above)
+    import yaml
+
+    profile = yaml.safe_load((ROOT / "pipelines/miniimagenet_conv4/params.yaml").read_text())
+    assert profile["algorithms"]["relationnet"]["hyper"]["unpadded_relation"] is True
+    assert hyper("relationnet").unpadded_relation is False
+    task = TaskShape(channels=3, image_size=84, train_ways=5, test_ways=5)
+    algorithm = build_algorithm("relationnet", {"hidden": 64, "unpadded_relation": True}, task, torch.device("cpu"))
+    algorithm.train(False)
+    assert algorithm.embed(torch.zeros(2, 3, 84, 84)).shape == (2, 64, 19, 19)
+    assert algorithm.relation.fc[0].in_features == 64 * 3 * 3
+    scores = algorithm.predict(torch.rand(5, 3, 84, 84), torch.arange(5), torch.rand(4, 3, 84, 84), 5)
+    assert scores.shape == (4, 5)
+
+
 def test_relation_network_clips_each_networks_gradient_on_its_own():
     # the reference clips the encoder's and the relation module's gradients separately (0.5 each);
     # one joint clip would leave each network's norm below 0.5, not at it

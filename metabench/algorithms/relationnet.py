@@ -11,7 +11,8 @@ The reference code (floodsung/LearningToCompare_FSL, ``omniglot/omniglot_train_o
 ``miniimagenet/miniimagenet_train_one_shot.py``) fixes three choices the paper leaves out, each a
 hyper-parameter here with the reference's value as default: the encoder's first two
 convolutions are unpadded (28×28 images give 5×5 maps, not 7×7: the relation module then runs
-on half the positions); the weights start from ``weights_init`` (convolutions N(0, 2/(9·out)),
+on half the positions; the miniImageNet script also leaves the relation module's convolutions
+unpadded, ``unpadded_relation``, which its profile sets); the weights start from ``weights_init`` (convolutions N(0, 2/(9·out)),
 linear layers N(0, 0.01²) with bias 1); and each network's gradient norm is clipped at 0.5
 before its Adam step. Deviation: batch norm evaluates with running statistics (the reference
 never leaves training mode, so a test image is normalised with the other images of its set),
@@ -40,6 +41,7 @@ class RelationNetHyper(BackboneHyper):
     train_ways: int = 0  # ways of training episodes; 0: same as test
     relation_hidden: int = 8  # width of the relation module's fully connected layer (paper: 8)
     unpadded_convs: int = 2  # the encoder's first convolutions without padding (reference: 2)
+    unpadded_relation: bool = False  # relation convolutions unpadded (reference: miniImageNet yes, Omniglot no)
     clip_grad_norm: float = 0.5  # per network, before each step (reference: 0.5); 0: no clipping
     init: str = "reference"  # reference (the reference's weights_init) or torch (PyTorch's defaults)
 
@@ -85,25 +87,56 @@ def reference_init(module: nn.Module) -> None:
 
 
 class RelationModule(nn.Module):
-    """g_φ: a pair's concatenated feature maps → relation score in (0, 1)."""
+    """g_φ: a pair's concatenated feature maps → relation score in (0, 1).
 
-    def __init__(self, hidden: int, size: int, fc_hidden: int):
+    ``padded=False`` drops the convolutions' padding, as the reference's miniImageNet relation
+    module does (``miniimagenet_train_one_shot.py``: 19×19 maps → 3×3 before ``fc1``); its
+    Omniglot module pads (``omniglot_train_one_shot.py``: 5×5 → 1×1).
+    """
+
+    def __init__(self, hidden: int, size: int, fc_hidden: int, padded: bool = True):
         super().__init__()
         self.blocks = nn.Sequential(conv_block(2 * hidden, hidden, True), conv_block(hidden, hidden, True))
-        out = (size // 2) // 2
+        out = size
+        for block in self.blocks:
+            if not padded:
+                block[0].padding = (0, 0)
+            out = (out - (0 if padded else 2)) // 2
         if out < 1:
             raise MetabenchError(
-                f"relationnet: {size}x{size} feature maps are too small for the relation module's two poolings; "
-                "use larger images (28x28 or more) or hyper unpadded_convs: 0"
+                f"relationnet: {size}x{size} feature maps are too small for the relation module's two "
+                f"{'' if padded else 'unpadded '}convolutions and poolings; use larger images (28x28 or more), "
+                "hyper unpadded_convs: 0 or hyper unpadded_relation: false"
             )
         self.fc = nn.Sequential(nn.Linear(hidden * out * out, fc_hidden), nn.ReLU(), nn.Linear(fc_hidden, 1))
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        """Scores of concatenated pairs (n, 2C, H, W): the definition ``scores`` computes faster."""
         return torch.sigmoid(self.fc(self.blocks(pairs).flatten(1))).squeeze(1)
+
+    def scores(self, class_maps: torch.Tensor, query_maps: torch.Tensor) -> torch.Tensor:
+        """Score of every (query, class) pair, (n_query, ways), without building the pairs.
+
+        The first convolution is linear in its input, so on a concatenation [class; query] it is
+        the sum of one convolution of the class map (the kernel's first C input channels, with the
+        bias) and one of the query map (the last C; zero padding splits the same way). Computing
+        those once per class and once per query and summing them for each pair gives the same
+        function as ``forward(pair_up(…))`` with ways + queries convolutions of C channels instead
+        of ways × queries of 2C (the batch norm that follows sees the same pair batch).
+        """
+        conv = self.blocks[0][0]
+        channels = class_maps.shape[1]
+        by_class = F.conv2d(class_maps, conv.weight[:, :channels], conv.bias, padding=conv.padding)
+        by_query = F.conv2d(query_maps, conv.weight[:, channels:], None, padding=conv.padding)
+        summed = (by_query.unsqueeze(1) + by_class.unsqueeze(0)).flatten(0, 1)  # query-major, as pair_up
+        hidden = self.blocks[1](self.blocks[0][1:](summed))
+        return torch.sigmoid(self.fc(hidden.flatten(1))).view(len(query_maps), len(class_maps))
 
 
 def pair_up(class_maps: torch.Tensor, query_maps: torch.Tensor) -> torch.Tensor:
-    """All (query, class) pairs as channel concatenations [class, query]: (Q*N, 2C, H, W), query-major."""
+    """All (query, class) pairs as channel concatenations [class, query]: (Q*N, 2C, H, W), query-major
+    (the paper's input to the relation module; ``RelationModule.scores`` computes the same scores
+    without materialising it)."""
     queries, ways = len(query_maps), len(class_maps)
     left = class_maps.unsqueeze(0).expand(queries, -1, -1, -1, -1)
     right = query_maps.unsqueeze(1).expand(-1, ways, -1, -1, -1)
@@ -126,7 +159,7 @@ class RelationNet(EmbeddingAlgorithm):
         super().__init__(hyper, task, device)
         self.body = encoder(task.channels, hyper.hidden, hyper.unpadded_convs)
         size = map_size(self.body, task.channels, task.image_size)
-        self.relation = RelationModule(hyper.hidden, size, hyper.relation_hidden)
+        self.relation = RelationModule(hyper.hidden, size, hyper.relation_hidden, not hyper.unpadded_relation)
         if hyper.init == "reference":
             self.body.apply(reference_init)
             self.relation.apply(reference_init)
@@ -150,8 +183,7 @@ class RelationNet(EmbeddingAlgorithm):
 
     def scores(self, support_maps, support_y, query_maps, ways: int) -> torch.Tensor:
         """Relation score of every query with every class: (n_query, ways)."""
-        pairs = pair_up(class_sums(support_maps, support_y, ways), query_maps)
-        return self.relation(pairs).view(len(query_maps), ways)
+        return self.relation.scores(class_sums(support_maps, support_y, ways), query_maps)
 
     def query_loss(self, scores, query_y):
         return F.mse_loss(scores, F.one_hot(query_y, scores.shape[-1]).to(scores.dtype))  # regression to 1/0
