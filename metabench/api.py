@@ -18,6 +18,7 @@ Example (after ``metabench fetch glyphs``)::
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +26,13 @@ import numpy as np
 import pandas as pd
 
 from metabench import MetabenchError
-from metabench.config import RunConfig
+from metabench.config import RunConfig, load_params, resolve_run
+from metabench.data import fetch as fetch_source
+from metabench.runner import Progress, evaluate_run, train_run
+from metabench.trained import load_model
 
 if TYPE_CHECKING:
     from metabench.data.download import ProgressCallback
-    from metabench.runner import Progress
 
 # the identity and location of a run; every other keyword is a run setting that changes what is trained
 _SELECTION = ("dataset", "ways", "shots", "seed", "device", "data_dir", "runs_dir", "episodes_dir")
@@ -50,8 +53,6 @@ def fetch(
     or folder, ``split=``, ``checksums=``, …). ``progress(what, done, total)`` sees each phase:
     downloaded bytes (``total`` None when the server does not say), rendered or read classes.
     """
-    from metabench.config import load_params
-    from metabench.data import fetch as fetch_source
 
     configured = dict(((load_params(params).get("data") or {}).get(source)) or {})
     return fetch_source(source, {**configured, **options}, Path(data_dir), progress)
@@ -70,9 +71,6 @@ def run_config(
     ``runs_dir="runs"``, …); ``hyper`` overrides the algorithm's hyper-parameters
     (``{"inner_lr": 0.1}``). Unknown names are refused with the list of valid ones.
     """
-    import dataclasses
-
-    from metabench.config import load_params, resolve_run
 
     valid = {f.name for f in dataclasses.fields(RunConfig)} - {"algorithm", "hyper", "variant"}
     unknown = sorted(set(settings) - valid)
@@ -107,7 +105,6 @@ def train(
     accuracy is ``<run_dir>/checkpoint.pt`` and the training summary ``train_summary.json``.
     ``progress(phase, done, total)`` sees ``train`` updates and ``validate`` episodes.
     """
-    from metabench.runner import train_run
 
     config = _config(run, params, hyper, settings)
     train_run(config, progress, force=force)
@@ -128,71 +125,8 @@ def evaluate(
     of the 95% interval over episodes), ``episodes`` and the run's identity; the per-episode
     accuracies are in ``<run_dir>/episodes.csv``.
     """
-    from metabench.runner import evaluate_run
 
     return evaluate_run(_config(run, params, hyper, settings), progress)
-
-
-class TrainedModel:
-    """A trained run loaded once (``load_model``), to classify any number of query sets.
-
-    ``image_shape`` is (channels, height, width) as ``predict`` takes images; ``transductive``
-    says whether one query's answer depends on the other queries; ``fixed_ways`` is the number
-    of classes a fixed-way method (e.g. Relation Networks) was trained for, else None.
-    """
-
-    def __init__(self, algorithm: Any, saved: dict, device: Any) -> None:
-        from metabench.algorithms import get_algorithm
-
-        self._algorithm, self._device = algorithm, device
-        self.algorithm = saved["algorithm"]
-        height, width, channels = saved["dataset"]["image_shape"]
-        self.image_shape = (channels, height, width)
-        self.transductive = get_algorithm(self.algorithm).transductive
-        self.fixed_ways = algorithm.task.test_ways if algorithm.fixed_ways else None
-
-    def predict(self, support_x: Any, support_y: Any, query_x: Any) -> np.ndarray:
-        """Class probabilities of ``query_x`` given a labelled support set.
-
-        Shapes: ``support_x`` (n_support, channels, size, size) float in [0, 1] as the dataset
-        store gives images (``metabench.folders.load_support`` reads folders into this),
-        ``support_y`` (n_support,) int class indices 0 … ways − 1, ``query_x`` (n_query,
-        channels, size, size). Returns (n_query, ways) float32 probabilities (softmax of the
-        method's scores). Input that does not fit the checkpoint is refused with a
-        ``MetabenchError`` that says what it takes.
-        """
-        import torch
-
-        support_x = torch.as_tensor(np.asarray(support_x, dtype=np.float32), device=self._device)
-        support_y = torch.as_tensor(np.asarray(support_y, dtype=np.int64), device=self._device)
-        query_x = torch.as_tensor(np.asarray(query_x, dtype=np.float32), device=self._device)
-        for name, images in (("support_x", support_x), ("query_x", query_x)):
-            if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape:
-                raise MetabenchError(
-                    f"{name} has shape {tuple(images.shape)}; this checkpoint takes (n, {', '.join(map(str, self.image_shape))})"
-                )
-        if support_y.dim() != 1 or len(support_y) != len(support_x):
-            raise MetabenchError(f"support_y must be one class index per support image ({len(support_x)})")
-        ways = int(support_y.max()) + 1
-        if sorted(set(support_y.tolist())) != list(range(ways)):
-            raise MetabenchError("support_y must use every class index 0 … ways − 1")
-        if self.fixed_ways is not None and ways != self.fixed_ways:
-            raise MetabenchError(
-                f"this {self.algorithm} checkpoint is {self.fixed_ways}-way but the support set has "
-                f"{ways} classes; give {self.fixed_ways} classes"
-            )
-        scores = torch.as_tensor(self._algorithm.predict(support_x, support_y, query_x, ways))
-        return torch.softmax(scores.detach().float(), dim=1).cpu().numpy()
-
-
-def load_model(checkpoint: str | Path, device: str = "cpu") -> TrainedModel:
-    """Load a run's ``checkpoint.pt`` (checked, best weights) for ``TrainedModel.predict``."""
-    from metabench.config import resolve_device
-    from metabench.runner import load_trained
-
-    target = resolve_device(device)
-    algorithm, saved = load_trained(Path(checkpoint), target)
-    return TrainedModel(algorithm, saved, target)
 
 
 def predict(

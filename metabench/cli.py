@@ -1,19 +1,22 @@
 """The ``metabench`` command line: fetch data, train, evaluate, predict.
 
-Every command only parses options and calls library code. Settings come from params.yaml:
+Every command only parses options, calls library code and prints. Settings come from params.yaml:
 ``data.<source>`` (fetch options), ``run`` (defaults of every run), and
 ``algorithms.<name>.run`` / ``algorithms.<name>.hyper`` (one algorithm's run settings and
 hyper-parameters). Command-line options override them.
+
+Commands import the library's heavy modules (torch, MLflow, pandas, the algorithms) inside their
+bodies, so that ``metabench --help`` and ``--version`` answer without loading them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
+import dataclasses
 import json
 import os
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 import typer
@@ -22,7 +25,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from metabench import MetabenchError, files
+from metabench import MetabenchError, __version__, files
+from metabench.allocator import keep_freed_memory
+from metabench.config import RunConfig, load_params, parse_overrides, resolve_run
+from metabench.run_folder import METRICS, RunFolder
 
 app = typer.Typer(
     help="Reproducible few-shot meta-learning benchmarks.\n\n"
@@ -51,18 +57,12 @@ TRAIN_QUERIES = typer.Option(
 
 def _from_params(text: str, field: str) -> str:
     """Help for an option whose default comes from params.yaml: says where, and the built-in value."""
-    import dataclasses
-
-    from metabench.config import RunConfig
-
     builtin = {f.name: f.default for f in dataclasses.fields(RunConfig)}[field]
     return f"{text} (default: algorithms.<name>.run.{field}, else run.{field} of params.yaml, else {builtin!r})"
 
 
 def _version(show: bool) -> None:
     if show:
-        from metabench import __version__
-
         print(f"metabench {__version__}")
         raise typer.Exit()
 
@@ -124,8 +124,6 @@ class _Bars:
 
 def _resolve(params_path: Path | None, overrides: dict | None, hp: list[str], **selection):
     """The run picked by ``selection`` (identity and location options) with ``overrides`` and ``--hp``."""
-    from metabench.config import load_params, parse_overrides, resolve_run
-
     where = str(params_path or "built-in defaults")
     return resolve_run(load_params(params_path), selection, overrides, parse_overrides(list(hp)), where=where)
 
@@ -221,6 +219,7 @@ def train(
     processes are the ranks.
     """
     from metabench import api, distributed
+    from metabench.runner import training_arrangement
 
     overrides = {"iterations": iterations, "train_queries": train_queries}
     config = _resolve(
@@ -238,15 +237,11 @@ def train(
         episodes_dir=episodes_dir,
     )
     if distributed.requested_ranks() == 1:  # not yet a rank: choose the arrangement
-        plan = _training_arrangement(config, ranks)
+        plan = training_arrangement(config, _ranks_number(ranks))
         if plan.ranks > 1:
-            from metabench.data import store
-
-            store.load(config.dataset, Path(config.data_dir))  # a missing dataset: one error, not one per rank
             console.print(f"{config.run_id}: {plan.ranks} ranks × {plan.threads} thread(s) (--ranks 1: one process)")
             command = _command_line(context, exclude=("ranks", "then_evaluate"))
-            with _rank_errors():
-                distributed.launch(plan, [*command, "--ranks", str(plan.ranks)])  # rank 0 prints the summary
+            distributed.launch(plan, [*command, "--ranks", str(plan.ranks)])  # rank 0 prints the summary
             if then_evaluate:  # here, with every core: the ranks have exited
                 _evaluate_and_show(config)
             return
@@ -263,34 +258,9 @@ def train(
         api.train(config, progress=show, force=force)
     if not distributed.is_writer():  # under torchrun, rank 0 reports the run
         return
-    print(json.dumps(files.read_json(config.run_dir / "train_summary.json", "training summary", "train again")))
+    print(json.dumps(files.read_json(RunFolder(config.run_dir).train_summary, "training summary", "train again")))
     if then_evaluate:
         _evaluate_and_show(config)
-
-
-RANK_ERRORS = "METABENCH_RANK_ERRORS"  # where a launched rank leaves its one-line error
-
-
-@contextlib.contextmanager
-def _rank_errors():
-    """Within the block, a rank that stops with a MetabenchError leaves its message for the
-    launcher (``main``), and a failed launch is reported with that message (the first rank's to
-    fail), not only as "a rank failed"."""
-    with tempfile.TemporaryDirectory(prefix="metabench-ranks-") as folder:
-        previous = os.environ.get(RANK_ERRORS)
-        os.environ[RANK_ERRORS] = folder
-        try:
-            yield
-        except MetabenchError as failure:
-            messages = sorted(Path(folder).glob("rank*.txt"), key=lambda path: path.stat().st_mtime)
-            if not messages:
-                raise
-            raise MetabenchError(messages[0].read_text()) from failure
-        finally:
-            if previous is None:
-                os.environ.pop(RANK_ERRORS, None)
-            else:
-                os.environ[RANK_ERRORS] = previous
 
 
 def _ranks_number(ranks: str) -> int | None:
@@ -300,21 +270,6 @@ def _ranks_number(ranks: str) -> int | None:
     if not ranks.isdigit() or int(ranks) < 1:
         raise MetabenchError(f"--ranks must be auto or a positive number, not {ranks!r}")
     return int(ranks)
-
-
-def _training_arrangement(config, ranks: str):
-    """Ranks × threads for training ``config`` (``distributed.arrangement``)."""
-    from metabench import distributed
-    from metabench.algorithms import get_algorithm
-    from metabench.algorithms.base import make_hyper
-    from metabench.config import resolve_device
-
-    cls = get_algorithm(config.algorithm)
-    hyper = make_hyper(cls.Hyper, config.hyper, config.algorithm)
-    tasks = getattr(hyper, "meta_batch", 1)
-    return distributed.arrangement(
-        cls.splits_meta_batch(hyper), tasks, resolve_device(config.device), _ranks_number(ranks)
-    )
 
 
 def _command_line(context: typer.Context, exclude: tuple[str, ...]) -> list[str]:
@@ -347,7 +302,7 @@ def episodes(
     Train and evaluate make a missing episode file themselves; the pipelines run this first so
     the episodes every algorithm is scored on are one declared, cached output.
     """
-    from metabench.config import leaderboard_runs, load_params
+    from metabench.board import leaderboard_runs
     from metabench.runner import prepare_episodes
 
     configs = leaderboard_runs(
@@ -434,25 +389,20 @@ def grid(
 
     With --ray-address (or RAY_ADDRESS) each run is a Ray task on that cluster; the dataset
     travels through Ray's object store and only this process writes runs/ and MLflow."""
-    import time
-
     from metabench import grid as grid_runs
-    from metabench.config import leaderboard_runs, load_params
+    from metabench.board import leaderboard_runs
+    from metabench.pipeline import require_current_behaviour
+
+    require_current_behaviour()
 
     where = str(params or "params.yaml")
     configs = leaderboard_runs(
         load_params(params), where, data_dir=data_dir, runs_dir=runs_dir, episodes_dir=episodes_dir
     )
-    cores = grid_runs.usable_cores()
-    gpu = any(config.device != "cpu" for config in configs) and _cuda_available()
+    executor = grid_runs.executor_for(configs, workers, threads, ray_address)
     if ray_address:
-        from metabench.ray_executor import RayExecutor
-
-        executor = RayExecutor(ray_address, threads or 1)
         console.print(f"{len(configs)} runs on the Ray cluster at {ray_address}, {executor.threads} thread(s) each")
     else:
-        workers = workers or (1 if gpu else min(cores, len(configs)))
-        executor = grid_runs.LocalExecutor(workers, threads or max(1, cores // workers))
         console.print(f"{len(configs)} runs, {executor.workers} at a time, {executor.threads} thread(s) each")
     start = time.perf_counter()
     with _progress() as progress:
@@ -483,12 +433,6 @@ def grid(
         writer.writerow(
             [outcome.run_id, f"{outcome.metrics['accuracy']:.6f}", f"{outcome.metrics['ci95']:.6f}", outcome.status]
         )
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 @app.command()
@@ -544,6 +488,7 @@ def profile(
         help="Where profiles go: not the committed profiles/ (the pipeline's outputs) unless given.",
     ),
     hp: list[str] = HP,
+    force: bool = typer.Option(False, "--force", help="Measure again a profile that is current (same identity)."),
     params: Path | None = PARAMS,
 ) -> None:
     """Measure what a method costs: meta-train steps/s, adaptation tasks/s, GFLOP/s, peak memory.
@@ -552,20 +497,21 @@ def profile(
     seed), beside its accuracy.
 
     Without ``--algorithm``, profiles every algorithm and shot count of the leaderboard in
-    params.yaml in one process (what the pipeline's profile stages do one at a time). Profile on
-    a quiet machine: other work running at the same time slows every number.
+    params.yaml in one process (what the pipeline's profile stage does). A profile measured for
+    the same identity (settings, data, behaviour versions, threads, torch and CPU) is kept unless
+    ``--force``. Profile on a quiet machine: other work running at the same time slows every number.
     """
-    from metabench.config import load_params
-    from metabench.profiling import profile_run, runs_of_setting, write_profile
+    from metabench.board import profiled_settings
+    from metabench.pipeline import require_current_behaviour
+    from metabench.profiling import profile_to, runs_of_setting
     from metabench.tracking import log_cost
 
+    require_current_behaviour()
+
     if algorithm is None:
-        board = load_params(params).get("leaderboard") or {}
-        if not board.get("algorithms"):
-            raise MetabenchError(f"{params} has no leaderboard.algorithms; pass --algorithm")
         if out is not None:
             raise MetabenchError("--out needs --algorithm (one profile); without it use --out-dir")
-        selection = [(a, k) for a in board["algorithms"] for k in ([shots] if shots else board.get("shots", [1]))]
+        selection = profiled_settings(load_params(params), str(params), shots)
     else:
         selection = [(algorithm, shots)]
     with _progress() as progress:
@@ -584,10 +530,10 @@ def profile(
                 data_dir=data_dir,
             )
             progress.update(task, description=f"profile {config.algorithm} {config.ways}-way {config.shots}-shot")
-            result = profile_run(config)
             path = out or config.profile_path(out_dir)
-            write_profile(result, path)
-            log_cost(result, runs_of_setting(config))
+            result, measured = profile_to(config, path, force)
+            if measured:
+                log_cost(result, runs_of_setting(config))
             progress.advance(task)
             if len(selection) == 1:
                 print(json.dumps(result, indent=1))
@@ -595,6 +541,7 @@ def profile(
                 console.print(
                     f"{path}: {result['meta_train_tasks_per_second']:.1f} meta-train tasks/s, "
                     f"{result['evaluation_episodes_per_second']:.1f} eval episodes/s"
+                    + ("" if measured else " (kept: current)")
                 )
 
 
@@ -605,13 +552,13 @@ def summary(
     """Table of every evaluated run (accuracy ± 95% interval), reference methods included."""
     from metabench.summary import table as results_table
 
-    results = results_table(runs_dir)
-    if results.empty:
+    evaluated = results_table(runs_dir)
+    if evaluated.empty:
         raise MetabenchError(f"no evaluated runs in {runs_dir}; run `metabench train` and `metabench evaluate` first")
     out = Table(title=f"results in {runs_dir} (95% interval over the shared test episodes)")
     for column in ("dataset", "ways", "shots", "algorithm", "seed", "accuracy %", "episodes", "transductive"):
         out.add_column(column)
-    for row in results.itertuples():
+    for row in evaluated.itertuples():
         out.add_row(
             row.dataset,
             str(row.ways),
@@ -645,7 +592,7 @@ def report(
     With a `leaderboard` section in params.yaml, exactly its runs are reported; otherwise every
     evaluated run in the runs directory.
     """
-    from metabench.config import leaderboard_runs, load_params
+    from metabench.board import leaderboard_runs
     from metabench.report import build
 
     settings = load_params(params)
@@ -653,7 +600,7 @@ def report(
     if settings.get("leaderboard"):
         run_ids = [config.run_id for config in leaderboard_runs(settings, str(params or "params.yaml"))]
         if available:
-            missing = [run_id for run_id in run_ids if not (runs_dir / run_id / "metrics.json").is_file()]
+            missing = [run_id for run_id in run_ids if not (runs_dir / run_id / METRICS).is_file()]
             if missing:
                 console.print(f"[yellow]not evaluated yet, left out:[/yellow] {', '.join(missing)}")
             run_ids = [run_id for run_id in run_ids if run_id not in missing]
@@ -685,7 +632,6 @@ def reproduction(
     Reads each run's files (trained with `metabench train --params ...` and evaluated); the
     paper's full budget is the profile's `iterations` for the algorithm.
     """
-    from metabench.config import load_params
     from metabench.reproduction import PAPERS, write_pages
 
     settings = load_params(params)
@@ -708,7 +654,7 @@ def track(
     from metabench.tracking import resend, tracking_uri
 
     for run_dir in run_dirs:
-        if not (run_dir / "config.json").is_file():
+        if not RunFolder(run_dir).config.is_file():
             raise MetabenchError(f"{run_dir} is not a trained run (no config.json); give a directory under runs/")
         run_id = resend(run_dir)
         if run_id is None:
@@ -753,15 +699,15 @@ def algorithms_command() -> None:
 
 
 def main() -> None:
-    from metabench.allocator import keep_freed_memory
-
     keep_freed_memory()  # CPU speed: reuse freed activation buffers (see metabench/allocator.py)
     try:
         app()
     except MetabenchError as error:
         console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)  # "[ray]" is text, not markup
-        if os.environ.get(RANK_ERRORS) and "RANK" in os.environ:  # a launched rank: tell the launcher why
-            Path(os.environ[RANK_ERRORS], f"rank{os.environ['RANK']}.txt").write_text(str(error))
+        if "TORCHELASTIC_ERROR_FILE" in os.environ:  # a launched rank: tell the launcher why
+            from metabench import distributed  # only here: the command line starts without torch
+
+            distributed.record_rank_error(error)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: run the same command again to resume")

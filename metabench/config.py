@@ -43,6 +43,8 @@ NOT_IDENTITY = (
 )
 LOCATION = ("device", "data_dir", "runs_dir", "episodes_dir")  # where a run is, never what it is
 DEFAULT_PARAMS = Path("params.yaml")
+# what ``augment`` may be (applied to training episodes by ``episodes.augment_episode``)
+AUGMENTATIONS = ("none", "crop", "flip", "crop+flip")
 
 
 @dataclass
@@ -60,7 +62,7 @@ class RunConfig:
     val_episodes: int = 200  # fixed validation episodes for checkpoint selection
     test_episodes: int = 600  # fixed test episodes (>= 600 for a reportable interval)
     episode_seed: int = 0  # seed of the fixed validation/test episodes, shared by all algorithms
-    augment: str = "none"  # training episodes only: none, crop, flip or crop+flip (episodes.AUGMENTATIONS)
+    augment: str = "none"  # training episodes only: none, crop, flip or crop+flip (AUGMENTATIONS)
     device: str = "auto"  # auto: CUDA when present, else CPU
     data_dir: str = "data"
     runs_dir: str = "runs"
@@ -70,19 +72,7 @@ class RunConfig:
     # so a run with overridden settings never shares a folder with the default run
     variant: str = ""
 
-    @property
-    def queries_in_training(self) -> int:
-        """``train_queries`` when set, else the algorithm family's protocol (``training_queries``)."""
-        if self.train_queries:
-            return self.train_queries
-        from metabench.algorithms import get_algorithm, make_hyper
-
-        cls = get_algorithm(self.algorithm)
-        return cls.training_queries(make_hyper(cls.Hyper, self.hyper, self.algorithm), self.shots, self.queries)
-
     def __post_init__(self) -> None:
-        from metabench.episodes import AUGMENTATIONS
-
         for name, expected in typing.get_type_hints(RunConfig).items():
             value = getattr(self, name)
             base = typing.get_origin(expected) or expected
@@ -249,31 +239,6 @@ def resolve_run(
         differs = {k: v for k, v in config.training_settings().items() if k not in IDENTITY}
         config.variant = settings_hash(differs)
     return config
-
-
-def leaderboard_runs(params: dict[str, Any], where: str = "params", **location: Any) -> list[RunConfig]:
-    """Every run of the params' ``leaderboard`` section, in order: algorithm × shots × seed, then
-    each reference method × shots (seed 0: a reference has nothing random to seed)."""
-    from metabench.algorithms import get_algorithm
-
-    board = params.get("leaderboard") or {}
-    missing = [key for key in ("algorithms", "shots", "seeds") if not board.get(key)]
-    if missing:
-        raise MetabenchError(f"{where}: leaderboard needs {', '.join(missing)} (lists)")
-    references = board.get("references") or []
-    for kind, names, trained in (("algorithms", board["algorithms"], True), ("references", references, False)):
-        wrong = [name for name in names if get_algorithm(name).trained != trained]
-        if wrong:
-            other = "references" if trained else "algorithms"
-            raise MetabenchError(
-                f"{where}: leaderboard.{kind} lists {', '.join(wrong)}; move them to leaderboard.{other}"
-            )
-    trained_runs = [(a, k, s) for a in board["algorithms"] for k in board["shots"] for s in board["seeds"]]
-    reference_runs = [(a, k, 0) for a in references for k in board["shots"]]
-    return [
-        resolve_run(params, {"algorithm": a, "shots": k, "seed": s, **location}, where=where)
-        for a, k, s in trained_runs + reference_runs
-    ]
 
 
 def resolve_device(name: str) -> torch.device:

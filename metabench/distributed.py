@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ErrorHandler
+from torch.distributed.run import get_args_parser, run
 
 from metabench import MetabenchError
 
@@ -162,10 +164,10 @@ def arrangement(data_parallel: bool, tasks_per_step: int, device: torch.device, 
 
     Automatic: an algorithm that splits its meta-batch (``data_parallel``) gets one rank per GPU
     on CUDA, and on a CPU one rank per core, each with one thread (cores left over when the
-    meta-batch is smaller than the core count go to threads). Processes beat threads here: at the
-    benchmark setting a second-order MAML meta-step took 1.43 s on 2 ranks × 1 thread against
-    1.51 s in one process with 2 threads (``benchmarks/``, README "Cost and speed"). Every other
-    algorithm runs in one process with every core as threads.
+    meta-batch is smaller than the core count go to threads): for a second-order MAML meta-step
+    ranks of one thread were at least as fast as one process of as many threads
+    (``benchmarks/README.md``, "Cost and speed", has the measurement). Every other algorithm runs
+    in one process with every core as threads.
     """
     cores = usable_cores()
     if ranks is None:
@@ -198,11 +200,10 @@ def launch(plan: Arrangement, command: list[str]) -> None:
     --standalone --nproc-per-node N`` would (PyTorch's own launcher, on a free local port), with
     ``plan.threads`` threads each; returns when every rank has finished.
 
-    A failed rank stops the others; the error says to run the command again, which resumes.
+    A failed rank stops the others. A rank that stopped on a ``MetabenchError`` left its message
+    in torch elastic's error file (``record_rank_error``); the first such message is raised here,
+    else an error that says to run the command again, which resumes.
     """
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
     args = get_args_parser().parse_args(
         ["--standalone", "--nproc-per-node", str(plan.ranks), "-m", "metabench", *command]
     )
@@ -210,8 +211,19 @@ def launch(plan: Arrangement, command: list[str]) -> None:
         with _environment(OMP_NUM_THREADS=str(plan.threads)):
             run(args)
     except ChildFailedError as error:
+        _, first = error.get_first_failure()
+        said = first.message.get("message", "") if isinstance(first.message, dict) else ""
+        prefix = f"{MetabenchError.__name__}: "
+        if said.startswith(prefix):
+            raise MetabenchError(said.removeprefix(prefix)) from None
         failures = ", ".join(f"rank {rank} exit code {failure.exitcode}" for rank, failure in error.failures.items())
         raise MetabenchError(
             f"training on {plan.ranks} ranks failed ({failures}); run the same command again to resume "
             f"(or --ranks 1 for one process)"
         ) from None
+
+
+def record_rank_error(error: BaseException) -> None:
+    """In a rank started by ``launch`` (or torchrun), write ``error`` to torch elastic's error
+    file, where the launcher reads why the rank failed."""
+    ErrorHandler().record_exception(error)

@@ -152,9 +152,6 @@ class ImageBank:
         return Episode(support_x, support_y, query_x, query_y, ways, classes)
 
 
-AUGMENTATIONS = ("none", "crop", "flip", "crop+flip")
-
-
 def augment_images(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
     """Standard training augmentation of a batch (…, C, H, W), independently per image.
 

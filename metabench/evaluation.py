@@ -16,6 +16,7 @@ from metabench import MetabenchError, files, stats
 from metabench.algorithms import Algorithm
 from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import EpisodeIndices, ImageBank
+from metabench.run_folder import EPISODES, METRICS
 
 # Images per forward pass when filling the embedding cache: on CPU, small batches keep the
 # activations in the processor's cache, which is faster than larger batches.
@@ -112,8 +113,8 @@ def inference_form(networks: list[nn.Module]):
       channel, so it folds into the convolution's weights and bias
       (``torch.nn.utils.fuse_conv_bn_eval``).
     * Weights (and the images, see ``CACHE_LAYOUT``) are channels-last, where CPU convolution
-      and max-pooling kernels are vectorised (README's Benchmarks gives the speed-up; for
-      training this layout was slower).
+      and max-pooling kernels are vectorised: the layout Conv-4 trains in as well
+      (``models.conv4.channels_last``; ``benchmarks/README.md`` gives the speed-ups).
 
     Outputs equal the plain form's up to float rounding (tested). On exit the original layers
     and memory layout are back.
@@ -154,11 +155,11 @@ def write_results(run_dir: Path, accuracies: np.ndarray, extra: dict) -> dict:
     and the sha256 of ``episodes.csv`` (last, so a kill between the two leaves no metrics that
     describe other episodes); return the metrics."""
     run_dir = Path(run_dir)
-    (run_dir / "metrics.json").unlink(missing_ok=True)  # the old metrics describe the old episodes
+    (run_dir / METRICS).unlink(missing_ok=True)  # the old metrics describe the old episodes
     table = pd.DataFrame({"episode": np.arange(len(accuracies)), "accuracy": accuracies}).to_csv(index=False)
-    files.write_atomic(run_dir / "episodes.csv", table)
+    files.write_atomic(run_dir / EPISODES, table)
     metrics = {**summarise(accuracies), **extra, "episodes_csv_sha256": files.sha256_bytes(table.encode())}
-    files.write_json(run_dir / "metrics.json", metrics)
+    files.write_json(run_dir / METRICS, metrics)
     return metrics
 
 
@@ -166,8 +167,8 @@ def read_results(run_dir: Path) -> tuple[dict, np.ndarray]:
     """A run's ``metrics.json`` and per-episode accuracies, refused unless the two agree."""
     run_dir = Path(run_dir)
     rebuild = f"re-evaluate it (metabench evaluate, or dvc repro) or remove {run_dir}"
-    metrics = files.read_json(run_dir / "metrics.json", "metrics", rebuild)
-    episodes_path = run_dir / "episodes.csv"
+    metrics = files.read_json(run_dir / METRICS, "metrics", rebuild)
+    episodes_path = run_dir / EPISODES
     if not isinstance(metrics, dict) or not {"accuracy", "episodes", "run_id"} <= set(metrics):
         raise MetabenchError(f"{run_dir / 'metrics.json'} is not a metabench metrics file; {rebuild}")
     if not episodes_path.is_file():

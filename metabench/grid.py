@@ -3,9 +3,10 @@ spread over worker processes by an executor, finished runs never run twice.
 
 DVC cannot run the stages of one workspace in parallel (treeverse/dvc#5795), so the pipeline
 has one ``grid`` stage whose output ``runs/`` persists between reproductions: ``metabench
-grid`` skips every run whose evaluation matches its current spec (``completed``) and runs the
-rest. Editing one algorithm, or ``dvc exp run -S algorithms.maml...``, re-runs the stage, and
-only that algorithm's runs train again.
+grid`` skips every run whose evaluation matches the identity its spec gives now
+(``unit.completed``: settings, data, declared behaviour versions, threads, platform) and runs the
+rest. Bumping one algorithm's version, or ``dvc exp run -S algorithms.maml...``, re-runs the
+stage, and only that algorithm's runs (and its subclasses') train again.
 
 Workers never talk to MLflow (a SQLite store must not be written by two processes at once):
 the driver sends each finished run from its files (``tracking.resend``), so a tracking store
@@ -18,28 +19,23 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
-import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from metabench import MetabenchError, files, system_metrics
+import torch
+
+from metabench import MetabenchError, files
+from metabench.algorithms import get_algorithm
+from metabench.allocator import keep_freed_memory
 from metabench.config import RunConfig
+from metabench.ray_executor import RayExecutor
+from metabench.runner import prepare_episodes
+from metabench.tracking import resend
+from metabench.unit import Outcome, completed, run_seconds, run_unit
 
 GRID_FILE = "grid.json"
-
-
-@dataclass
-class Outcome:
-    """What one run of the grid gave: ``done`` (ran now), ``skipped`` (already complete) or ``failed``."""
-
-    run_id: str
-    status: str
-    metrics: dict | None = None
-    seconds: dict = field(default_factory=dict)
-    error: str | None = None
 
 
 def usable_cores() -> int:
@@ -49,97 +45,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def completed(config: RunConfig, threads: int) -> dict | None:
-    """The run's metrics when its evaluation describes the run its spec asks for now (same
-    training settings, iterations, data, training code and thread count, same test episodes);
-    None when it has to run (again)."""
-    from metabench.evaluation import read_results
-
-    if not (config.run_dir / "metrics.json").is_file():
-        return None
-    try:
-        metrics, _ = read_results(config.run_dir)
-    except MetabenchError:
-        return None
-    from metabench.data import store
-    from metabench.runner import evaluation_episodes, fingerprint
-
-    dataset = store.load(config.dataset, Path(config.data_dir))
-    if metrics.get("fingerprint") != fingerprint(config, dataset, threads):
-        return None
-    if metrics.get("iterations") != (config.iterations if _trained(config) else None):
-        return None
-    if metrics.get("episodes_sha256") != evaluation_episodes(config, dataset, "test").digest():
-        return None
-    return metrics
-
-
-def _trained(config: RunConfig) -> bool:
-    from metabench.algorithms import get_algorithm
-
-    return get_algorithm(config.algorithm).trained
-
-
-def _must_restart(config: RunConfig, threads: int) -> bool:
-    """Whether the run's folder holds a run the spec no longer asks for: trained with other
-    settings, data, code or threads, or for more iterations. The grid replaces it, as ``dvc
-    repro`` replaces a stage's outputs; an interrupted run with the same spec resumes instead."""
-    config_path = config.run_dir / "config.json"
-    if not config_path.is_file():
-        return False
-    try:
-        saved = json.loads(config_path.read_text())
-    except json.JSONDecodeError:
-        return True
-    from metabench.data import store
-    from metabench.runner import fingerprint
-
-    dataset = store.load(config.dataset, Path(config.data_dir))
-    if saved.get("fingerprint") != fingerprint(config, dataset, threads):
-        return True
-    return (saved.get("config") or {}).get("iterations", 0) > config.iterations
-
-
-def run_unit(config: RunConfig, threads: int | None = None) -> Outcome:
-    """Train (unless a reference method) then evaluate one run in this process.
-
-    ``threads`` fixes torch's intra-op threads first: results on a CPU are bit-identical only
-    for the same count, and it is part of the run's fingerprint.
-    """
-    import torch
-
-    from metabench.runner import evaluate_run, train_run
-
-    if threads:
-        torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
-    start = time.perf_counter()
-    restart = _trained(config) and _must_restart(config, threads)
-    # the worker keeps the machine's load beside the run's files; the driver sends it to MLflow
-    with system_metrics.Sampler(config.run_dir, resume=not restart):
-        if _trained(config):
-            train_run(config, force=restart)
-        metrics = evaluate_run(config)
-    return Outcome(
-        config.run_id, "done", metrics, {**run_seconds(config), "unit": round(time.perf_counter() - start, 1)}
-    )
-
-
-def run_seconds(config: RunConfig) -> dict:
-    """What the run's files say it cost (``tracking.recorded_seconds``), to a tenth of a second."""
-    from metabench.tracking import recorded_seconds
-
-    return {label: round(value, 1) for label, value in recorded_seconds(config.run_dir).items()}
-
-
 def _worker_start(threads: int) -> None:
     """Each worker process: its thread count, no MLflow (the driver tracks), the CPU allocator."""
     os.environ["METABENCH_TRACKING"] = "off"
-    from metabench.allocator import keep_freed_memory
-
     keep_freed_memory()
-    import torch
-
     torch.set_num_threads(threads)
 
 
@@ -204,6 +113,20 @@ class LocalExecutor:
         return list(left.values())
 
 
+def executor_for(
+    configs: list[RunConfig], workers: int | None, threads: int | None, ray_address: str | None
+) -> Executor:
+    """Where a grid runs: on a Ray cluster at ``ray_address`` (one thread per run unless given),
+    else in local worker processes: by default one per usable core on a CPU (never more than the
+    runs), one with a GPU, the cores divided between them as threads."""
+    if ray_address:
+        return RayExecutor(ray_address, threads or 1)
+    cores = usable_cores()
+    gpu = any(config.device != "cpu" for config in configs) and torch.cuda.is_available()
+    workers = workers or (1 if gpu else min(cores, len(configs)))
+    return LocalExecutor(workers, threads or max(1, cores // workers))
+
+
 def estimated_seconds(config: RunConfig, profiles_dir: Path | None) -> float:
     """Rough cost of a run from its setting's profile (if one exists), else from its budget:
     the grid starts the longest runs first so that no worker idles at the end."""
@@ -215,10 +138,10 @@ def estimated_seconds(config: RunConfig, profiles_dir: Path | None) -> float:
             steps = measured["meta_train_steps_per_second"]
             episodes = measured["evaluation_episodes_per_second"]
             evaluated = validations * config.val_episodes + config.test_episodes
-            return (config.iterations / steps if _trained(config) else 0) + evaluated / episodes
+            return (config.iterations / steps if get_algorithm(config.algorithm).trained else 0) + evaluated / episodes
         except (KeyError, TypeError, ZeroDivisionError, json.JSONDecodeError):
             pass
-    return float(config.iterations if _trained(config) else 0)
+    return float(config.iterations if get_algorithm(config.algorithm).trained else 0)
 
 
 def run_grid(
@@ -230,8 +153,6 @@ def run_grid(
 ) -> list[Outcome]:
     """Run every config that is not complete through ``executor``; return every outcome in
     ``configs``' order. Finished runs are sent to MLflow by this process."""
-    from metabench.runner import prepare_episodes
-
     prepare_episodes(configs)  # once, here: workers only read them
     outcomes: dict[str, Outcome] = {}
     todo = []
@@ -255,10 +176,8 @@ def run_grid(
 
 
 def _track(configs: Iterable[RunConfig], run_id: str) -> None:
-    from metabench.tracking import resend
-
     for config in configs:
-        if config.run_id == run_id and _trained(config):
+        if config.run_id == run_id and get_algorithm(config.algorithm).trained:
             resend(config.run_dir)
 
 
@@ -269,8 +188,6 @@ def cpu_identity() -> dict:
     another (e.g. AMX against AVX-512 only), oneDNN, MKL and ATen pick other kernels and the last
     bits of every result differ.
     """
-    import torch
-
     model, flags = "", []
     cpuinfo = Path("/proc/cpuinfo")
     for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:

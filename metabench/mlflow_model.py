@@ -20,11 +20,16 @@ Example::
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
-from mlflow.models import set_model
+import torch
+from mlflow.models import ModelSignature, set_model
+from mlflow.types import Schema, TensorSpec
+
+from metabench.trained import load_model
 
 ARTIFACT = "model"
 
@@ -33,8 +38,6 @@ class FewShotModel(mlflow.pyfunc.PythonModel):
     """Loads ``checkpoint.pt`` on the CPU and predicts as ``metabench.predict`` does (same checks)."""
 
     def load_context(self, context) -> None:
-        from metabench.api import load_model
-
         self.model = load_model(Path(context.artifacts["checkpoint"]), "cpu")
 
     def predict(self, context, model_input, params=None):
@@ -43,9 +46,6 @@ class FewShotModel(mlflow.pyfunc.PythonModel):
 
 def signature(image_shape: list[int]):
     """The tensor signature for a run whose images are (height, width, channels)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
     height, width, channels = image_shape
     images = (-1, channels, height, width)
     inputs = Schema(
@@ -60,10 +60,6 @@ def signature(image_shape: list[int]):
 
 def requirements() -> list[str]:
     """What loading the model needs: metabench itself and the torch it was trained with."""
-    from importlib.metadata import version
-
-    import torch
-
     return [f"metabench=={version('metabench')}", f"torch=={torch.__version__.split('+')[0]}", "numpy"]
 
 

@@ -4,12 +4,15 @@ and ``pipelines/<profile>/dvc.yaml``.
 DVC reads real files from git revisions (``dvc exp show``, ``dvc params diff``), so every
 pipeline is a generated file, not a link; ``metabench pipeline`` rewrites them and
 ``metabench pipeline --check`` (run by the tests) fails when one is out of date. Each stage lists
-as code ``deps`` exactly the modules it executes (``sources``), and as ``params`` exactly the keys
-it reads, so an edit to one algorithm re-runs that algorithm's stages only.
+as ``params`` exactly the keys it reads. What the runs compute is a dependency through the
+declared behaviour versions (``behaviour.json``, written here too), never the bytes of the
+source, so a docstring or a refactor re-runs nothing; the report, which is plain code over the
+run outputs, depends on its own modules' bytes.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,16 @@ from typing import Any
 import yaml
 
 from metabench import MetabenchError, plots, sources
+from metabench.algorithms import get_algorithm, list_algorithms
 from metabench.config import load_params
+from metabench.identity import PROTOCOL_VERSION, algorithm_versions
+from metabench.models import BACKBONES
 
 # run settings that only evaluation reads; every other `run` key changes what is trained
 EVALUATION_ONLY = ("test_episodes",)
+# the declared behaviour versions of every algorithm, backbone and the protocol (``behaviour_record``):
+# the grid, profile and episodes stages depend on this generated file, not on the .py files
+BEHAVIOUR_FILE = "behaviour.json"
 # run keys each stage's command sets itself (--algorithm, --shots, --seed): params.yaml's value is unused
 SET_BY_COMMAND = ("algorithm", "shots", "seed")
 EPISODE_READS = ("dataset", "ways", "queries", "val_episodes", "test_episodes", "episode_seed")
@@ -69,9 +78,7 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
         raise MetabenchError(f"{layout.folder / 'params.yaml'} has no leaderboard.algorithms to build a pipeline from")
     run = params.get("run") or {}
     cli = sources.ROOT / "metabench" / "cli.py"
-    runner = sources.ROOT / "metabench" / "runner.py"  # prepare_episodes
-    grid = sources.ROOT / "metabench" / "grid.py"
-    profiling = sources.import_closure("metabench.profiling")
+    behaviour = layout.up + BEHAVIOUR_FILE  # what the runs compute, by declared versions (never source bytes)
     runs_option = " --runs-dir runs" if layout.profile else ""
     fetch_cmd = (
         f"metabench fetch ${{source}}{layout.options} --record dataset.json"
@@ -88,26 +95,24 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
     }
     out["episodes"] = {
         "cmd": f"metabench episodes{layout.options}{layout.episodes_option}",
-        "deps": [layout.data, *layout.code(sorted({*sources.import_closure("metabench.episodes"), runner, cli}))],
+        "deps": [layout.data, behaviour],
         "params": ["leaderboard", *_keys(run, "run", lambda key: key in EPISODE_READS), "algorithms"],
         "outs": [layout.episodes],
     }
-    methods = [*board["algorithms"], *(board.get("references") or [])]
-    grid_code = sorted({path for name in methods for path in sources.training_sources(name)} | {cli, grid})
     out["grid"] = {
         "cmd": f"metabench grid{layout.options}{layout.episodes_option}{runs_option}",
-        "deps": [layout.data, layout.episodes, *layout.code(grid_code)],
+        "deps": [layout.data, layout.episodes, behaviour],
         "params": ["leaderboard", "run", "algorithms"],
-        # runs/ persists: the grid keeps every run whose results still match its spec
+        # runs/ persists: the grid keeps every run whose identity is still the one asked for
         "outs": [{"runs": {"persist": True}}, {"grid.json": {"cache": False}}],
     }
-    # one process profiles every setting: 26 interpreter starts cost more than the profiles
-    profile_code = sorted({path for name in board["algorithms"] for path in sources.training_sources(name)})
+    # one process profiles every setting: 26 interpreter starts cost more than the profiles;
+    # profiles/ persists: the stage keeps every profile whose identity is still current
     out["profile"] = {
         "cmd": f"metabench profile{layout.options} --out-dir profiles",
-        "deps": [layout.data, *layout.code(sorted(set(profile_code) | set(profiling) | {cli}))],
+        "deps": [layout.data, behaviour],
         "params": ["leaderboard", *_keys(run, "run", lambda key: key not in EVALUATION_ONLY), "algorithms"],
-        "outs": [{"profiles": {"cache": False}}],
+        "outs": [{"profiles": {"cache": False, "persist": True}}],
     }
     report_options = " --params params.yaml --runs-dir runs --profiles-dir profiles --out-dir reports"
     out["report"] = {
@@ -171,8 +176,9 @@ HEADER = """\
 # `{command}` fetches the data, makes the fixed episodes (stage `episodes`), trains and
 # evaluates every algorithm x shots x seed of the leaderboard and scores the reference methods
 # on the same episodes (stage `grid`: `metabench grid` runs them several at a time and keeps
-# every run whose results still match its settings, data and code), profiles each setting's
-# cost (stage `profile`, on a quiet machine) and writes the report.
+# every run whose identity is unchanged: settings, data, declared behaviour versions in
+# behaviour.json, threads, torch and CPU), profiles each setting's cost (stage `profile`, on a
+# quiet machine; current profiles are kept) and writes the report.
 """
 
 
@@ -191,12 +197,34 @@ def pipeline_params(root: Path = sources.ROOT) -> list[Path]:
     return [root / "params.yaml", *sorted((root / "pipelines").glob("*/params.yaml"))]
 
 
+def behaviour_record() -> str:
+    """``behaviour.json``: the declared version of every algorithm (with its parents), backbone
+    and the shared protocol, as the pipelines' dependency on what the runs compute."""
+    record = {
+        "protocol": PROTOCOL_VERSION,
+        "algorithms": {name: algorithm_versions(get_algorithm(name)) for name in list_algorithms()},
+        "backbones": {name: cls.version for name, cls in sorted(BACKBONES.items())},
+    }
+    return json.dumps(record, indent=1, sort_keys=True) + "\n"
+
+
+def require_current_behaviour(root: Path = sources.ROOT) -> None:
+    """In a source checkout, refuse to run while ``behaviour.json`` disagrees with the declared
+    versions: DVC decides from that file whether runs are stale, so a bump it does not show would
+    leave old results in place."""
+    path = root / BEHAVIOUR_FILE
+    if path.is_file() and path.read_text() != behaviour_record():
+        raise MetabenchError(
+            f"{path} is out of date with the declared behaviour versions; run `metabench pipeline`, then `dvc repro`"
+        )
+
+
 def write_all(check: bool = False, root: Path = sources.ROOT) -> list[Path]:
-    """Write every pipeline's dvc.yaml; with ``check``, return those that are out of date instead."""
+    """Write every pipeline's dvc.yaml and ``behaviour.json``; with ``check``, return those that
+    are out of date instead."""
     stale = []
-    for params_path in pipeline_params(root):
-        target = params_path.parent / "dvc.yaml"
-        text = render(params_path, root)
+    generated = [(params_path.parent / "dvc.yaml", render(params_path, root)) for params_path in pipeline_params(root)]
+    for target, text in [*generated, (root / BEHAVIOUR_FILE, behaviour_record())]:
         current = target.read_text() if target.is_file() and not target.is_symlink() else None
         if current != text:
             stale.append(target)

@@ -8,7 +8,9 @@ noisy machine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import resource
 import time
 from pathlib import Path
@@ -18,12 +20,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from metabench import files
-from metabench.algorithms import build_algorithm, get_algorithm, make_hyper
-from metabench.config import RunConfig, resolve_device
-from metabench.data import store
+from metabench.algorithms import Algorithm
+from metabench.config import RunConfig
 from metabench.episodes import EpisodeSpec, ImageBank, sample_indices
 from metabench.evaluation import episode_accuracies
-from metabench.runner import task_shape
+from metabench.prepared import PreparedRun, prepare
 
 
 def _sync(device: torch.device) -> None:
@@ -56,56 +57,13 @@ def profile_run(config: RunConfig, steps: int = 5, episodes: int = 20) -> dict:
     scores methods with a frozen embedding from a cache, on ``episodes`` episodes, or on
     ``5 × episodes`` when the first count took under ``QUICK_EVALUATION_SECONDS``.
     """
-    device = resolve_device(config.device)
-    dataset = store.load(config.dataset, Path(config.data_dir))
-    hyper = make_hyper(get_algorithm(config.algorithm).Hyper, config.hyper, config.algorithm)
-    task = task_shape(config, dataset, hyper)
-    torch.manual_seed(config.seed)
-    algorithm = build_algorithm(config.algorithm, config.hyper, task, device)
+    run = prepare(config)
+    device, algorithm = run.device, run.build()
     rng = np.random.default_rng(config.seed)
-    train, test = dataset.split("train"), dataset.split("test")
-    train_bank, test_bank = ImageBank(train, device), ImageBank(test, device)
-    train_spec = EpisodeSpec(task.train_ways, config.shots, config.queries_in_training)
-    batches = [
-        train_bank.episodes(sample_indices(train, train_spec, algorithm.episodes_per_step, rng))
-        for _ in range(steps + 1)
-    ]
-
-    algorithm.meta_train_step(batches[0])  # warm-up
-    with FlopCounterMode(display=False) as counter:
-        algorithm.meta_train_step(batches[0])
-    flops_per_step = counter.get_total_flops()
-    _sync(device)
-    start = time.perf_counter()
-    for batch in batches[1:]:
-        algorithm.meta_train_step(batch)
-    _sync(device)
-    step_seconds = (time.perf_counter() - start) / steps
-
-    test_episodes = sample_indices(test, EpisodeSpec(config.ways, config.shots, config.queries), episodes + 1, rng)
+    flops_per_step, step_seconds = _time_meta_steps(run, algorithm, rng, steps)
     algorithm.train(False)
-    tensors = [test_bank.episodes(test_episodes[i : i + 1]) for i in range(episodes + 1)]
-    algorithm.predict(tensors[0].support_x[0], tensors[0].support_y[0], tensors[0].query_x[0], config.ways)
-    _sync(device)
-    start = time.perf_counter()
-    for episode in tensors[1:]:
-        algorithm.predict(episode.support_x[0], episode.support_y[0], episode.query_x[0], config.ways)
-    _sync(device)
-    episode_seconds = (time.perf_counter() - start) / episodes
-
-    # evaluation as the evaluator runs it (from the embedding cache where the method allows it):
-    # on `episodes` episodes, then on 5x as many when that is quick (where the cache shows its
-    # worth); a slow per-episode method's rate is already steady on the first count
-    for count in (episodes, 5 * episodes):
-        evaluation = sample_indices(test, EpisodeSpec(config.ways, config.shots, config.queries), count, rng)
-        start = time.perf_counter()
-        episode_accuracies(algorithm, test_bank, evaluation)
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        evaluation_seconds = elapsed / count
-        if elapsed > QUICK_EVALUATION_SECONDS:
-            break
-
+    episode_seconds = _time_adaptation(run, algorithm, rng, episodes)
+    evaluation_seconds = _time_evaluation(run, algorithm, rng, episodes)
     peak = matmul_peak_gflops(device)
     achieved = flops_per_step / step_seconds / 1e9
     result = {
@@ -128,18 +86,95 @@ def profile_run(config: RunConfig, steps: int = 5, episodes: int = 20) -> dict:
     }
     if device.type == "cuda":
         result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return result
+    # what the numbers describe: a profile stays current while this is the identity asked for
+    return {**result, "identity": run.identity(), "provenance": run.provenance()}
+
+
+def _time_meta_steps(run: PreparedRun, algorithm: Algorithm, rng: np.random.Generator, steps: int) -> tuple[int, float]:
+    """FLOPs of one meta-train step and its seconds, timed over ``steps`` steps after a warm-up."""
+    train = run.dataset.split("train")
+    bank = ImageBank(train, run.device)
+    batches = [
+        bank.episodes(sample_indices(train, run.train_spec, algorithm.episodes_per_step, rng)) for _ in range(steps + 1)
+    ]
+    algorithm.meta_train_step(batches[0])  # warm-up
+    with FlopCounterMode(display=False) as counter:
+        algorithm.meta_train_step(batches[0])
+    _sync(run.device)
+    start = time.perf_counter()
+    for batch in batches[1:]:
+        algorithm.meta_train_step(batch)
+    _sync(run.device)
+    return counter.get_total_flops(), (time.perf_counter() - start) / steps
+
+
+def _test_spec(config: RunConfig) -> EpisodeSpec:
+    return EpisodeSpec(config.ways, config.shots, config.queries)
+
+
+def _time_adaptation(run: PreparedRun, algorithm: Algorithm, rng: np.random.Generator, episodes: int) -> float:
+    """Seconds of ``predict`` on one test episode, over ``episodes`` episodes after a warm-up."""
+    test, ways = run.dataset.split("test"), run.config.ways
+    bank = ImageBank(test, run.device)
+    indices = sample_indices(test, _test_spec(run.config), episodes + 1, rng)
+    tensors = [bank.episodes(indices[i : i + 1]) for i in range(episodes + 1)]
+    algorithm.predict(tensors[0].support_x[0], tensors[0].support_y[0], tensors[0].query_x[0], ways)
+    _sync(run.device)
+    start = time.perf_counter()
+    for episode in tensors[1:]:
+        algorithm.predict(episode.support_x[0], episode.support_y[0], episode.query_x[0], ways)
+    _sync(run.device)
+    return (time.perf_counter() - start) / episodes
+
+
+def _time_evaluation(run: PreparedRun, algorithm: Algorithm, rng: np.random.Generator, episodes: int) -> float:
+    """Seconds per episode as the evaluator scores them (from the embedding cache where the method
+    allows it): on ``episodes`` episodes, then on 5x as many when that is quick (where the cache
+    shows its worth); a slow per-episode method's rate is already steady on the first count."""
+    test = run.dataset.split("test")
+    bank = ImageBank(test, run.device)
+    for count in (episodes, 5 * episodes):
+        evaluation = sample_indices(test, _test_spec(run.config), count, rng)
+        start = time.perf_counter()
+        episode_accuracies(algorithm, bank, evaluation)
+        _sync(run.device)
+        elapsed = time.perf_counter() - start
+        if elapsed > QUICK_EVALUATION_SECONDS:
+            break
+    return elapsed / count
 
 
 def write_profile(result: dict, path: Path) -> None:
     files.write_atomic(Path(path), json.dumps(result, indent=1) + "\n")  # never half a profile
 
 
+def current_profile(config: RunConfig, path: Path) -> dict | None:
+    """The profile at ``path`` when it was measured for ``config``'s identity (the same settings,
+    data, behaviour versions, threads and platform); None when it must be measured (again)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(saved, dict) or saved.get("identity") != prepare(config).identity():
+        return None
+    return saved
+
+
+def profile_to(config: RunConfig, path: Path, force: bool = False) -> tuple[dict, bool]:
+    """``config``'s profile at ``path``: kept when current (unless ``force``), else measured and
+    written. Returns (profile, whether it was measured now)."""
+    kept = None if force else current_profile(config, path)
+    if kept is not None:
+        return kept, False
+    result = profile_run(config)
+    write_profile(result, path)
+    return result, True
+
+
 def runs_of_setting(config: RunConfig) -> list[Path]:
     """The run directories of ``config``'s setting, every seed: the runs a profile's cost describes."""
-    import dataclasses
-    import re
-
     found = []
     pattern = RunConfig.format_id(config.dataset, config.algorithm, config.ways, config.shots, "*")
     for path in sorted(Path(config.runs_dir).glob(pattern)):

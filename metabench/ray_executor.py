@@ -3,7 +3,7 @@
 Workers need not share a file system with the driver. The driver puts the dataset's store
 folder and the fixed episodes into Ray's object store once; each task unpacks them, and the
 files of any earlier attempt of its run (to resume), into a private temporary directory, runs
-the unit there (train, then evaluate: ``grid.run_unit``) and returns every file of the run.
+the unit there (train, then evaluate: ``unit.run_unit``) and returns every file of the run.
 Only the driver writes ``runs/``: it replaces the run's folder atomically file by file,
 ``metrics.json`` last, so a run is either complete in ``runs/`` or absent, whatever dies.
 
@@ -23,9 +23,10 @@ from pathlib import Path
 
 from metabench import MetabenchError, files
 from metabench.config import RunConfig
-from metabench.grid import Outcome
+from metabench.run_folder import METRICS
+from metabench.unit import Outcome, run_unit
 
-RESULT_LAST = "metrics.json"  # written after every other file: its presence means the run is complete
+RESULT_LAST = METRICS  # written after every other file: its presence means the run is complete
 SKIP = {".lock"}  # the worker's own lock file
 
 
@@ -72,8 +73,6 @@ def run_remotely(config: dict, threads: int, data: dict, episodes: dict, previou
     """The body of one Ray task: the unit in a private directory laid out as the driver's
     project (``data/<dataset>``, ``data/episodes``, ``runs/<id>``), so the run's recorded
     settings name the same relative paths; returns the outcome and the run's files."""
-    from metabench import grid
-
     os.environ["METABENCH_TRACKING"] = "off"  # the driver tracks, from the returned files
     # the driver's folders mean nothing here: the same layout, relative to a private directory
     local = {**config, "data_dir": "data", "runs_dir": "runs", "episodes_dir": "data/episodes"}
@@ -83,7 +82,7 @@ def run_remotely(config: dict, threads: int, data: dict, episodes: dict, previou
         unpack(episodes, run.episodes_path)
         unpack(previous, run.run_dir)
         try:
-            outcome = grid.run_unit(run, threads)
+            outcome = run_unit(run, threads)
         except MetabenchError as error:
             return Outcome(run.run_id, "failed", error=str(error)), {}
         return outcome, pack(run.run_dir)
@@ -96,7 +95,7 @@ class RayExecutor:
         if threads < 1:
             raise MetabenchError("--threads must be at least 1")
         try:
-            import ray
+            import ray  # an optional extra, imported only when a grid goes to a cluster
         except ImportError:
             raise MetabenchError("the Ray executor needs Ray: pip install 'metabench[ray]'") from None
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -21,6 +21,7 @@ from scipy import stats
 
 from metabench import MetabenchError, files, published
 from metabench.config import RunConfig
+from metabench.run_folder import CONFIG, METRICS, TRAIN_LOG, TRAIN_SUMMARY
 
 # A rise of the least-squares line through the last third of the validation curve larger than
 # this (points) counts as "still rising": more training would likely close part of the gap.
@@ -100,16 +101,16 @@ class Reproduced:
 def load(config: RunConfig) -> Reproduced:
     """Read ``config``'s run; a run without test metrics or a setting without a paper figure is an error."""
     run_dir = config.run_dir
-    if not (run_dir / "metrics.json").is_file():
+    if not (run_dir / METRICS).is_file():
         raise MetabenchError(f"{config.run_id} has no test metrics; train and evaluate it first")
     figure = published.lookup(config.dataset, config.algorithm, config.ways, config.shots)
     if figure is None:
         raise MetabenchError(f"no published figure for {config.algorithm} at {config.ways}-way {config.shots}-shot")
     return Reproduced(
         config,
-        files.read_json(run_dir / "metrics.json", "test metrics", "evaluate the run"),
-        files.read_json(run_dir / "train_summary.json", "training summary", "train the run"),
-        files.read_json(run_dir / "config.json", "run configuration", "train the run"),
+        files.read_json(run_dir / METRICS, "test metrics", "evaluate the run"),
+        files.read_json(run_dir / TRAIN_SUMMARY, "training summary", "train the run"),
+        files.read_json(run_dir / CONFIG, "run configuration", "train the run"),
         curve(run_dir),
         figure,
     )
@@ -117,7 +118,7 @@ def load(config: RunConfig) -> Reproduced:
 
 def curve(run_dir: Path) -> pd.DataFrame:
     """Validation accuracy (%) by outer step, with the training seconds at each validation."""
-    log = pd.read_csv(run_dir / "train_log.csv")
+    log = pd.read_csv(run_dir / TRAIN_LOG)
     rows = log.dropna(subset=["val_accuracy"])
     return pd.DataFrame(
         {
@@ -237,7 +238,7 @@ def page(run: Reproduced, full_iterations: int, commands: list[str], figure: str
 
 def learning_curve_figure(points: pd.DataFrame, published_value: float, path: Path, title: str) -> None:
     """The validation curve beside the paper's test figure, as a small PNG."""
-    import matplotlib
+    import matplotlib  # here: matplotlib costs a second to import and only the figures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,14 +1,17 @@
-"""Which of the package's source files a step executes.
+"""The package's source files: which ones a step executes (its import closure), their digest,
+and the checkout's git commit.
 
-One answer serves two purposes: a saved training state resumes only while these files are
-unchanged (an edit elsewhere, say a comment in report.py, must not restart a long run), and the
-generated DVC pipelines list exactly these files as each stage's code dependencies.
+The report stage lists its import closure as its DVC code dependencies; a run records the
+digest of the files that trained it as provenance (``identity.provenance``), never to compare:
+what a run is, is its declared behaviour (``metabench.identity``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -16,16 +19,13 @@ from pathlib import Path
 PACKAGE = "metabench"
 ROOT = Path(__file__).resolve().parent.parent
 
-# the modules every training run executes besides its algorithm's own (found by import_closure)
-TRAINING = ("metabench.runner", "metabench.episodes", "metabench.config", "metabench.evaluation")
-
 
 def _referenced_modules(module: types.ModuleType) -> set[str]:
     """Package modules that ``module`` names at its top level (imported modules, classes, functions)."""
     names = set()
     is_package = hasattr(module, "__path__")
     for value in vars(module).values():
-        if isinstance(value, types.ModuleType) and is_package:
+        if isinstance(value, types.ModuleType) and is_package and value.__name__.startswith(module.__name__ + "."):
             continue  # a package holds its imported submodules as attributes; it does not run them all
         name = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
         if isinstance(name, str) and (name == PACKAGE or name.startswith(PACKAGE + ".")):
@@ -41,7 +41,7 @@ def import_closure(*module_names: str, skip: tuple[str, ...] = (REGISTRY,)) -> l
     """Source files of ``module_names`` and of every package module they reach, sorted.
 
     Modules in ``skip`` are neither listed nor followed (see ``REGISTRY``); add the algorithm's
-    own files with ``training_sources``.
+    own files with ``identity.training_sources``.
     """
     seen, todo = set(skip), list(module_names)
     while todo:
@@ -58,20 +58,6 @@ def import_closure(*module_names: str, skip: tuple[str, ...] = (REGISTRY,)) -> l
     return sorted(files)
 
 
-def training_sources(algorithm: str) -> list[Path]:
-    """The files that decide what ``algorithm`` trains: its module and base classes, the
-    backbones they build, the trainer, episodes, configuration and validation."""
-    from metabench.algorithms import get_algorithm
-
-    cls = get_algorithm(algorithm)
-    modules = {klass.__module__ for klass in cls.__mro__ if klass.__module__.startswith(PACKAGE)}
-    modules.add(cls.Hyper.__module__)
-    closure = import_closure(*modules)
-    trainer = [ROOT / (name.replace(".", "/") + ".py") for name in TRAINING]
-    # the trainer's own helpers (tracking, checkpoint files, the store) do not change what is learnt
-    return sorted(set(closure) | set(trainer))
-
-
 def digest(files: list[Path]) -> str:
     """sha256 over the files' package-relative paths and bytes."""
     hasher = hashlib.sha256()
@@ -84,3 +70,23 @@ def digest(files: list[Path]) -> str:
 def relative(files: list[Path], start: Path = ROOT) -> list[str]:
     """Paths relative to the project root, as a pipeline lists them."""
     return [path.relative_to(start).as_posix() for path in files]
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The checkout's commit, with ``+dirty`` when the package has uncommitted changes; None
+    outside a git checkout. Provenance only: recorded with runs, never compared."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", PACKAGE],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None

@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from metabench import MetabenchError, files
+from metabench.run_folder import SYSTEM_METRICS
 
-FILE = "system_metrics.csv"
+FILE = SYSTEM_METRICS
 INTERVAL_SECONDS = 10.0  # MLflow's default sampling interval
 _ACTIVE: set[Path] = set()  # run directories being sampled in this process
 _LOCK = threading.Lock()
 
 
 def _monitors() -> list[Any]:
+    # MLflow's monitors, imported when a sampler starts: importing mlflow costs seconds
     from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
     from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
     from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import warnings
 from collections.abc import Iterable
@@ -34,7 +33,18 @@ from typing import Any
 
 from rich.console import Console
 
-from metabench import files, system_metrics
+from metabench import files, sources, system_metrics
+from metabench.run_folder import (
+    CHECKPOINT,
+    CONFIG,
+    EPISODES,
+    EVAL_TIMING,
+    METRICS,
+    MLFLOW_RUN,
+    TRACKING_PENDING,
+    TRAIN_LOG,
+    TRAIN_SUMMARY,
+)
 
 EXPERIMENT = "metabench"  # prefix: one experiment per dataset, metabench-<dataset>
 # what the MLflow UI reads to open a training experiment on its runs (mlflow.experimentKind)
@@ -61,8 +71,6 @@ COST = (
     "peak_rss_mb",
 )
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
-RUN_FILE = "mlflow_run.json"
-PENDING_FILE = "tracking_pending"
 _console = Console(stderr=True)
 _warned = False
 
@@ -78,14 +86,6 @@ def _quiet_environment() -> None:
     # fail fast on a dead server instead of retrying for minutes
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 class Tracker:
@@ -113,7 +113,7 @@ class Tracker:
             self.enabled = False
             try:
                 if self.mark_pending:
-                    (self.run_dir / PENDING_FILE).write_text(f"{action}: {type(error).__name__}: {error}\n")
+                    (self.run_dir / TRACKING_PENDING).write_text(f"{action}: {type(error).__name__}: {error}\n")
             except OSError:
                 pass  # a full disk: the warning below still tells the user
             if not _warned:
@@ -158,7 +158,7 @@ class Tracker:
 
     def _open(self, name, params, tags, resume: bool, replace: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        record = self.run_dir / RUN_FILE
+        record = self.run_dir / MLFLOW_RUN
 
         def begin():
             self.client, experiment_id = self._connect(str(params.get("dataset", {}).get("name", "unknown")))
@@ -183,7 +183,7 @@ class Tracker:
 
     def attach(self) -> bool:
         """Reopen the MLflow run recorded in the run directory (for evaluate/profile)."""
-        record = self.run_dir / RUN_FILE
+        record = self.run_dir / MLFLOW_RUN
         if not record.is_file():
             return False
 
@@ -281,14 +281,14 @@ class Tracker:
         for path in paths:
             if Path(path).is_file():
                 self._safely(f"uploading {Path(path).name}", self.client.log_artifact, self.run_id, str(path), folder)
-                if Path(path).name == "checkpoint.pt":
+                if Path(path).name == CHECKPOINT:
                     self._safely("logging the model", self.log_model, Path(path))
 
     def log_model(self, checkpoint_path: Path) -> None:
         """The run's best weights in MLflow's model format, ``runs:/<run id>/model`` (``mlflow_model``)."""
         import mlflow
 
-        image_shape = json.loads((checkpoint_path.parent / "config.json").read_text())["dataset"]["image_shape"]
+        image_shape = json.loads((checkpoint_path.parent / CONFIG).read_text())["dataset"]["image_shape"]
         mlflow.set_tracking_uri(tracking_uri())
         # MLflow advises type hints and an input example; the tensor signature already states the input
         with warnings.catch_warnings(), mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
@@ -349,7 +349,7 @@ def _recorded_span(run_dir: Path) -> tuple[int | None, int | None]:
     """When a run's work started and ended, in ms, from its files: it ended when its last result
     file was written, and started its training and evaluation seconds before (file times survive
     a copy less well than the seconds the run recorded). (None, None) when no result is there."""
-    results = [run_dir / name for name in ("metrics.json", "train_summary.json") if (run_dir / name).is_file()]
+    results = [run_dir / name for name in (METRICS, TRAIN_SUMMARY) if (run_dir / name).is_file()]
     if not results:
         return None, None
     end_ms = int(1000 * max(path.stat().st_mtime for path in results))
@@ -361,8 +361,8 @@ def recorded_seconds(run_dir: Path) -> dict[str, float]:
     ``evaluate`` (the test episodes); a missing or unreadable file leaves its entry out."""
     seconds = {}
     for name, key, label in (
-        ("train_summary.json", "train_seconds", "train"),
-        ("eval_timing.json", "eval_seconds", "evaluate"),
+        (TRAIN_SUMMARY, "train_seconds", "train"),
+        (EVAL_TIMING, "eval_seconds", "evaluate"),
     ):
         try:
             seconds[label] = float(json.loads((Path(run_dir) / name).read_text())[key])
@@ -416,7 +416,7 @@ def run_tags(config: dict[str, Any], dataset_checksum: str, device: str) -> dict
     except (KeyError, OSError):
         user = "unknown"
     return {
-        "mlflow.source.git.commit": git_commit(),
+        "mlflow.source.git.commit": (sources.git_commit() or "unknown").removesuffix("+dirty"),
         "mlflow.source.name": "metabench",
         "mlflow.source.type": "LOCAL",
         "mlflow.user": user,
@@ -440,26 +440,23 @@ def resend(run_dir: Path) -> str | None:
 
 
 def _resend(run_dir: Path, pd) -> str | None:
-    config = files.read_json(run_dir / "config.json", "run config", "retrain the run (metabench train)")
-    config.pop("fingerprint", None)  # resume bookkeeping, not a parameter
+    config = files.read_json(run_dir / CONFIG, "run config", "retrain the run (metabench train)")
+    for key in ("identity", "provenance", "fingerprint"):  # what the run is compared by and came from: not parameters
+        config.pop(key, None)
     start_ms, end_ms = _recorded_span(run_dir)
     tracker = Tracker(run_dir, start_ms=start_ms)
     tags = run_tags(config, config["dataset"]["checksum"], "unknown")
     tracker.replace(run_dir.name, config, {**tags, "resent_from_files": "true"})  # never a second run beside it
-    log = run_dir / "train_log.csv"
+    log = run_dir / TRAIN_LOG
     if log.is_file():
         tracker.log_rows(pd.read_csv(log).to_dict("records"))
     tracker.log_system(system_metrics.read(run_dir))
-    for name in ("train_summary.json", "metrics.json"):
+    for name in (TRAIN_SUMMARY, METRICS):
         if (run_dir / name).is_file():
-            tracker.log_final(
-                json.loads((run_dir / name).read_text()), prefix="test_" if name == "metrics.json" else ""
-            )
-    tracker.log_artifacts(
-        [run_dir / n for n in ("checkpoint.pt", "config.json", "train_log.csv", "episodes.csv", "metrics.json")]
-    )
+            tracker.log_final(json.loads((run_dir / name).read_text()), prefix="test_" if name == METRICS else "")
+    tracker.log_artifacts([run_dir / n for n in (CHECKPOINT, CONFIG, TRAIN_LOG, EPISODES, METRICS)])
     tracker.finish(end_ms=end_ms)
     if tracker.enabled and tracker.run_id:
-        (run_dir / PENDING_FILE).unlink(missing_ok=True)
+        (run_dir / TRACKING_PENDING).unlink(missing_ok=True)
         return tracker.run_id
     return None

@@ -60,13 +60,16 @@ def test_train_then_evaluate_writes_metrics_above_chance(workdir, algorithm):
     assert metrics["accuracy"] == pytest.approx(per_episode.mean())
     assert metrics["accuracy"] > 0.35  # chance is 0.2
     # `--ranks auto`: MAML's meta-batch is split over one local rank per core, one thread each
-    fingerprint = json.loads((run_dir / "config.json").read_text())["fingerprint"]
+    recorded = json.loads((run_dir / "config.json").read_text())["identity"]
     cores = len(os.sched_getaffinity(0))
     if algorithm == "maml" and cores > 1:
-        assert (fingerprint["ranks"], fingerprint["threads"]) == (min(cores, 2), max(1, cores // 2))
+        assert (recorded["ranks"], recorded["threads"]) == (min(cores, 2), max(1, cores // 2))
     else:
-        assert "ranks" not in fingerprint
+        assert "ranks" not in recorded
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "train_log.csv").is_file()
+    # `metabench summary` tabulates the evaluated run on stdout (it once failed as soon as one existed)
+    shown = run_cli("summary", "--runs-dir", str(workdir / "runs")).stdout
+    assert f"{100 * metrics['accuracy']:.2f} ± {100 * metrics['ci95']:.2f}" in shown and algorithm in shown
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_differs(workdir):

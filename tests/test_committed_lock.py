@@ -73,4 +73,4 @@ def test_a_committed_run_reproduces_bit_for_bit_in_a_fresh_clone(tmp_path):
             f"{run['accuracy']:.4f} ± {run['ci95']:.4f} of {record.get('cpu', {}).get('model', 'an unrecorded CPU')}"
         )
     saved = json.loads((clone / "runs" / RUN / "config.json").read_text())
-    assert saved["fingerprint"]["threads"] == int(threads)
+    assert saved["identity"]["threads"] == int(threads)

@@ -199,7 +199,7 @@ def test_a_sigkilled_two_rank_training_resumes_to_the_uninterrupted_metrics(work
     run_id = "tiny-maml-5w1s-seed3"
     straight = workdir / "straight" / run_id
     config = json.loads((straight / "config.json").read_text())
-    assert config["fingerprint"]["ranks"] == 2
+    assert config["identity"]["ranks"] == 2
     assert not list(straight.glob("*rank*")), "only rank 0 writes the run's files"
 
     process = torchrun(workdir, "killed", *train)

@@ -383,10 +383,10 @@ def test_sigkill_of_a_second_concurrent_train_leaves_the_first_intact(work):
 
 
 # -- 9. what bit-identical depends on is recorded -----------------------------------------------
-def test_the_thread_count_is_part_of_the_fingerprint(work):
+def test_the_thread_count_is_part_of_the_identity(work):
     config = json.loads((work / "runs" / RUN / "config.json").read_text())
     summary = json.loads((work / "runs" / RUN / "train_summary.json").read_text())
-    assert config["fingerprint"]["threads"] == summary["threads"] == torch.get_num_threads()
+    assert config["identity"]["threads"] == summary["threads"] == torch.get_num_threads()
 
 
 # -- 10. downloads have an overall deadline ----------------------------------------------------

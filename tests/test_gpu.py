@@ -59,7 +59,8 @@ def test_evaluation_on_the_gpu_agrees_with_the_cpu(name):
 
 
 def test_a_checkpoint_trained_on_the_gpu_predicts_on_the_cpu(tmp_path, glyphs_dir):
-    from metabench.runner import evaluate_run, load_trained, train_run
+    from metabench.runner import evaluate_run, train_run
+    from metabench.trained import load_trained
 
     shutil.copytree(glyphs_dir / "glyphs", tmp_path / "data" / "glyphs")
     common = {"data_dir": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"), "hyper": {"hidden": 16}}

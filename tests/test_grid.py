@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from metabench import MetabenchError, grid
-from metabench.config import leaderboard_runs
+from metabench import MetabenchError, grid, unit
+from metabench.board import leaderboard_runs
 
 PARAMS = {
     "leaderboard": {"algorithms": ["protonet", "fomaml"], "shots": [1], "seeds": [0, 1], "references": ["pixelnn"]},
@@ -53,7 +53,7 @@ def test_two_workers_give_the_serial_runs_byte_for_byte(tiny_dataset, one_thread
     _, root = tiny_dataset
     serial = configs(root, "serial")
     for config in serial:  # the serial path: each unit in this process, one thread
-        assert grid.run_unit(config, threads=1).status == "done"
+        assert unit.run_unit(config, threads=1).status == "done"
     parallel = configs(root, "parallel")
     seen = []
     outcomes = grid.run_grid(parallel, grid.LocalExecutor(workers=2, threads=1), seen.append, track=False)
@@ -163,7 +163,7 @@ def test_a_killed_worker_costs_a_retry_not_a_result(tiny_dataset, tmp_path, one_
     assert grid_process.returncode == 0, err[-3000:]
     serial = configs(root, "serial", params)
     for config in serial:
-        grid.run_unit(config, threads=1)
+        unit.run_unit(config, threads=1)
     killed = configs(root, "killed", params)
     for a, b in zip(killed, serial):
         assert (a.run_dir / "episodes.csv").read_bytes() == (b.run_dir / "episodes.csv").read_bytes(), a.run_id

@@ -12,7 +12,8 @@ from metabench import MetabenchError
 from metabench.config import RunConfig
 from metabench.data import store
 from metabench.folders import load_queries, load_support
-from metabench.runner import load_trained, train_run
+from metabench.runner import train_run
+from metabench.trained import load_trained
 
 
 @pytest.mark.parametrize("algorithm", ["protonet", "maml"])  # an embedding method and a transductive one
@@ -20,7 +21,7 @@ def test_the_logged_model_predicts_the_labels_of_metabench_predict(tmp_path, gly
     import mlflow
     from typer.testing import CliRunner
 
-    from metabench import runner
+    from metabench import trained
     from metabench.cli import app
 
     config = RunConfig(
@@ -46,7 +47,7 @@ def test_the_logged_model_predicts_the_labels_of_metabench_predict(tmp_path, gly
         for q in range(1, 3):
             Image.fromarray(images[q]).save((query.mkdir(exist_ok=True), query / f"c{way}_{q}.png")[1])
     loads = []
-    monkeypatch.setattr(runner, "load_trained", lambda *args: loads.append(args) or load_trained(*args))
+    monkeypatch.setattr(trained, "load_trained", lambda *args: loads.append(args) or load_trained(*args))
     printed = CliRunner().invoke(
         app,
         [

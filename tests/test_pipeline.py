@@ -131,14 +131,49 @@ def test_dvc_reads_the_pipeline_from_committed_revisions(repo):
     sh_json(repo, "dvc", "metrics", "diff", "HEAD", "--json")  # loads HEAD's metrics without error
 
 
-def test_a_comment_in_one_algorithm_reruns_only_that_algorithms_stages(repo):
+def _stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def test_docstrings_and_comments_in_the_shared_code_retrain_nothing(repo):
     sh(repo, "dvc", "repro")  # the workspace as the experiment left it, up to date
-    module = repo / "metabench" / "algorithms" / "maml.py"  # FOMAML's module; ProtoNet does not import it
-    module.write_text(module.read_text() + "# a comment\n")
+    for name in ("algorithms/base.py", "runner.py", "models/conv4.py"):
+        module = repo / "metabench" / name
+        text = module.read_text()
+        start = text.index('"""') + 3  # the module docstring's first words
+        module.write_text(text[:start] + "Edited. " + text[start:] + "# a comment\n")
     output = sh(repo, "dvc", "repro")
-    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert {"grid", "profile"} <= ran and "fetch" not in ran
+    assert not {"grid", "profile", "episodes"} & _stages_run(output), output
+    assert "Running stage 'grid'" not in output
+    status = sh(repo, "dvc", "status")
+    assert "changed" not in status, status
+
+
+def test_a_version_bump_retrains_only_that_algorithm_and_its_subclasses(repo):
+    sh(repo, "dvc", "repro")
+    profile = repo / "profiles" / "glyphs-protonet-5w1s.json"
+    measured = profile.read_bytes()
+    module = repo / "metabench" / "algorithms" / "maml.py"  # FOMAML subclasses MAML; ProtoNet does not
+    text = module.read_text()
+    assert "    version = 1\n" in text
+    module.write_text(text.replace("    version = 1\n", "    version = 2\n", 1))
+    refused = subprocess.run(
+        ["metabench", "grid"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(repo)},
+    )
+    assert refused.returncode != 0 and "metabench pipeline" in refused.stderr  # behaviour.json is stale
+    sh(repo, "metabench", "pipeline")  # writes behaviour.json with MAML at 2
+    output = sh(repo, "dvc", "repro")
+    assert {"grid", "profile"} <= _stages_run(output) and "fetch" not in _stages_run(output)
     assert _ran(repo) == {"glyphs-fomaml-5w1s-seed0"}
+    identity = json.loads((repo / "runs" / "glyphs-fomaml-5w1s-seed0" / "config.json").read_text())["identity"]
+    assert identity["behaviour"]["algorithm"] == {"FOMAML": 1, "MAML": 2, "Algorithm": 1}
+    assert profile.read_bytes() == measured  # ProtoNet's profile is current: kept, not measured again
+    fomaml = json.loads((repo / "profiles" / "glyphs-fomaml-5w1s.json").read_text())
+    assert fomaml["identity"]["behaviour"]["algorithm"]["MAML"] == 2
 
 
 def test_dvc_plots_show_draws_the_learning_curves_and_accuracy_against_cost(repo):

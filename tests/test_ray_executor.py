@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metabench import grid
+from metabench import unit
 from metabench.ray_executor import pack, store_run
 
 from .test_grid import PARAMS, configs, episodes_bytes
@@ -102,7 +102,7 @@ def test_a_two_node_cluster_finishes_the_grid_when_a_worker_is_killed(tiny_datas
     }  # long enough to kill
     serial = configs(root, "serial", params)
     for config in serial:
-        assert grid.run_unit(config, threads=1).status == "done"
+        assert unit.run_unit(config, threads=1).status == "done"
 
     bin_dir = Path(sys.executable).parent
     env = {
@@ -177,7 +177,7 @@ def test_a_two_node_cluster_finishes_the_grid_when_a_worker_is_killed(tiny_datas
         for config in ours:
             recorded = json.loads((config.run_dir / "config.json").read_text())["config"]
             assert recorded["data_dir"] == "data"  # a worker's private copy, never the driver's folder
-            assert grid.completed(config, 1) is not None  # the driver sees a complete, current run
+            assert unit.completed(config, 1) is not None  # the driver sees a complete, current run
         query = (  # the server listens in the head's namespace: ask from there
             f"import json, mlflow.tracking as t; c = t.MlflowClient('http://{HEAD}:5055'); "
             "e = c.get_experiment_by_name('metabench-tiny'); "

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from metabench.algorithms import TaskShape, build_algorithm
+from metabench.board import leaderboard_runs
 from metabench.cli import app
-from metabench.config import leaderboard_runs
 from metabench.episodes import EpisodeSpec, ImageBank, sample_indices
 from metabench.evaluation import episode_accuracies
 

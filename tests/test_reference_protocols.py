@@ -10,6 +10,7 @@ from metabench import published
 from metabench.algorithms import REGISTRY, TaskShape, build_algorithm, make_hyper
 from metabench.algorithms.reptile import mini_batches
 from metabench.config import load_params, resolve_run
+from metabench.prepared import training_queries
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,8 @@ def test_the_maml_family_trains_with_k_queries_per_class(name, shots):
     # per class; learn2learn anil_fc100.py: FusedNWaysKShots(k=2*shots), halves
     assert REGISTRY[name].training_queries(hyper(name), shots, 15) == shots
     config = resolve_run(load_params(ROOT / "params.yaml"), {"algorithm": name, "shots": shots})
-    assert config.queries_in_training == shots  # and the default profile does not override it
+    resolved = make_hyper(REGISTRY[name].Hyper, config.hyper, name)
+    assert training_queries(config, REGISTRY[name], resolved) == shots  # and the default profile does not override it
 
 
 def test_the_default_profile_keeps_anils_reference_adaptation():

@@ -112,7 +112,8 @@ def test_with_seeds_the_pairwise_test_is_over_per_seed_means(tmp_path):
     """Three seeds each: the unit is a training run (per-seed means paired by seed)."""
     from scipy import stats as scipy_stats
 
-    from metabench.report import load_runs, pairwise
+    from metabench.report.runs import load_runs
+    from metabench.report.statistics import pairwise
 
     runs_dir = make_runs(tmp_path)
     pairs = pairwise(load_runs(runs_dir, tmp_path / "profiles"))
@@ -128,7 +129,8 @@ def test_with_seeds_the_pairwise_test_is_over_per_seed_means(tmp_path):
 
 
 def test_with_one_seed_the_pairwise_test_is_over_episodes_and_says_so(tmp_path):
-    from metabench.report import load_runs, pairwise
+    from metabench.report.runs import load_runs
+    from metabench.report.statistics import pairwise
 
     runs_dir = make_runs(tmp_path, seeds=(0,))
     row = pairwise(load_runs(runs_dir, tmp_path / "profiles")).iloc[0]
@@ -151,7 +153,8 @@ def test_missing_run_is_a_clear_error(tmp_path):
 
 
 def test_runs_scored_on_different_episodes_are_not_paired(tmp_path):
-    from metabench.report import load_runs, pairwise
+    from metabench.report.runs import load_runs
+    from metabench.report.statistics import pairwise
 
     runs_dir = make_runs(tmp_path, algorithms=("protonet", "maml", "anil"), seeds=(0,), shots=(1,))
     assert len(pairwise(load_runs(runs_dir, tmp_path / "profiles"))) == 3
@@ -162,7 +165,7 @@ def test_runs_scored_on_different_episodes_are_not_paired(tmp_path):
 
 
 def test_a_stray_run_beside_the_leaderboard_is_not_reported(tmp_path):
-    from metabench.config import leaderboard_runs
+    from metabench.board import leaderboard_runs
 
     runs_dir = make_runs(tmp_path, algorithms=("protonet", "maml"), seeds=(0,), shots=(1,))
     stray = make_runs(tmp_path / "stray", algorithms=("relationnet",), seeds=(0,), shots=(1,))

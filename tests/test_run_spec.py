@@ -7,8 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from metabench import MetabenchError
+from metabench.board import leaderboard_runs
 from metabench.cli import app
-from metabench.config import RunConfig, leaderboard_runs, load_params, parse_value, resolve_run
+from metabench.config import RunConfig, load_params, parse_value, resolve_run
 
 QUICK = {"iterations": 6, "val_every": 3, "val_episodes": 10, "test_episodes": 20, "queries": 5}
 PARAMS = {
@@ -202,10 +203,12 @@ def test_a_finished_run_with_another_config_is_kept_unless_forced(workdir):
     assert json.loads((run_dir / "config.json").read_text())["config"]["hyper"]["hidden"] == 4
 
 
-def test_the_resume_fingerprint_covers_the_training_code_only():
+def test_the_provenance_digest_covers_the_training_code_only():
+    # recorded with every run (identity.provenance) for a reader, never compared
     from metabench import sources
+    from metabench.identity import training_sources
 
-    names = sources.relative(sources.training_sources("maml"))
+    names = sources.relative(training_sources("maml"))
     assert {
         "metabench/algorithms/maml.py",
         "metabench/algorithms/base.py",
@@ -214,9 +217,9 @@ def test_the_resume_fingerprint_covers_the_training_code_only():
         "metabench/episodes.py",
         "metabench/config.py",
     } <= set(names)
-    # a comment in the report, the tracker or another algorithm never restarts a MAML run
+    # the report, the tracker and other algorithms are not what trained a MAML run
     assert not {"metabench/report.py", "metabench/tracking.py", "metabench/algorithms/protonet.py"} & set(names)
-    assert "metabench/algorithms/maml.py" in sources.relative(sources.training_sources("anil"))  # ANIL subclasses MAML
+    assert "metabench/algorithms/maml.py" in sources.relative(training_sources("anil"))  # ANIL subclasses MAML
 
 
 def test_a_missing_params_file_is_a_one_line_error(tmp_path):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from metabench import grid, system_metrics, tracking
+from metabench import run_folder, system_metrics, tracking, unit
 from metabench.config import RunConfig
 from metabench.profiling import runs_of_setting
 from metabench.runner import evaluate_run, train_run
@@ -40,7 +40,7 @@ def config(tmp_path, **extra) -> RunConfig:
 
 
 def run_of(client, run_dir):
-    return client.get_run(json.loads((run_dir / tracking.RUN_FILE).read_text())["run_id"])
+    return client.get_run(json.loads((run_dir / run_folder.MLFLOW_RUN).read_text())["run_id"])
 
 
 def system_points(client, run_id):
@@ -63,8 +63,8 @@ def test_a_tracked_training_logs_the_machines_load_live_and_keeps_it_in_the_run(
 def test_the_grid_sends_a_runs_load_and_its_true_duration_from_its_files(tmp_path, store, monkeypatch):
     run = config(tmp_path)
     monkeypatch.setenv("METABENCH_TRACKING", "off")  # as in a grid worker: nothing reaches MLflow
-    grid.run_unit(run, threads=1)
-    assert not (run.run_dir / tracking.RUN_FILE).exists()
+    unit.run_unit(run, threads=1)
+    assert not (run.run_dir / run_folder.MLFLOW_RUN).exists()
     rows = pd.read_csv(run.run_dir / system_metrics.FILE)
     assert len(rows) >= 2 and rows["step"].tolist() == list(range(len(rows)))
 
@@ -133,7 +133,7 @@ def test_cost_for_an_untracked_run_is_passed_over_and_marks_nothing(tmp_path, st
     train_run(run)
     monkeypatch.setenv("METABENCH_TRACKING", "on")
     assert tracking.log_cost({"meta_train_tasks_per_second": 1.0}, [run.run_dir]) == []
-    assert not (run.run_dir / tracking.PENDING_FILE).exists()
+    assert not (run.run_dir / run_folder.TRACKING_PENDING).exists()
 
 
 def test_samples_a_busy_store_refused_go_with_the_next_one(tmp_path, monkeypatch):

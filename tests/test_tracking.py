@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from metabench import tracking
+from metabench import run_folder, tracking
 from metabench.config import RunConfig
 from metabench.runner import evaluate_run, train_run
 from tests.network import free_port
@@ -95,7 +95,7 @@ def config(tmp_path, data, **extra) -> RunConfig:
 
 
 def run_record(run_dir: Path) -> str:
-    return json.loads((run_dir / tracking.RUN_FILE).read_text())["run_id"]
+    return json.loads((run_dir / run_folder.MLFLOW_RUN).read_text())["run_id"]
 
 
 @pytest.mark.slow  # a real mlflow server
@@ -152,11 +152,11 @@ def test_server_killed_mid_run_loses_nothing(tmp_path, data, server, monkeypatch
     assert len(warnings) == 1 and "metabench track" in warnings[0]
     log = pd.read_csv(run.run_dir / "train_log.csv")
     assert len(log) == QUICK["iterations"] and (run.run_dir / "episodes.csv").is_file()
-    assert (run.run_dir / tracking.PENDING_FILE).is_file()
+    assert (run.run_dir / run_folder.TRACKING_PENDING).is_file()
 
     server.start()  # same store: the first five steps made it before the kill
     new_id = tracking.resend(run.run_dir)
-    assert new_id is not None and not (run.run_dir / tracking.PENDING_FILE).exists()
+    assert new_id is not None and not (run.run_dir / run_folder.TRACKING_PENDING).exists()
     history = server.get(f"/api/2.0/mlflow/metrics/get-history?run_id={new_id}&metric_key=loss")["metrics"]
     assert sorted(int(m["step"]) for m in history) == list(range(1, QUICK["iterations"] + 1))
     info = server.get(f"/api/2.0/mlflow/runs/get?run_id={new_id}")["run"]

@@ -55,6 +55,8 @@ def anil_query_loss(model, params: Params, task, steps: int, lr: float, first_or
 
 class ANIL(MAML):
     name = "anil"
+    version = 1
+    release_notes = {1: "Adapts only the linear head in the inner loop (Raghu et al. 2020), at 806d491."}
     paper = "Raghu et al. 2020, Rapid Learning or Feature Reuse? Towards Understanding the Effectiveness of MAML"
     adapts = "only the linear head, by a few SGD steps on the support features"
     Hyper = ANILHyper

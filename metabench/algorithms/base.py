@@ -5,13 +5,19 @@ An algorithm owns its networks and optimiser. The trainer only calls:
 * ``meta_train_step(batch)``: one outer update from a batch of training episodes, returning
   scalar metrics (``loss`` at least). Most algorithms only define ``episode_loss(task)`` and
   inherit the step: the mean loss over the meta-batch, one ``self.optimizer`` step (and
-  ``self.scheduler`` step if present), each task's graph freed before the next is built;
+  ``self.scheduler`` step if present). Task by task, each task's graph is freed before the next
+  is built; an algorithm that batches its tasks (``batched_episode_losses``, under
+  ``torch.func.vmap``) holds every task's graph at once;
 * ``predict(support_x, support_y, query_x, ways)``: logits for one episode's queries;
 * ``state_dict()`` / ``load_state_dict()``: everything needed to resume or to predict later,
   from ``networks()`` (weights) and ``optimizers()`` (optimiser and scheduler states).
 
 Hyper-parameters are a dataclass per algorithm (``Hyper``), filled from params.yaml by
 ``make_hyper``, which rejects unknown names and wrong types with a one-line error.
+
+Every class of an algorithm's lineage declares its behaviour: ``version`` and ``release_notes``
+in its own body (``metabench.identity``). A run's identity holds the versions of its class and
+of each parent, so bumping ``MAML.version`` retrains MAML and its subclasses and nothing else.
 """
 
 from __future__ import annotations
@@ -50,6 +56,14 @@ class Algorithm(abc.ABC):
     # False for a reference method with nothing to learn: it is only evaluated, once per setting
     trained: ClassVar[bool] = True
     Hyper: ClassVar[type]
+    # Declared behaviour: bump ``version``, with a release note, when a change alters what a run
+    # computes (the golden canary, tests/test_canary.py, fails until the bump is made). Every
+    # subclass declares its own; a parent's bump reaches its subclasses.
+    version: ClassVar[int] = 1
+    release_notes: ClassVar[dict[int, str]] = {
+        1: "The default meta-train step (mean loss over the meta-batch, optional clipping, one optimiser "
+        "step; no step on a non-finite gradient) and the episodic classifier head, at 806d491.",
+    }
 
     def __init__(self, hyper: Any, task: TaskShape, device: torch.device):
         self.hyper = hyper
@@ -193,6 +207,8 @@ class EmbeddingAlgorithm(Algorithm):
     """
 
     transductive = False
+    version = 1
+    release_notes = {1: "Embed support and query in one batch, score with the test-time head, at 806d491."}
 
     @abc.abstractmethod
     def embed(self, x: torch.Tensor) -> torch.Tensor:

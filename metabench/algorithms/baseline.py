@@ -122,6 +122,10 @@ def fine_tune_heads(
 
 class Baseline(EmbeddingAlgorithm):
     name = "baseline"
+    version = 1
+    release_notes = {
+        1: "Pre-trains a linear head over the training classes, fine-tunes a new head per episode (Chen et al. 2019), at 806d491."
+    }
     paper = "Chen et al. 2019, A Closer Look at Few-shot Classification (Baseline)"
     adapts = "a new linear head, fine-tuned on frozen support features"
     Hyper = BaselineHyper
@@ -182,6 +186,8 @@ class BaselinePPHyper(BaselineHyper):
 
 class BaselinePP(Baseline):
     name = "baselinepp"
+    version = 1
+    release_notes = {1: "Baseline with a cosine-similarity head (Chen et al. 2019), at 806d491."}
     paper = "Chen et al. 2019, A Closer Look at Few-shot Classification (Baseline++)"
     adapts = "a new cosine-similarity head, fine-tuned on frozen support features"
     Hyper = BaselinePPHyper

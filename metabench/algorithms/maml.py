@@ -149,9 +149,8 @@ def batched_query_losses(
 def vmaps_tasks(setting: str, device: torch.device, model: nn.Module) -> bool:
     """Whether a meta-batch's tasks run under vmap: ``task_batching`` resolved for the device.
 
-    ``auto`` takes vmap on CUDA only: on a CPU the per-task loop is faster (a second-order MAML
-    meta-step of 32 tasks at the benchmark setting took 8.9 s under vmap against 1.5 s looped,
-    2 threads: vmapped convolutions become grouped convolutions, slow on CPU). vmap needs the
+    ``auto`` takes vmap on CUDA only: on a CPU the per-task loop is faster (vmapped convolutions
+    become grouped convolutions, slow on CPU; ``benchmarks/README.md`` has the timings). vmap needs the
     Conv-4 body (``vmap_safe``); ``auto`` falls back to the loop for other backbones.
     """
     batchable = isinstance(getattr(model, "body", None), Conv4)
@@ -162,6 +161,8 @@ def vmaps_tasks(setting: str, device: torch.device, model: nn.Module) -> bool:
 
 class MAML(Algorithm):
     name = "maml"
+    version = 1
+    release_notes = {1: "Second-order MAML with batch-statistics Conv-4 (Finn et al. 2017), at 806d491."}
     paper = "Finn et al. 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks"
     adapts = "every weight, by a few SGD steps on the support set (second order)"
     transductive = True
@@ -243,5 +244,7 @@ class FOMAML(MAML):
     """First-order MAML (Finn et al. 2017, Section 5.2): MAML with ``first_order=True``."""
 
     name = "fomaml"
+    version = 1
+    release_notes = {1: "First-order MAML: the inner-loop gradient is not differentiated, at 806d491."}
     adapts = "every weight, by a few SGD steps on the support set (first-order meta-gradient)"
     Hyper = FOMAMLHyper

@@ -91,6 +91,8 @@ class FullContext(nn.Module):
 
 class MatchingNet(EmbeddingAlgorithm):
     name = "matchingnet"
+    version = 1
+    release_notes = {1: "Matching Networks with optional full-context embeddings (Vinyals et al. 2016), at 806d491."}
     paper = "Vinyals et al. 2016, Matching Networks for One Shot Learning"
     adapts = "nothing: cosine attention over the support set in a learned embedding"
     Hyper = MatchingNetHyper

@@ -87,6 +87,8 @@ def svm_weights(support: torch.Tensor, one_hot: torch.Tensor, c: float, iteratio
 
 class MetaOptNet(EmbeddingAlgorithm):
     name = "metaoptnet"
+    version = 1
+    release_notes = {1: "MetaOptNet ridge and SVM heads (Lee et al. 2019), at 806d491."}
     paper = "Lee et al. 2019, Meta-Learning with Differentiable Convex Optimization"
     adapts = "a linear head solved in closed form (ridge) or by a convex SVM solver on the support features"
     Hyper = MetaOptNetHyper

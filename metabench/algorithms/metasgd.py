@@ -33,6 +33,8 @@ class MetaSGDHyper(MAMLHyper):
 
 class MetaSGD(MAML):
     name = "metasgd"
+    version = 1
+    release_notes = {1: "Meta-SGD: meta-learned per-parameter inner learning rates (Li et al. 2017), at 806d491."}
     paper = "Li et al. 2017, Meta-SGD: Learning to Learn Quickly for Few-Shot Learning"
     adapts = "every weight, by one step with a learned step size per weight"
     Hyper = MetaSGDHyper

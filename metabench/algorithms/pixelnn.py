@@ -22,6 +22,8 @@ class PixelNNHyper:
 
 class PixelNN(EmbeddingAlgorithm):
     name = "pixelnn"
+    version = 1
+    release_notes = {1: "Nearest neighbour on raw pixels, the reference floor, at 806d491."}
     paper = "nearest neighbour in pixel space (reference; Vinyals et al. 2016, Table 1)"
     adapts = "nothing: stores the support images"
     trained = False

@@ -45,6 +45,8 @@ def prototype_logits(support: torch.Tensor, support_y: torch.Tensor, query: torc
 
 class ProtoNet(EmbeddingAlgorithm):
     name = "protonet"
+    version = 1
+    release_notes = {1: "Prototypical Networks with squared Euclidean distance (Snell et al. 2017), at 806d491."}
     paper = "Snell et al. 2017, Prototypical Networks for Few-shot Learning"
     adapts = "nothing: class prototypes are support-set means in a learned embedding"
     Hyper = ProtoNetHyper

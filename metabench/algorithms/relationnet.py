@@ -60,9 +60,15 @@ def encoder(channels: int, hidden: int, unpadded_convs: int) -> Conv4:
     """The embedding module: Conv-4 pooled in its first two blocks, the first ``unpadded_convs``
     convolutions without padding (the reference's ``CNNEncoder``: ``padding=0`` in layer1-2)."""
     body = Conv4(channels, hidden, pooled=2, flatten=False)
-    for block in body.blocks[:unpadded_convs]:
-        block[0].padding = (0, 0)  # read by Conv2d.forward; the weights are the same 3×3 kernels
+    unpad(body.blocks[:unpadded_convs])
     return body
+
+
+def unpad(blocks) -> None:
+    """Drop the padding of each block's convolution (``Conv2d.forward`` reads it; the weights are
+    the same 3×3 kernels), as the reference's unpadded layers."""
+    for block in blocks:
+        block[0].padding = (0, 0)
 
 
 def map_size(body: nn.Module, channels: int, image_size: int) -> int:
@@ -97,10 +103,10 @@ class RelationModule(nn.Module):
     def __init__(self, hidden: int, size: int, fc_hidden: int, padded: bool = True):
         super().__init__()
         self.blocks = nn.Sequential(conv_block(2 * hidden, hidden, True), conv_block(hidden, hidden, True))
+        if not padded:
+            unpad(self.blocks)
         out = size
-        for block in self.blocks:
-            if not padded:
-                block[0].padding = (0, 0)
+        for _ in self.blocks:
             out = (out - (0 if padded else 2)) // 2
         if out < 1:
             raise MetabenchError(
@@ -112,7 +118,11 @@ class RelationModule(nn.Module):
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         """Scores of concatenated pairs (n, 2C, H, W): the definition ``scores`` computes faster."""
-        return torch.sigmoid(self.fc(self.blocks(pairs).flatten(1))).squeeze(1)
+        return self.head(self.blocks(pairs)).squeeze(1)
+
+    def head(self, maps: torch.Tensor) -> torch.Tensor:
+        """Relation scores (n, 1) of the second block's maps: the two fully connected layers, then a sigmoid."""
+        return torch.sigmoid(self.fc(maps.flatten(1)))
 
     def scores(self, class_maps: torch.Tensor, query_maps: torch.Tensor) -> torch.Tensor:
         """Score of every (query, class) pair, (n_query, ways), without building the pairs.
@@ -130,7 +140,7 @@ class RelationModule(nn.Module):
         by_query = F.conv2d(query_maps, conv.weight[:, channels:], None, padding=conv.padding)
         summed = (by_query.unsqueeze(1) + by_class.unsqueeze(0)).flatten(0, 1)  # query-major, as pair_up
         hidden = self.blocks[1](self.blocks[0][1:](summed))
-        return torch.sigmoid(self.fc(hidden.flatten(1))).view(len(query_maps), len(class_maps))
+        return self.head(hidden).view(len(query_maps), len(class_maps))
 
 
 def pair_up(class_maps: torch.Tensor, query_maps: torch.Tensor) -> torch.Tensor:
@@ -151,6 +161,10 @@ def class_sums(support_maps: torch.Tensor, support_y: torch.Tensor, ways: int) -
 
 class RelationNet(EmbeddingAlgorithm):
     name = "relationnet"
+    version = 1
+    release_notes = {
+        1: "Relation Networks as floodsung's reference script, the relation module's first convolution split per class and query map, at 806d491."
+    }
     paper = "Sung et al. 2018, Learning to Compare: Relation Network for Few-Shot Learning"
     adapts = "nothing: a learned relation module scores each (class, query) pair"
     Hyper = RelationNetHyper

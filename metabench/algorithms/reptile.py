@@ -82,6 +82,8 @@ def inner_sgd(
 
 class Reptile(Algorithm):
     name = "reptile"
+    version = 1
+    release_notes = {1: "Reptile with inner mini-batches of train_shots images (Nichol et al. 2018), at 806d491."}
     paper = "Nichol et al. 2018, On First-Order Meta-Learning Algorithms"
     adapts = "every weight, by many SGD steps on the support set (first order, no second derivatives)"
     transductive = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ SOURCES = ("glyphs", "omniglot", "cifar-fs", "fc100", "miniimagenet", "tieredima
 def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=None) -> store.Dataset:
     """Build dataset ``source`` with ``options`` (its params.yaml section) into ``data_dir``."""
     options = dict(options or {})
+    # each source's module (and its image, archive or font libraries) is imported only when used
     if source == "glyphs":
         from metabench.data import glyphs
 
@@ -47,8 +49,6 @@ def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=
 
 
 def _configure(cls, options: dict[str, Any], source: str):
-    import dataclasses
-
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - valid)
     if unknown:

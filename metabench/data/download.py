@@ -101,29 +101,11 @@ def fetch_file(
     partial = dest.with_name(dest.name + ".part")
     digest = hashlib.new(algorithm)
     stream, total = _open(location, timeout)
-    done = 0
-    read = getattr(stream, "read1", stream.read)  # read1: what has arrived, so the deadline is checked often
     try:
         with stream, open(partial, "wb") as out:
-            while True:
-                try:
-                    block = read(1 << 20)
-                except (TimeoutError, OSError) as error:
-                    raise MetabenchError(
-                        f"download of {location} broke off ({error}); run the command again"
-                    ) from error
-                if not block:
-                    break
-                if time.monotonic() - started > deadline:
-                    raise MetabenchError(
-                        f"download of {location} took longer than {deadline:g} s ({done} bytes so far); "
-                        "try again later or from a mirror (METABENCH_DOWNLOAD_DEADLINE sets the limit)"
-                    )
-                out.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress:
-                    progress(f"download {dest.name} (bytes)", done, total)
+            done = _copy(
+                stream, out, digest, location, (started, deadline), progress, f"download {dest.name} (bytes)", total
+            )
         if total is not None and done != total:
             raise MetabenchError(f"download of {location} stopped at {done} of {total} bytes; run the command again")
         if expected and digest.hexdigest() != expected:
@@ -140,6 +122,34 @@ def fetch_file(
         if partial.exists():
             partial.unlink()
     return dest
+
+
+def _copy(
+    stream, out, digest, location: str, clock: tuple[float, float], progress, label: str, total: int | None
+) -> int:
+    """Copy ``stream`` into ``out`` block by block, hashing as it goes; return the bytes copied.
+    ``clock`` is (start, deadline seconds) on ``time.monotonic``: a transfer past it, or a broken
+    one, is a one-line error."""
+    started, deadline = clock
+    done = 0
+    read = getattr(stream, "read1", stream.read)  # read1: what has arrived, so the deadline is checked often
+    while True:
+        try:
+            block = read(1 << 20)
+        except (TimeoutError, OSError) as error:
+            raise MetabenchError(f"download of {location} broke off ({error}); run the command again") from error
+        if not block:
+            return done
+        if time.monotonic() - started > deadline:
+            raise MetabenchError(
+                f"download of {location} took longer than {deadline:g} s ({done} bytes so far); "
+                "try again later or from a mirror (METABENCH_DOWNLOAD_DEADLINE sets the limit)"
+            )
+        out.write(block)
+        digest.update(block)
+        done += len(block)
+        if progress:
+            progress(label, done, total)
 
 
 def locate(location: str, raw_dir: Path, checksum: str | None, hint: str) -> Path:

@@ -111,7 +111,7 @@ class GlyphsConfig:
 
 def font_files() -> list[Path]:
     """The TrueType fonts shipped with matplotlib that the dataset draws from."""
-    import matplotlib
+    import matplotlib  # only to generate the dataset: loading it needs neither matplotlib nor fontTools
 
     directory = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     fonts = sorted(p for p in directory.glob("*.ttf") if not any(x in p.name for x in EXCLUDED_FONTS))
@@ -122,7 +122,7 @@ def font_files() -> list[Path]:
 
 
 def font_coverage(fonts: list[Path]) -> dict[str, frozenset[int]]:
-    from fontTools.ttLib import TTFont
+    from fontTools.ttLib import TTFont  # only to generate the dataset
 
     coverage = {}
     for path in fonts:
@@ -218,6 +218,23 @@ def select_classes(
     config: GlyphsConfig, fonts: list[Path], progress=None
 ) -> list[tuple[str, int, tuple[str, ...], str]]:
     """Pick the characters: (block, code point, font faces that draw it, split)."""
+    candidates = _candidates(config, fonts)
+    jobs = [(codepoint, faces[0], config.image_size) for _, codepoint, faces, _ in candidates]
+    references = _map(_reference_render, jobs, config.workers, progress, "check characters")
+    kept = _distinct(candidates, references, config.duplicate_correlation)
+    chosen = []
+    for block, *_ in BLOCKS:
+        members = [c for c in kept if c[0] == block]
+        if len(members) > config.max_classes_per_alphabet:
+            rng = np.random.default_rng([config.seed, sum(map(ord, block))])
+            picked = sorted(rng.choice(len(members), config.max_classes_per_alphabet, replace=False))
+            members = [members[i] for i in picked]
+        chosen.extend(members)
+    return chosen
+
+
+def _candidates(config: GlyphsConfig, fonts: list[Path]) -> list[tuple[str, int, tuple[str, ...], str]]:
+    """Every letter, number or symbol of the blocks drawn by at least ``min_faces`` fonts."""
     coverage = font_coverage(fonts)
     by_name = {p.name: str(p) for p in fonts}
     # faces in a fixed priority order: the reference render uses the first that draws the char
@@ -230,8 +247,12 @@ def select_classes(
             faces = tuple(by_name[n] for n in priority if codepoint in coverage[n])
             if len(faces) >= config.min_faces:
                 candidates.append((block, codepoint, faces, split))
-    jobs = [(codepoint, faces[0], config.image_size) for _, codepoint, faces, _ in candidates]
-    references = _map(_reference_render, jobs, config.workers, progress, "check characters")
+    return candidates
+
+
+def _distinct(candidates: list, references: list, threshold: float) -> list:
+    """The candidates whose reference render is not blank and correlates below ``threshold``
+    with every render kept before it (so no two classes look alike)."""
     kept, kept_vectors = [], []
     for candidate, reference in zip(candidates, references):
         if reference is None:
@@ -242,19 +263,11 @@ def select_classes(
         if norm == 0:
             continue
         vector /= norm
-        if kept_vectors and float(np.max(np.stack(kept_vectors) @ vector)) >= config.duplicate_correlation:
+        if kept_vectors and float(np.max(np.stack(kept_vectors) @ vector)) >= threshold:
             continue
         kept.append(candidate)
         kept_vectors.append(vector)
-    chosen = []
-    for block, *_ in BLOCKS:
-        members = [c for c in kept if c[0] == block]
-        if len(members) > config.max_classes_per_alphabet:
-            rng = np.random.default_rng([config.seed, sum(map(ord, block))])
-            picked = sorted(rng.choice(len(members), config.max_classes_per_alphabet, replace=False))
-            members = [members[i] for i in picked]
-        chosen.extend(members)
-    return chosen
+    return kept
 
 
 def generate(config: GlyphsConfig, data_dir: Path, progress=None) -> store.Dataset:

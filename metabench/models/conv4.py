@@ -42,7 +42,8 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 def batch_norm_from_moments(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     """Batch norm of (N, C, H, W) maps with the batch's own statistics, written from mean and
     variance ops. Under ``torch.func.vmap``, ``F.batch_norm``'s second-order gradients are wrong
-    (relative errors 1e-3 to 3e-2 against finite differences here); these ops' are exact."""
+    (DESIGN.md, known traps); through these ops, a vmapped meta-gradient equals the per-task loop's
+    in float64 (``tests/test_task_batching.py``)."""
     mean = x.mean((0, 2, 3), keepdim=True)
     variance = (x - mean).square().mean((0, 2, 3), keepdim=True)
     return (x - mean) * torch.rsqrt(variance + eps) * weight[:, None, None] + bias[:, None, None]
@@ -71,6 +72,10 @@ class Conv4(nn.Module):
     in memory (``channels_last``, the fast layout on CPU); ``channels_last=False`` keeps NCHW,
     the reference the tests compare with (equal up to float rounding).
     """
+
+    # declared behaviour (metabench.identity): bump, with a note, when the function it computes changes
+    version = 1
+    release_notes = {1: "[3x3 conv, batch norm, max-pool, ReLU] blocks, channels-last on CPU, at 806d491."}
 
     def __init__(
         self,
@@ -130,7 +135,7 @@ class Classifier(nn.Module):
 @contextlib.contextmanager
 def vmap_safe(model: nn.Module) -> Iterator[None]:
     """Within the block, every Conv-4 body of ``model`` can run under ``torch.func.vmap`` (a batch
-    of tasks at once) with exact gradients of every order: its batch norms are computed from
+    of tasks at once) with correct gradients of every order: its batch norms are computed from
     mean and variance ops (``batch_norm_from_moments``) and its maps keep PyTorch's default
     layout (restating strides is not batchable). Only for bodies without running statistics,
     the MAML family's, whose batch norm always uses the batch's statistics.

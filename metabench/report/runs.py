@@ -1,0 +1,118 @@
+"""Loading a report's inputs: each run's checked results, learning curve and cost profile, and
+the fixed episodes' image-disjoint subsets (for the open intervals). Nothing is re-trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metabench import MetabenchError, files, stats
+from metabench.algorithms import REGISTRY
+from metabench.episodes import EpisodeIndices
+from metabench.evaluation import read_results
+from metabench.run_folder import METRICS, MLFLOW_RUN, TRAIN_LOG, TRAIN_SUMMARY
+
+# what a profile records of where its numbers came from: not a cost, not a column of the report
+PROFILE_RECORDS = ("identity", "provenance")
+
+
+@dataclass
+class Runs:
+    metrics: pd.DataFrame  # one row per run
+    episodes: dict[str, np.ndarray]  # run_id -> per-episode accuracy
+    curves: pd.DataFrame  # run_id, algorithm, shots, seed, iteration, val_accuracy
+    profiles: pd.DataFrame
+    disjoint: dict[str, np.ndarray] = field(default_factory=dict)  # episodes sha256 -> image-disjoint episodes
+
+
+def disjoint_by_digest(episodes_dir: Path | None) -> dict[str, np.ndarray]:
+    """For every fixed episode file in ``episodes_dir``: its digest (the ``episodes_sha256`` of
+    the runs scored on it) -> the positions of its image-disjoint episodes. Matching by digest,
+    never by file name, means a run is only ever paired with the very episodes it was scored on."""
+
+    found = {}
+    for path in sorted(Path(episodes_dir).glob("*.npz")) if episodes_dir else []:
+        try:
+            with np.load(path) as saved:
+                indices = EpisodeIndices(saved["support"], saved["query"], saved["classes"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            continue  # not an episode file; a run whose episodes are missing gets no open interval
+        found[indices.digest()] = stats.disjoint_episodes(indices.support, indices.query)
+    return found
+
+
+def load_runs(
+    runs_dir: Path, profiles_dir: Path, run_ids: list[str] | None = None, episodes_dir: Path | None = None
+) -> Runs:
+    """Read run outputs; with ``run_ids`` exactly those runs (a missing one is an error). The
+    fixed episodes in ``episodes_dir`` give the open intervals (none without them)."""
+    rows, episodes, curves = [], {}, []
+    if run_ids is None:
+        paths = sorted(Path(runs_dir).glob(f"*/{METRICS}"))
+    else:
+        paths = [Path(runs_dir) / run_id / METRICS for run_id in run_ids]
+        missing = [p.parent.name for p in paths if not p.is_file()]
+        if missing:
+            raise MetabenchError(
+                f"runs {', '.join(missing)} have no metrics.json; run `dvc repro` (after `metabench pipeline` if the leaderboard changed)"
+            )
+    for metrics_path in paths:
+        run_dir = metrics_path.parent
+        metrics, accuracies = read_results(run_dir)  # refused unless episodes.csv is the one metrics.json describes
+        summary_path = run_dir / TRAIN_SUMMARY
+        if summary_path.is_file():
+            metrics["train_seconds"] = files.read_json(summary_path, "training summary", "retrain the run")[
+                "train_seconds"
+            ]
+        mlflow_path = run_dir / MLFLOW_RUN
+        metrics["mlflow_run_id"] = json.loads(mlflow_path.read_text())["run_id"] if mlflow_path.is_file() else ""
+        rows.append(metrics)
+        episodes[metrics["run_id"]] = accuracies
+        log_path = run_dir / TRAIN_LOG
+        if log_path.is_file():
+            log = pd.read_csv(log_path)
+            if "val_accuracy" in log:
+                log = log.dropna(subset=["val_accuracy"])[["iteration", "val_accuracy"]]
+                curves.append(
+                    log.assign(
+                        run_id=metrics["run_id"],
+                        algorithm=metrics["algorithm"],
+                        shots=metrics["shots"],
+                        seed=metrics["seed"],
+                        dataset=metrics["dataset"],
+                    )
+                )
+    if not rows:
+        raise MetabenchError(f"no evaluated runs in {runs_dir}; run the train and evaluate stages first")
+    profiles = [
+        {key: value for key, value in json.loads(p.read_text()).items() if key not in PROFILE_RECORDS}
+        for p in sorted(Path(profiles_dir).glob("*.json"))
+    ]
+    return Runs(
+        pd.DataFrame(rows),
+        episodes,
+        pd.concat(curves) if curves else pd.DataFrame(),
+        pd.DataFrame(profiles),
+        disjoint_by_digest(episodes_dir),
+    )
+
+
+def is_reference(algorithm: str) -> bool:
+    """A reference method (nothing trained): reported beside the ranking, not in it."""
+    return algorithm in REGISTRY and not REGISTRY[algorithm].trained
+
+
+def split_references(runs: Runs) -> tuple[Runs, pd.DataFrame]:
+    """The ranked runs, and the reference methods' runs (one row per run)."""
+    mask = runs.metrics["algorithm"].map(is_reference)
+    ranked = dataclasses.replace(runs, metrics=runs.metrics[~mask].reset_index(drop=True))
+    if ranked.metrics.empty:
+        raise MetabenchError("only reference methods were evaluated; train and evaluate an algorithm first")
+    return ranked, runs.metrics[mask]

@@ -1,0 +1,150 @@
+"""One run's folder: the names of its files, and whether what it holds is the run asked for.
+
+``runs/<run_id>/`` holds
+
+* ``config.json``: the fully resolved settings, the run's identity (``metabench.identity``) and
+  its provenance (git commit, source digest: recorded, never compared);
+* ``state.pt``: everything needed to resume, written atomically at every validation;
+* ``checkpoint.pt``: the weights with the best validation accuracy, with what is needed to use them;
+* ``train_log.csv`` and ``train_summary.json``: per-update metrics, validations, training cost;
+* ``episodes.csv``, ``metrics.json`` and ``eval_timing.json``: test accuracy per episode, its
+  summary (with the identity of the weights it scored) and what evaluation cost;
+* ``system_metrics.csv``, ``mlflow_run.json``, ``tracking_pending``: the machine's load while it
+  ran, and its MLflow run (``metabench.tracking``).
+
+Every module that reads or writes a run folder goes through this one, so "is this run current?"
+has one answer: its recorded identity equals the identity asked for (``identity.run_identity``).
+A run recorded before behaviour versions is accepted and restamped here (``metabench.legacy``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from metabench import files, legacy
+
+CONFIG = "config.json"
+STATE = "state.pt"
+CHECKPOINT = "checkpoint.pt"
+TRAIN_LOG = "train_log.csv"
+TRAIN_SUMMARY = "train_summary.json"
+EPISODES = "episodes.csv"
+METRICS = "metrics.json"
+EVAL_TIMING = "eval_timing.json"
+EVALUATION_FILES = (EPISODES, METRICS, EVAL_TIMING)  # they describe one set of weights
+SYSTEM_METRICS = "system_metrics.csv"  # the machine's load while the run ran (system_metrics)
+MLFLOW_RUN = "mlflow_run.json"  # the MLflow run this folder is tracked as (tracking)
+TRACKING_PENDING = "tracking_pending"  # tracking failed: `metabench track` sends the run again
+IDENTITY_KEY = "identity"
+
+
+class RunFolder:
+    """The files of one run (``RunFolder(config.run_dir)``)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def state(self) -> Path:
+        return self.path / STATE
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / TRAIN_LOG
+
+    @property
+    def train_summary(self) -> Path:
+        return self.path / TRAIN_SUMMARY
+
+    @property
+    def episodes(self) -> Path:
+        return self.path / EPISODES
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def eval_timing(self) -> Path:
+        return self.path / EVAL_TIMING
+
+    def read_config(self) -> dict | None:
+        """``config.json``, or None when missing; ``{}`` when unreadable (never taken as current)."""
+        if not self.config.is_file():
+            return None
+        try:
+            saved = json.loads(self.config.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return saved if isinstance(saved, dict) else {}
+
+    def write_config(self, meta: dict, identity: dict, provenance: dict) -> None:
+        files.write_json(self.config, {**meta, IDENTITY_KEY: identity, "provenance": provenance})
+
+    def migrate(self, current: dict, algorithm: str) -> None:
+        """Restamp a legacy ``config.json`` and ``metrics.json`` (a ``fingerprint`` with a source
+        digest) in the new form when ``legacy.accepts`` them as the run ``current`` identifies."""
+        saved = self.read_config()
+        if saved and legacy.accepts(saved.get("fingerprint"), current, algorithm):
+            meta = {key: value for key, value in saved.items() if key != "fingerprint"}
+            self.write_config(meta, current, legacy.provenance(saved["fingerprint"]))
+        if self.metrics.is_file():
+            try:
+                metrics = json.loads(self.metrics.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return  # read_results refuses it with its own message
+            if isinstance(metrics, dict) and legacy.accepts(metrics.get("fingerprint"), current, algorithm):
+                provenance = legacy.provenance(metrics["fingerprint"])
+                kept = {key: value for key, value in metrics.items() if key != "fingerprint"}
+                files.write_json(self.metrics, {**kept, IDENTITY_KEY: current, "provenance": provenance})
+
+    def recorded_identity(self) -> dict | None:
+        """The identity ``config.json`` records: None without the file, ``{}`` (matching nothing)
+        when unreadable or in the legacy form."""
+        saved = self.read_config()
+        if saved is None:
+            return None
+        recorded = saved.get(IDENTITY_KEY)
+        return recorded if isinstance(recorded, dict) else {}
+
+    def finished_identity(self) -> dict | None:
+        """The identity of the finished training here (a checkpoint beside its config), if any."""
+        if not self.checkpoint.is_file():
+            return None
+        return self.recorded_identity()
+
+    def holds_other_run(self, current: dict, iterations: int) -> bool:
+        """Whether the folder holds a run the spec no longer asks for: another identity, or more
+        iterations than asked. (An interrupted run of the same identity resumes instead.)"""
+        recorded = self.recorded_identity()
+        if recorded is None:
+            return False
+        return recorded != current or ((self.read_config() or {}).get("config") or {}).get("iterations", 0) > iterations
+
+    def evaluation_is_current(
+        self, metrics: dict[str, Any], current: dict, iterations: int | None, episodes: str
+    ) -> bool:
+        """Whether ``metrics`` (this folder's, checked) scored the run asked for: its identity,
+        its number of iterations (None for a reference method) and the test episodes' digest."""
+        return (
+            metrics.get(IDENTITY_KEY) == current
+            and metrics.get("iterations") == iterations
+            and metrics.get("episodes_sha256") == episodes
+        )
+
+    def remove_evaluation(self) -> None:
+        for name in EVALUATION_FILES:
+            (self.path / name).unlink(missing_ok=True)
