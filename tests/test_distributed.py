@@ -230,3 +230,29 @@ def test_torchrun_of_an_algorithm_that_does_not_split_its_batch_refuses_in_one_l
     output = process.communicate(timeout=300)[0].decode()
     assert process.returncode != 0
     assert "protonet does not split its meta-batch over ranks; train it in one process" in output
+
+
+@pytest.mark.slow
+def test_a_ranks_one_line_error_reaches_the_launcher_through_torch_elastics_error_file(workdir):
+    # --ranks 2 with a meta-batch of 1: each launched rank refuses in _check_ranks; the launcher
+    # reads the first rank's message from its error file and prints it, not "a rank failed"
+    command = [
+        sys.executable,
+        "-m",
+        "metabench",
+        "train",
+        "--algorithm",
+        "maml",
+        "--ranks",
+        "2",
+        "--hp",
+        "meta_batch=1",
+    ]
+    command += ["--params", str(workdir / "params.yaml"), "--data-dir", str(workdir / "data")]
+    command += ["--runs-dir", str(workdir / "runs")]
+    env = {**os.environ, "METABENCH_TRACKING": "off"}
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: maml has a meta-batch of 1 tasks for 2 ranks"), result.stderr[-2000:]
+    assert "exit code" not in last

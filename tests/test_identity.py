@@ -3,6 +3,7 @@ platform; never by the bytes of its source. Legacy runs (a source digest) migrat
 
 import json
 
+import pandas as pd
 import pytest
 
 from metabench import identity, legacy, unit
@@ -138,3 +139,25 @@ def test_a_legacy_run_is_not_taken_once_a_version_has_moved_on(finished, monkeyp
     _make_legacy(RunFolder(finished.run_dir), legacy.DIGESTS["protonet"])
     monkeypatch.setattr(ProtoNet, "version", 2)
     assert unit.completed(finished, 1) is None
+
+
+def test_an_interrupted_legacy_run_resumes_from_its_state(tiny_dataset, monkeypatch, recwarn):
+    from metabench import checkpoint
+    from metabench.runner import train_run
+
+    monkeypatch.setenv("METABENCH_TRACKING", "off")
+    _, root = tiny_dataset
+    whole = tiny_config(root.parent, iterations=6, runs_dir=str(root.parent / "whole"))
+    train_run(whole)
+    part = tiny_config(root.parent, iterations=6, runs_dir=str(root.parent / "part"))
+    train_run(tiny_config(root.parent, iterations=4, runs_dir=str(root.parent / "part")))
+    folder = RunFolder(part.run_dir)
+    folder.checkpoint.unlink()  # as if killed after the state of iteration 4: not finished
+    saved = checkpoint.load(folder.state)
+    current = saved.pop("identity")
+    old = {**{k: current[k] for k in ("config", "dataset", "threads")}, "code": legacy.DIGESTS["protonet"]}
+    checkpoint.save_atomic({**saved, "fingerprint": old}, folder.state)
+    train_run(part)
+    assert not [w for w in recwarn if "from scratch" in str(w.message)]  # resumed, not restarted
+    whole_log = pd.read_csv(RunFolder(whole.run_dir).train_log).drop(columns="seconds")
+    pd.testing.assert_frame_equal(pd.read_csv(folder.train_log).drop(columns="seconds"), whole_log)
