@@ -35,7 +35,7 @@ def episode_accuracies(
     Algorithms with a frozen per-image embedding are scored from a cache of every distinct
     image's embedding (``cached``); the rest, one episode at a time.
     """
-    if cached and isinstance(algorithm, EmbeddingAlgorithm):
+    if cached and isinstance(algorithm, EmbeddingAlgorithm) and not algorithm.evaluates_transductively:
         return cached_episode_accuracies(algorithm, bank, episodes, progress)
     with evaluation_mode(algorithm):
         accuracies = np.empty(len(episodes))

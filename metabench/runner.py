@@ -338,7 +338,7 @@ def _evaluate_locked(run: PreparedRun, folder: RunFolder, progress: Progress | N
         "episodes_sha256": episodes.digest(),
         **training,
         "provenance": run.provenance(),
-        "transductive": run.algorithm_cls.transductive,
+        "transductive": algorithm.evaluates_transductively,
     }
     seconds = round(time.perf_counter() - start, 3)
     timing = {"eval_seconds": seconds, "episodes_per_second": round(len(episodes) / max(seconds, 1e-9), 3)}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from metabench import MetabenchError, checkpoint
-from metabench.algorithms import TaskShape, build_algorithm, get_algorithm
+from metabench.algorithms import TaskShape, build_algorithm
 from metabench.config import resolve_device
 
 
@@ -39,7 +39,7 @@ class TrainedModel:
         self.algorithm = saved["algorithm"]
         height, width, channels = saved["dataset"]["image_shape"]
         self.image_shape = (channels, height, width)
-        self.transductive = get_algorithm(self.algorithm).transductive
+        self.transductive = algorithm.evaluates_transductively
         self.fixed_ways = algorithm.task.test_ways if algorithm.fixed_ways else None
 
     def predict(self, support_x: Any, support_y: Any, query_x: Any) -> np.ndarray:

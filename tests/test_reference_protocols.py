@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metabench import published
+from metabench import MetabenchError, published
 from metabench.algorithms import REGISTRY, TaskShape, build_algorithm, make_hyper
 from metabench.algorithms.reptile import mini_batches
 from metabench.config import load_params, resolve_run
@@ -229,3 +229,55 @@ def test_metaoptnet_heads_as_kjunelees_classification_heads():
     # R2D2Head(l2_regularizer_lambda=50.0); README's training commands: --eps 0.1 label smoothing
     h = hyper("metaoptnet")
     assert (h.head, h.svm_c, h.ridge_lambda, h.label_smoothing) == ("svm", 0.1, 50.0, 0.1)
+
+
+def test_relation_networks_transductive_scoring_is_the_reference_test(tmp_path):
+    # floodsung omniglot/omniglot_train_one_shot.py, "Testing...": never calls .eval(), so its
+    # BatchNorm2d layers normalise the sample batch, the test batch and the relation pairs each
+    # with their own batch statistics; `scoring: transductive` scores exactly so
+    import copy
+
+    from metabench.algorithms.relationnet import class_sums, pair_up
+    from metabench.episodes import EpisodeIndices, ImageBank
+    from metabench.evaluation import episode_accuracies
+    from tests.conftest import tiny_split
+
+    assert hyper("relationnet").scoring == "inductive"  # the default keeps per-image embeddings
+    task = TaskShape(channels=1, image_size=28, train_ways=5, test_ways=5)
+    torch.set_default_dtype(torch.float64)
+    try:
+        algorithm = build_algorithm("relationnet", {"hidden": 8, "scoring": "transductive"}, task, torch.device("cpu"))
+        assert algorithm.evaluates_transductively and not type(algorithm).transductive
+        algorithm.train(False)
+        generator = torch.Generator().manual_seed(0)
+        support_x, query_x = (
+            torch.rand(5, 1, 28, 28, generator=generator),
+            torch.rand(10, 1, 28, 28, generator=generator),
+        )
+        support_y = torch.arange(5)
+        before = {k: v.clone() for k, v in algorithm.body.state_dict().items()}
+        scores = algorithm.predict(support_x, support_y, query_x, 5)
+        body, relation = copy.deepcopy(algorithm.body).train(), copy.deepcopy(algorithm.relation).train()
+        pairs = pair_up(class_sums(body(support_x), support_y, 5), body(query_x))
+        expected = relation(pairs).view(10, 5)  # the reference: concatenated pairs, training-mode batch norm
+        torch.testing.assert_close(scores, expected, rtol=1e-10, atol=1e-12)
+        for key, value in algorithm.body.state_dict().items():
+            assert torch.equal(value, before[key]), f"{key} changed: scoring must not touch running statistics"
+        alone = algorithm.predict(support_x, support_y, query_x[:2], 5)
+        assert not torch.allclose(alone, scores[:2])  # a query's score depends on the other queries
+    finally:
+        torch.set_default_dtype(torch.float32)
+    # the evaluator does not score a transductive method from per-image cached embeddings
+    split = tiny_split(6, 8)
+    algorithm = build_algorithm("relationnet", {"hidden": 8, "scoring": "transductive"}, task, torch.device("cpu"))
+    rng = torch.Generator().manual_seed(1)
+    support = torch.stack([torch.randperm(8, generator=rng)[:3] + 8 * c for c in range(5)])
+    episodes = EpisodeIndices(support[None, :, :1].numpy(), support[None, :, 1:].numpy(), torch.arange(5)[None].numpy())
+    bank = ImageBank(split)
+    episode = bank.episodes(episodes)
+    algorithm.train(False)
+    by_hand = algorithm.predict(episode.support_x[0], episode.support_y[0], episode.query_x[0], 5)
+    accuracy = (by_hand.argmax(1) == episode.query_y[0]).double().mean().item()
+    assert episode_accuracies(algorithm, bank, episodes)[0] == accuracy
+    with pytest.raises(MetabenchError, match="scoring must be inductive or transductive"):
+        hyper("relationnet", scoring="batch")

@@ -70,6 +70,12 @@ class Algorithm(abc.ABC):
         self.task = task
         self.device = device
 
+    @property
+    def evaluates_transductively(self) -> bool:
+        """Whether this instance's predictions depend on the other queries (``transductive``,
+        unless a hyper-parameter chooses the scoring mode)."""
+        return self.transductive
+
     @classmethod
     def training_queries(cls, hyper: Any, shots: int, queries: int) -> int:
         """Query images per class in training episodes when the run does not set

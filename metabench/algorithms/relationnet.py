@@ -14,9 +14,12 @@ convolutions are unpadded (28×28 images give 5×5 maps, not 7×7: the relation 
 on half the positions; the miniImageNet script also leaves the relation module's convolutions
 unpadded, ``unpadded_relation``, which its profile sets); the weights start from ``weights_init`` (convolutions N(0, 2/(9·out)),
 linear layers N(0, 0.01²) with bias 1); and each network's gradient norm is clipped at 0.5
-before its Adam step. Deviation: batch norm evaluates with running statistics (the reference
-never leaves training mode, so a test image is normalised with the other images of its set),
-which keeps an image's embedding independent of its episode.
+before its Adam step. The reference never leaves training mode, so at test time its batch norms
+normalise with the statistics of the batch they see: the support set, the query set and the
+(class, query) pairs, each on its own (transductive: a query's score depends on the other
+queries). ``scoring: transductive`` scores exactly so; the default, ``inductive``, evaluates with
+running statistics, which keeps an image's embedding independent of its episode (and lets the
+evaluator score from cached embeddings). Name the mode beside any comparison with the paper.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch import nn
 from metabench import MetabenchError
 from metabench.algorithms.base import BackboneHyper, EmbeddingAlgorithm
 from metabench.models import Conv4
-from metabench.models.conv4 import conv_block
+from metabench.models.conv4 import batch_statistics, conv_block
 
 
 @dataclass
@@ -44,6 +47,9 @@ class RelationNetHyper(BackboneHyper):
     unpadded_relation: bool = False  # relation convolutions unpadded (reference: miniImageNet yes, Omniglot no)
     clip_grad_norm: float = 0.5  # per network, before each step (reference: 0.5); 0: no clipping
     init: str = "reference"  # reference (the reference's weights_init) or torch (PyTorch's defaults)
+    scoring: str = (
+        "inductive"  # inductive (running statistics) or transductive (each set's batch statistics, the reference's)
+    )
 
     def validate(self) -> None:
         if self.backbone != "conv4":
@@ -54,6 +60,8 @@ class RelationNetHyper(BackboneHyper):
             raise MetabenchError("relationnet needs 0 <= unpadded_convs <= 4 and clip_grad_norm >= 0")
         if self.init not in ("reference", "torch"):
             raise MetabenchError(f"relationnet init must be reference or torch, not {self.init!r}")
+        if self.scoring not in ("inductive", "transductive"):
+            raise MetabenchError(f"relationnet scoring must be inductive or transductive, not {self.scoring!r}")
 
 
 def encoder(channels: int, hidden: int, unpadded_convs: int) -> Conv4:
@@ -207,3 +215,15 @@ class RelationNet(EmbeddingAlgorithm):
 
     def predict_embedded(self, support, support_y, query, ways):
         return self.scores(support, support_y, query, ways)
+
+    @property
+    def evaluates_transductively(self) -> bool:
+        return self.hyper.scoring == "transductive"
+
+    def predict(self, support_x, support_y, query_x, ways):
+        if not self.evaluates_transductively:
+            return super().predict(support_x, support_y, query_x, ways)
+        # the reference's test: the support set and the query set embedded as two batches, every
+        # batch norm on the statistics of its own batch (running statistics untouched)
+        with torch.no_grad(), batch_statistics([self.body, self.relation]):
+            return self.scores(self.body(support_x), support_y, self.body(query_x), ways)

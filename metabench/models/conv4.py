@@ -133,6 +133,21 @@ class Classifier(nn.Module):
 
 
 @contextlib.contextmanager
+def batch_statistics(networks: list[nn.Module]) -> Iterator[None]:
+    """Within the block, every batch norm of ``networks`` normalises with the statistics of the
+    batch it sees, whatever the train/eval mode, and leaves its running statistics untouched."""
+    norms = [m for network in networks for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for norm in norms:  # training without tracking: batch statistics, no running-stat update
+        norm.training, norm.track_running_stats = True, False
+    try:
+        yield
+    finally:
+        for norm, (training, tracking) in zip(norms, saved):
+            norm.training, norm.track_running_stats = training, tracking
+
+
+@contextlib.contextmanager
 def vmap_safe(model: nn.Module) -> Iterator[None]:
     """Within the block, every Conv-4 body of ``model`` can run under ``torch.func.vmap`` (a batch
     of tasks at once) with correct gradients of every order: its batch norms are computed from

@@ -217,10 +217,9 @@ def write_markdown(
     for note in _notes(table):
         lines += [f"- {note}"]
     lines += ["", "## Hyper-parameters (fully resolved, from each run's config.json)", ""]
+    scored = dict(zip(table["algorithm"], table["transductive"]))  # as each run was evaluated (metrics.json)
     for algorithm, values in sorted(hyper.items()):
-        transductive = (
-            "transductive" if REGISTRY.get(algorithm) and REGISTRY[algorithm].transductive else "not transductive"
-        )
+        transductive = "transductive" if scored.get(algorithm) else "not transductive"
         lines += [f"- **{algorithm}** ({transductive}): `{json.dumps(values, sort_keys=True)}`"]
     lines += [
         "",
