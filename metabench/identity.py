@@ -18,6 +18,7 @@ model of lm-evaluation-harness's task ``VERSION`` and TensorFlow Datasets' ``REL
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,33 @@ def behaviour(algorithm: str, hyper: Any) -> dict[str, Any]:
     return found
 
 
+# Instruction-set extensions beyond torch's capability level that make oneDNN pick other float32
+# kernels (an AMX Xeon and an AVX-512 EPYC are both "AVX512" to ATen, and round differently), as
+# torch.cpu reports them; and the environment variables that override the kernels' choice.
+ISA_PROBES = {
+    "avx512_bf16": "_is_avx512_bf16_supported",
+    "vnni": "_is_vnni_supported",
+    "amx_tile": "_is_amx_tile_supported",
+    "amx_fp16": "_is_amx_fp16_supported",
+}
+KERNEL_ENVIRONMENT = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR")
+
+
+def cpu_capability() -> str:
+    """torch's kernel level (``AVX512``, ``AVX2``, ...) with the extensions in ``ISA_PROBES``."""
+    extensions = [name for name, probe in ISA_PROBES.items() if getattr(torch.cpu, probe, lambda: False)()]
+    return "+".join([torch.backends.cpu.get_cpu_capability(), *extensions])
+
+
 def platform(device: torch.device) -> dict[str, str]:
-    """What picks the kernels that round a run's floats: torch, the device type, the CPU capability."""
-    found = {"torch": str(torch.__version__), "device": device.type, "cpu": torch.backends.cpu.get_cpu_capability()}
+    """What picks the kernels that round a run's floats: torch, the device type, the CPU, and
+    any environment variable that overrides the kernels' choice."""
+    found = {"torch": str(torch.__version__), "device": device.type, "cpu": cpu_capability()}
     if device.type == "cuda":
         found["gpu"] = torch.cuda.get_device_name(device)
+    for name in KERNEL_ENVIRONMENT:
+        if os.environ.get(name):
+            found[name.lower()] = os.environ[name]
     return found
 
 

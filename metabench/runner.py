@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from metabench import MetabenchError, checkpoint, distributed, files, identity, legacy
-from metabench.algorithms import get_algorithm, make_hyper
-from metabench.config import RunConfig, resolve_device
+from metabench.algorithms import get_algorithm
+from metabench.config import RunConfig
 from metabench.data import store
 from metabench.episodes import ImageBank
 from metabench.evaluation import episode_accuracies, write_results
@@ -238,16 +238,11 @@ def _write_training_results(folder: RunFolder, meta: dict, state: TrainingState,
 
 def training_arrangement(config: RunConfig, ranks: int | None) -> distributed.Arrangement:
     """Ranks × threads for training ``config`` (``distributed.arrangement``; ``ranks=None``
-    chooses). Over one rank, the dataset is loaded first: a missing one gives one error, not one
-    per rank."""
-    cls = get_algorithm(config.algorithm)
-    hyper = make_hyper(cls.Hyper, config.hyper, config.algorithm)
-    plan = distributed.arrangement(
-        cls.splits_meta_batch(hyper), getattr(hyper, "meta_batch", 1), resolve_device(config.device), ranks
-    )
-    if plan.ranks > 1:
-        store.load(config.dataset, Path(config.data_dir))
-    return plan
+    chooses). The run is prepared first, so a missing dataset or a bad setting is one error here,
+    not one per rank."""
+    run = prepare(config)
+    splits = run.algorithm_cls.splits_meta_batch(run.hyper)
+    return distributed.arrangement(splits, getattr(run.hyper, "meta_batch", 1), run.device, ranks)
 
 
 def _check_ranks(config: RunConfig, algorithm) -> None:

@@ -41,9 +41,12 @@ CHEAP = {
     "anil": {"meta_batch": 2},
 }
 STEPS = 2
-# on another CPU or torch, float64 values of a few steps agree to about 1e-12; a behaviour change
-# moves them by far more than this
-RTOL, ATOL = 1e-7, 1e-9
+# On another CPU or torch (other kernels), each part must agree to (rtol, atol). Losses and
+# logits of a few float64 steps agree to about 1e-12. Weight sums agree to about 1e-8 only: a
+# convolution bias before a batch norm has a zero true gradient, and Adam divides its rounding
+# noise (1e-13) by eps (1e-8) into steps of lr·1e-5. A behaviour change moves losses and logits
+# by orders of magnitude more than these.
+TOLERANCE = {"losses": (1e-7, 1e-9), "logits": (1e-7, 1e-9), "weights": (1e-7, 1e-6)}
 
 
 @contextlib.contextmanager
@@ -117,18 +120,22 @@ def platform() -> dict[str, str]:
     return identity.platform(torch.device("cpu"))
 
 
-def compare(
-    name: str, key: str, golden: dict, values: dict[str, list[float]], rtol: float = RTOL, atol: float = ATOL
-) -> None:
-    """Fail, naming ``name``, when ``values`` are not the golden ones for its versions."""
+def compare(name: str, key: str, golden: dict, values: dict[str, list[float]], tolerance=None) -> None:
+    """Fail, naming ``name``, when ``values`` are not the golden ones for its versions: bit for bit
+    on the platform that wrote them; elsewhere each part within ``tolerance[part]`` (rtol, atol),
+    and a part without a tolerance is not compared (it is only reproducible bit for bit)."""
+    tolerance = TOLERANCE if tolerance is None else tolerance
     exact = golden["platform"] == platform()
     for part, expected in golden["values"].items():
+        if not exact and part not in tolerance:
+            continue
         got = values[part]
         if len(got) != len(expected):
             raise AssertionError(f"{name}: {part} has {len(got)} values, the golden {len(expected)} ({key})")
         if exact:
             same = [float.fromhex(e) == g for e, g in zip(expected, got)]
         else:
+            rtol, atol = tolerance[part]
             same = list(np.isclose(got, [float.fromhex(e) for e in expected], rtol=rtol, atol=atol))
         if not all(same):
             first = same.index(False)
@@ -141,7 +148,7 @@ def compare(
             )
 
 
-def check(name: str, key: str, values: dict[str, list[float]], update: bool, **tolerance: float) -> None:
+def check(name: str, key: str, values: dict[str, list[float]], update: bool, tolerance=None) -> None:
     """Compare with, or with ``update`` write, the golden values of ``name`` at ``key``."""
     path = GOLDEN / f"{name}.json"
     record = json.loads(path.read_text()) if path.is_file() else {}
@@ -155,4 +162,4 @@ def check(name: str, key: str, values: dict[str, list[float]], update: bool, **t
             f"{name}: no golden values for {key} in {path}; a version was bumped or the method is new: review "
             f"the change, then write them with `pytest tests/test_canary.py --update-golden`"
         )
-    compare(name, key, record[key], values, **tolerance)
+    compare(name, key, record[key], values, tolerance)

@@ -83,15 +83,25 @@ def protocol_canary(root) -> dict[str, list[float]]:
     log = (config.run_dir / "train_log.csv").read_text().splitlines()[1:]
     losses = [float(line.split(",")[1]) for line in log]
     episodes = [float(line.split(",")[1]) for line in (config.run_dir / "episodes.csv").read_text().splitlines()[1:]]
-    return {"losses": losses, "best": [float(summary["best_iteration"])], "test": episodes + [metrics["accuracy"]]}
+    return {
+        "losses": losses,
+        "best": [float(summary["best_iteration"])],
+        "episodes": episodes,
+        "accuracy": [metrics["accuracy"]],
+    }
+
+
+# float32 through the real path: on other kernels the losses move by float32 rounding, and a
+# query near a tie may flip (1/15 of an episode), so the mean accuracy is compared within a few
+# flips; which iteration was best and each episode's accuracy are compared bit for bit only
+PROTOCOL_TOLERANCE = {"losses": (1e-4, 1e-6), "accuracy": (0.0, 0.05)}
 
 
 def test_the_shared_protocol_computes_its_golden_values(tiny_dataset, monkeypatch, update_golden):
     monkeypatch.setenv("METABENCH_TRACKING", "off")
     _, root = tiny_dataset
     key = canary.behaviour_key(identity.behaviour("protonet", make_hyper(REGISTRY["protonet"].Hyper, {}, "protonet")))
-    # float32 through the real path: another CPU moves losses by float32 rounding, and may flip a query
-    canary.check("protocol", key, protocol_canary(root.parent), update_golden, rtol=1e-4, atol=0.02)
+    canary.check("protocol", key, protocol_canary(root.parent), update_golden, PROTOCOL_TOLERANCE)
 
 
 def test_every_class_of_every_lineage_declares_its_own_version_and_notes():
