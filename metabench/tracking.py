@@ -4,7 +4,8 @@ Why it is careful: a tracking server is a convenience, the run's own files are t
 Every MLflow call goes through ``_safely``; the first failure (server down, network gone)
 disables tracking for the rest of the process, tells the user once, and marks the run
 ``tracking_pending`` so ``metabench track`` can send it again later from the local files.
-Nothing the run computes depends on MLflow.
+Nothing the run computes depends on MLflow. MLflow itself (seconds to import) is imported where
+a call is first made, so a run with ``METABENCH_TRACKING=off`` and every worker of a grid never load it.
 
 Store: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the working
 directory (the project root under DVC). Metrics are sent in batches (``log_batch``), never one
@@ -23,6 +24,8 @@ beside cost.
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 import os
 import time
@@ -31,6 +34,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from rich.console import Console
 
 from metabench import files, sources, system_metrics
@@ -293,7 +297,7 @@ class Tracker:
         # MLflow advises type hints and an input example; the tensor signature already states the input
         with warnings.catch_warnings(), mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
             warnings.simplefilter("ignore", UserWarning)
-            from metabench import mlflow_model
+            from metabench import mlflow_model  # MLflow's "models from code" file: imported to log a model only
 
             mlflow.pyfunc.log_model(
                 name=mlflow_model.ARTIFACT,
@@ -407,9 +411,6 @@ def run_params(meta: dict[str, Any]) -> dict[str, Any]:
 
 def run_tags(config: dict[str, Any], dataset_checksum: str, device: str) -> dict[str, str]:
     """Tags that identify where a run's numbers came from: MLflow's system tags and ours."""
-    import getpass
-    import hashlib
-
     params_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
     try:
         user = getpass.getuser()
@@ -432,14 +433,12 @@ def run_tags(config: dict[str, Any], dataset_checksum: str, device: str) -> dict
 def resend(run_dir: Path) -> str | None:
     """Log a finished run again from its local files into an MLflow run that replaces the one it
     recorded (a partial run is deleted, never left beside the new one); return the new id."""
-    import pandas as pd
-
     run_dir = Path(run_dir)
     with files.exclusive(run_dir, f"run {run_dir}"):
-        return _resend(run_dir, pd)
+        return _resend(run_dir)
 
 
-def _resend(run_dir: Path, pd) -> str | None:
+def _resend(run_dir: Path) -> str | None:
     config = files.read_json(run_dir / CONFIG, "run config", "retrain the run (metabench train)")
     for key in ("identity", "provenance", "fingerprint"):  # what the run is compared by and came from: not parameters
         config.pop(key, None)
