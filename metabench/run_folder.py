@@ -46,9 +46,6 @@ class RunFolder:
     def __init__(self, path: Path | str):
         self.path = Path(path)
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     @property
     def config(self) -> Path:
         return self.path / CONFIG
