@@ -27,13 +27,12 @@ from typing import Protocol
 import torch
 
 from metabench import MetabenchError, files
-from metabench.algorithms import get_algorithm
 from metabench.allocator import keep_freed_memory
 from metabench.config import RunConfig
 from metabench.ray_executor import RayExecutor
 from metabench.runner import prepare_episodes
 from metabench.tracking import resend
-from metabench.unit import Outcome, completed, run_seconds, run_unit
+from metabench.unit import Outcome, completed, run_seconds, run_unit, trained
 
 GRID_FILE = "grid.json"
 
@@ -138,10 +137,10 @@ def estimated_seconds(config: RunConfig, profiles_dir: Path | None) -> float:
             steps = measured["meta_train_steps_per_second"]
             episodes = measured["evaluation_episodes_per_second"]
             evaluated = validations * config.val_episodes + config.test_episodes
-            return (config.iterations / steps if get_algorithm(config.algorithm).trained else 0) + evaluated / episodes
+            return (config.iterations / steps if trained(config) else 0) + evaluated / episodes
         except (KeyError, TypeError, ZeroDivisionError, json.JSONDecodeError):
             pass
-    return float(config.iterations if get_algorithm(config.algorithm).trained else 0)
+    return float(config.iterations if trained(config) else 0)
 
 
 def run_grid(
@@ -177,7 +176,7 @@ def run_grid(
 
 def _track(configs: Iterable[RunConfig], run_id: str) -> None:
     for config in configs:
-        if config.run_id == run_id and get_algorithm(config.algorithm).trained:
+        if config.run_id == run_id and trained(config):
             resend(config.run_dir)
 
 

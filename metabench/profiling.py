@@ -49,15 +49,15 @@ def matmul_peak_gflops(device: torch.device, size: int = 1024, repeats: int = 10
 QUICK_EVALUATION_SECONDS = 2.0
 
 
-def profile_run(config: RunConfig, steps: int = 5, episodes: int = 20) -> dict:
-    """Throughput of one (algorithm, dataset, ways, shots) configuration.
+def profile_run(run: PreparedRun, steps: int = 5, episodes: int = 20) -> dict:
+    """Throughput of one prepared (algorithm, dataset, ways, shots) configuration.
 
     ``adaptation_tasks_per_second`` times ``predict`` on one episode at a time (what a user
     adapting to a new task pays); ``evaluation_episodes_per_second`` times the evaluator, which
     scores methods with a frozen embedding from a cache, on ``episodes`` episodes, or on
     ``5 × episodes`` when the first count took under ``QUICK_EVALUATION_SECONDS``.
     """
-    run = prepare(config)
+    config = run.config
     device, algorithm = run.device, run.build()
     rng = np.random.default_rng(config.seed)
     flops_per_step, step_seconds = _time_meta_steps(run, algorithm, rng, steps)
@@ -148,16 +148,16 @@ def write_profile(result: dict, path: Path) -> None:
     files.write_atomic(Path(path), json.dumps(result, indent=1) + "\n")  # never half a profile
 
 
-def current_profile(config: RunConfig, path: Path) -> dict | None:
-    """The profile at ``path`` when it was measured for ``config``'s identity (the same settings,
-    data, behaviour versions, threads and platform); None when it must be measured (again)."""
+def current_profile(path: Path, identity: dict) -> dict | None:
+    """The profile at ``path`` when it was measured for ``identity`` (the same settings, data,
+    behaviour versions, threads and platform); None when it must be measured (again)."""
     if not Path(path).is_file():
         return None
     try:
         saved = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if not isinstance(saved, dict) or saved.get("identity") != prepare(config).identity():
+    if not isinstance(saved, dict) or saved.get("identity") != identity:
         return None
     return saved
 
@@ -165,10 +165,11 @@ def current_profile(config: RunConfig, path: Path) -> dict | None:
 def profile_to(config: RunConfig, path: Path, force: bool = False) -> tuple[dict, bool]:
     """``config``'s profile at ``path``: kept when current (unless ``force``), else measured and
     written. Returns (profile, whether it was measured now)."""
-    kept = None if force else current_profile(config, path)
+    run = prepare(config)
+    kept = None if force else current_profile(path, run.identity())
     if kept is not None:
         return kept, False
-    result = profile_run(config)
+    result = profile_run(run)
     write_profile(result, path)
     return result, True
 

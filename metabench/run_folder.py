@@ -80,13 +80,7 @@ class RunFolder:
 
     def read_config(self) -> dict | None:
         """``config.json``, or None when missing; ``{}`` when unreadable (never taken as current)."""
-        if not self.config.is_file():
-            return None
-        try:
-            saved = json.loads(self.config.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return {}
-        return saved if isinstance(saved, dict) else {}
+        return _read_record(self.config)
 
     def write_config(self, meta: dict, identity: dict, provenance: dict) -> None:
         files.write_json(self.config, {**meta, IDENTITY_KEY: identity, "provenance": provenance})
@@ -94,19 +88,12 @@ class RunFolder:
     def migrate(self, current: dict, algorithm: str) -> None:
         """Restamp a legacy ``config.json`` and ``metrics.json`` (a ``fingerprint`` with a source
         digest) in the new form when ``legacy.accepts`` them as the run ``current`` identifies."""
-        saved = self.read_config()
-        if saved and legacy.accepts(saved.get("fingerprint"), current, algorithm):
-            meta = {key: value for key, value in saved.items() if key != "fingerprint"}
-            self.write_config(meta, current, legacy.provenance(saved["fingerprint"]))
-        if self.metrics.is_file():
-            try:
-                metrics = json.loads(self.metrics.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return  # read_results refuses it with its own message
-            if isinstance(metrics, dict) and legacy.accepts(metrics.get("fingerprint"), current, algorithm):
-                provenance = legacy.provenance(metrics["fingerprint"])
-                kept = {key: value for key, value in metrics.items() if key != "fingerprint"}
-                files.write_json(self.metrics, {**kept, IDENTITY_KEY: current, "provenance": provenance})
+        for path in (self.config, self.metrics):  # an unreadable metrics.json is read_results' to refuse
+            saved = _read_record(path)
+            if saved and legacy.accepts(saved.get("fingerprint"), current, algorithm):
+                kept = {key: value for key, value in saved.items() if key != "fingerprint"}
+                provenance = legacy.provenance(saved["fingerprint"])
+                files.write_json(path, {**kept, IDENTITY_KEY: current, "provenance": provenance})
 
     def recorded_identity(self) -> dict | None:
         """The identity ``config.json`` records: None without the file, ``{}`` (matching nothing)
@@ -126,10 +113,11 @@ class RunFolder:
     def holds_other_run(self, current: dict, iterations: int) -> bool:
         """Whether the folder holds a run the spec no longer asks for: another identity, or more
         iterations than asked. (An interrupted run of the same identity resumes instead.)"""
-        recorded = self.recorded_identity()
-        if recorded is None:
+        saved = self.read_config()
+        if saved is None:
             return False
-        return recorded != current or ((self.read_config() or {}).get("config") or {}).get("iterations", 0) > iterations
+        recorded = saved.get(IDENTITY_KEY)
+        return recorded != current or (saved.get("config") or {}).get("iterations", 0) > iterations
 
     def evaluation_is_current(
         self, metrics: dict[str, Any], current: dict, iterations: int | None, episodes: str
@@ -145,3 +133,14 @@ class RunFolder:
     def remove_evaluation(self) -> None:
         for name in EVALUATION_FILES:
             (self.path / name).unlink(missing_ok=True)
+
+
+def _read_record(path: Path) -> dict | None:
+    """A JSON record of a run folder: None when missing, ``{}`` when unreadable or not a mapping."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return saved if isinstance(saved, dict) else {}

@@ -54,7 +54,8 @@ def completed(config: RunConfig, threads: int) -> dict | None:
     )
 
 
-def _trained(config: RunConfig) -> bool:
+def trained(config: RunConfig) -> bool:
+    """Whether ``config``'s method is trained (a reference method is only evaluated)."""
     return get_algorithm(config.algorithm).trained
 
 
@@ -78,10 +79,10 @@ def run_unit(config: RunConfig, threads: int | None = None) -> Outcome:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     start = time.perf_counter()
-    restart = _trained(config) and _must_restart(config, threads)
+    restart = trained(config) and _must_restart(config, threads)
     # the worker keeps the machine's load beside the run's files; the driver sends it to MLflow
     with system_metrics.Sampler(config.run_dir, resume=not restart):
-        if _trained(config):
+        if trained(config):
             train_run(config, force=restart)
         metrics = evaluate_run(config)
     return Outcome(
