@@ -263,6 +263,14 @@ def test_profile_without_an_algorithm_profiles_the_whole_leaderboard(tmp_path, t
     ]
     profile = json.loads((tmp_path / "runs" / "profiles" / "tiny-fomaml-5w2s.json").read_text())
     assert profile["shots"] == 2 and profile["meta_batch"] == 2 and profile["meta_train_tasks_per_second"] > 0
+    assert profile["identity"]["behaviour"]["algorithm"]["FOMAML"] == 1
+    # a current profile is kept (same identity); --force measures it again
+    measured = (tmp_path / "runs" / "profiles" / "tiny-protonet-5w1s.json").read_bytes()
+    common = ["profile", "--algorithm", "protonet", "--shots", "1", "--params", "params.yaml"]
+    run_cli(*common, "--data-dir", str(tmp_path / "data"))
+    assert (tmp_path / "runs" / "profiles" / "tiny-protonet-5w1s.json").read_bytes() == measured
+    run_cli(*common, "--data-dir", str(tmp_path / "data"), "--force")
+    assert (tmp_path / "runs" / "profiles" / "tiny-protonet-5w1s.json").read_bytes() != measured
     result = runner.invoke(app, ["profile", "--params", "params.yaml", "--out", "x.json"])
     assert result.exit_code != 0 and "--out needs --algorithm" in str(result.exception)
 
