@@ -41,6 +41,7 @@ LEADERBOARD_COLUMNS = ("dataset", "setting", "ways", "shots", "algorithm", "accu
 
 def fetch(
     source: str,
+    /,
     *,
     data_dir: str | Path = "data",
     params: str | Path | None = None,

@@ -5,6 +5,7 @@ import io
 import json
 import pickle
 import shutil
+import sys
 import tarfile
 
 import numpy as np
@@ -131,3 +132,32 @@ def test_local_archive_path_works_without_a_server(served, tmp_path):
     options, root = served
     local = {**options, "source": str(root / "cifar-100-python.tar.gz"), "splits_source": str(root / "splits")}
     assert fetch("cifar-fs", local, tmp_path / "data").split("test").n_classes == 20
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.fault
+def test_a_crafted_archive_with_the_checksum_the_user_was_told_to_set_executes_nothing(
+    served, shared_data, tmp_path, monkeypatch
+):
+    """The checksum-mismatch error tells a user how to accept another archive: that must not run code."""
+    options, root = served
+    marker = tmp_path / "executed"
+    real = pickle.dumps
+
+    def with_exploit(obj, protocol=2):
+        return real({**obj, b"fine_label_names": _Exploit(marker)} if b"fine_label_names" in obj else obj, protocol)
+
+    monkeypatch.setattr(sys.modules[__name__], "pickled", with_exploit)
+    checksum = make_archive(root / "cifar-100-python.tar.gz", class_table(shared_data))
+    with pytest.raises(MetabenchError, match="refused posix.system|refused os.system"):
+        fetch("cifar-fs", {**options, "checksum": checksum}, tmp_path / "data")
+    assert not marker.exists() and not store.exists("cifar-fs", tmp_path / "data")

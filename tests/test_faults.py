@@ -431,3 +431,54 @@ def test_result_files_keep_the_usual_permissions(work):
     os.umask(mask)
     for name in ("checkpoint.pt", "state.pt", "config.json", "metrics.json", "episodes.csv"):
         assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+# -- no unpickling outside the allow-list ----------------------------------------------------
+UNPICKLERS = {("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("cloudpickle", "load"),
+              ("cloudpickle", "loads"), ("dill", "load"), ("dill", "loads"), ("marshal", "load"),
+              ("marshal", "loads"), ("joblib", "load"), ("shelve", "open"), ("yaml", "load"),
+              ("yaml", "unsafe_load"), ("yaml", "full_load")}  # fmt: skip
+
+
+def _unsafe_loads(source: str) -> list[str]:
+    """Every call or base class in ``source`` that can build arbitrary objects from a file."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if (node.value.id, node.attr) in UNPICKLERS:
+                found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+        if isinstance(node, ast.ImportFrom) and node.module in {"pickle", "cloudpickle", "dill", "marshal", "joblib"}:
+            found.append(f"line {node.lineno}: from {node.module} import ...")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+        ):
+            keywords = {k.arg: k.value for k in node.keywords}
+            call = (node.func.value.id, node.func.attr)
+            if call == ("torch", "load"):
+                flag = keywords.get("weights_only")
+                if not (isinstance(flag, ast.Constant) and flag.value is True):
+                    found.append(f"line {node.lineno}: torch.load without weights_only=True")
+            if call in {("np", "load"), ("numpy", "load")}:
+                flag = keywords.get("allow_pickle")
+                if flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False):
+                    found.append(f"line {node.lineno}: numpy.load with allow_pickle")
+    return found
+
+
+@pytest.mark.fault
+def test_no_unpickling_outside_the_allow_list_anywhere_in_the_package():
+    package = Path(__file__).resolve().parents[1] / "metabench"
+    allowed = package / "data" / "safe_pickle.py"
+    offences = {
+        str(path.relative_to(package.parent)): found
+        for path in sorted(package.rglob("*.py"))
+        if path != allowed and (found := _unsafe_loads(path.read_text()))
+    }
+    assert offences == {}
+    # the check itself finds what it must
+    assert len(_unsafe_loads("import pickle\npickle.load(f)\ntorch.load(p)\nnp.load(p, allow_pickle=True)")) == 3
+    assert _unsafe_loads("torch.load(p, weights_only=True)\nnp.load(p)") == []

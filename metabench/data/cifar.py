@@ -17,7 +17,6 @@ the split lists (torchmeta's JSON files) from a URL prefix or a local folder.
 from __future__ import annotations
 
 import json
-import pickle
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from metabench import MetabenchError
-from metabench.data import store
+from metabench.data import safe_pickle, store
 from metabench.data.download import fetch_file, join_location
 
 OFFICIAL_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -55,7 +54,7 @@ def _unpickle(archive: tarfile.TarFile, member: str) -> dict:
         handle = archive.extractfile(f"cifar-100-python/{member}")
         if handle is None:
             raise KeyError(member)
-        return pickle.load(handle, encoding="bytes")
+        return safe_pickle.load(handle, encoding="bytes")
     except KeyError as error:
         raise MetabenchError(
             f"the archive has no cifar-100-python/{member}; it is not the CIFAR-100 python archive"
@@ -68,7 +67,7 @@ def read_archive(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         with tarfile.open(path, "r:gz") as archive:
             meta = _unpickle(archive, "meta")
             parts = [_unpickle(archive, part) for part in ("train", "test")]
-    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as error:
+    except (tarfile.TarError, OSError, *safe_pickle.ERRORS) as error:
         raise MetabenchError(
             f"{path} is not a readable CIFAR-100 archive ({error}); delete it and fetch again"
         ) from error

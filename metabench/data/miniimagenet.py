@@ -18,7 +18,6 @@ fetched from a URL must.
 from __future__ import annotations
 
 import csv
-import pickle
 import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from metabench import MetabenchError
-from metabench.data import store
+from metabench.data import safe_pickle, store
 from metabench.data.download import fetch_file, join_location, locate
 from metabench.data.images import decode, resize
 
@@ -121,22 +120,6 @@ def _from_jpeg(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) 
         return splits
 
 
-# What a miniImageNet cache may contain: numpy arrays (rebuilt by these functions) inside plain
-# dicts and lists. Anything else (a crafted file naming os.system, say) is refused, not called.
-PICKLE_GLOBALS = {
-    (module, name)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype")}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) not in PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"refused {module}.{name}: a miniImageNet cache holds only numpy arrays")
-        return super().find_class(module, name)
-
-
 def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress) -> dict[str, store.Split]:
     splits, total = {}, sum(len(classes) for classes in csvs.values())
     for part, classes in csvs.items():
@@ -144,9 +127,9 @@ def _from_pickle(config: MiniImageNetConfig, raw_dir: Path, csvs: dict, progress
         path = locate(join_location(config.source, name), raw_dir, config.checksums.get(name), WHERE)
         try:
             with open(path, "rb") as handle:
-                cache = _ArrayUnpickler(handle).load()
+                cache = safe_pickle.load(handle)
             images, class_dict = np.asarray(cache["image_data"], dtype=np.uint8), cache["class_dict"]
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+        except (*safe_pickle.ERRORS, KeyError) as error:
             raise MetabenchError(f"{path} is not a miniImageNet pickle cache ({error!r}); fetch it again") from error
         if set(class_dict) != set(classes):
             raise MetabenchError(
