@@ -161,3 +161,21 @@ def test_a_crafted_archive_with_the_checksum_the_user_was_told_to_set_executes_n
     with pytest.raises(MetabenchError, match="refused posix.system|refused os.system"):
         fetch("cifar-fs", {**options, "checksum": checksum}, tmp_path / "data")
     assert not marker.exists() and not store.exists("cifar-fs", tmp_path / "data")
+
+
+@pytest.mark.fault
+def test_fetch_from_a_url_on_the_command_line(served, tmp_path):
+    from typer.testing import CliRunner
+
+    from metabench.cli import app
+
+    options, _ = served
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        f"data:\n  cifar-fs:\n    checksum: {options['checksum']}\n    splits_source: {options['splits_source']}\n"
+    )
+    result = CliRunner().invoke(
+        app, ["fetch", "cifar-fs", "--from", options["source"], "--params", str(params), "--data-dir", str(tmp_path / "d")]
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert store.load("cifar-fs", tmp_path / "d", verify=True).split("test").n_classes == 20
