@@ -31,6 +31,18 @@ DIVERGENCE_FACTOR = 1e3
 LOSS_LIMIT = 1e4
 
 
+def finite(state: Any) -> bool:
+    """Whether every floating tensor of a (nested) state dict is finite: weights, batch-norm
+    statistics, optimiser moments."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(finite(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(finite(value) for value in state)
+    return True
+
+
 @dataclass
 class TrainingState:
     """Where training stands: what ``state.pt`` saves and a resumed run restores."""
@@ -139,6 +151,8 @@ class TrainingLoop:
             batch = augment_episode(batch, self.config.augment, torch.Generator().manual_seed(seed))
         metrics = self.algorithm.meta_train_step(batch)
         self.check_divergence(metrics["loss"], iteration)
+        if not finite(self.algorithm.state_dict()):  # a finite loss can come from weights just turned inf
+            self.stop(f"a weight became non-finite at iteration {iteration} (loss {metrics['loss']:.4g})")
         seconds = round(self.state.elapsed + time.perf_counter() - self._clock, 3)
         self.state.history.append({"iteration": iteration, **metrics, "seconds": seconds})
         self.state.iteration = iteration
@@ -160,7 +174,7 @@ class TrainingLoop:
         self.state.validations.append(record)
         rows = self.state.history[self._logged :] + [record]
         self._logged = len(self.state.history)
-        if val_accuracy > self.state.best["val_accuracy"]:
+        if val_accuracy > self.state.best["val_accuracy"] and finite(self.algorithm.state_dict()):
             self.state.best = dict(record)
             self.state.best_weights = copy.deepcopy(self.algorithm.state_dict())
         self._emit("validated", rows)
@@ -171,12 +185,14 @@ class TrainingLoop:
         reference = max(1.0, history[0]["loss"] if history else loss if math.isfinite(loss) else 1.0)
         if math.isfinite(loss) and loss <= min(LOSS_LIMIT, DIVERGENCE_FACTOR * reference):
             return
+        what = "became" if not math.isfinite(loss) else "exploded to"
+        self.stop(f"training loss {what} {loss:.4g} at iteration {iteration}")
+
+    def stop(self, reason: str) -> None:
+        """End a diverged run: listeners keep the best weights, which only finite weights become."""
         self._emit("diverged")
         if self.state.best_weights is not None:
             kept = f"the best checkpoint so far (iteration {self.state.best['iteration']}) is kept as checkpoint.pt"
         else:
             kept = "no checkpoint was saved: it diverged before its first validation"
-        what = "became" if not math.isfinite(loss) else "exploded to"
-        raise MetabenchError(
-            f"training loss {what} {loss:.4g} at iteration {iteration}; lower the learning rate ({kept})"
-        )
+        raise MetabenchError(f"{reason}; lower the learning rate ({kept})")

@@ -175,7 +175,8 @@ def test_fetch_from_a_url_on_the_command_line(served, tmp_path):
         f"data:\n  cifar-fs:\n    checksum: {options['checksum']}\n    splits_source: {options['splits_source']}\n"
     )
     result = CliRunner().invoke(
-        app, ["fetch", "cifar-fs", "--from", options["source"], "--params", str(params), "--data-dir", str(tmp_path / "d")]
+        app,
+        ["fetch", "cifar-fs", "--from", options["source"], "--params", str(params), "--data-dir", str(tmp_path / "d")],
     )
     assert result.exit_code == 0, (result.output, result.exception)
     assert store.load("cifar-fs", tmp_path / "d", verify=True).split("test").n_classes == 20

@@ -482,3 +482,48 @@ def test_no_unpickling_outside_the_allow_list_anywhere_in_the_package():
     # the check itself finds what it must
     assert len(_unsafe_loads("import pickle\npickle.load(f)\ntorch.load(p)\nnp.load(p, allow_pickle=True)")) == 3
     assert _unsafe_loads("torch.load(p, weights_only=True)\nnp.load(p)") == []
+
+
+# -- finite numbers only ---------------------------------------------------------------------
+@pytest.mark.fault
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_a_non_finite_learning_rate_is_refused_before_training(work, value):
+    before = sorted(p.name for p in (work / "runs").iterdir())
+    refused(cli(work, "train", "--algorithm", "protonet", "--hp", f"lr={value}"), "protonet.lr", "finite")
+    assert sorted(p.name for p in (work / "runs").iterdir()) == before  # no empty run folder either
+
+
+@pytest.mark.fault
+def test_a_non_finite_hyper_parameter_in_params_yaml_is_refused(work):
+    (work / "params.yaml").write_text(
+        PARAMS.replace("      meta_batch: 2\n", "      meta_batch: 2\n      inner_lr: .nan\n")
+    )
+    refused(cli(work, "train", "--algorithm", "maml"), "maml.inner_lr", "finite")
+
+
+@pytest.mark.fault
+def test_a_weight_turning_non_finite_stops_the_run_and_no_nan_checkpoint_is_kept(work, monkeypatch):
+    """A finite loss does not prove finite weights: the step that makes them inf reports the loss
+    it computed before. With validation every step the non-finite weights are never kept."""
+    from metabench.algorithms.protonet import ProtoNet
+
+    real = ProtoNet.meta_train_step
+    calls = [0]
+
+    def poisoned(self, batch):
+        metrics = real(self, batch)
+        calls[0] += 1
+        if calls[0] == 3:
+            network = next(iter(self.networks().values()))
+            with torch.no_grad():
+                next(network.parameters()).fill_(float("inf"))
+        return metrics
+
+    monkeypatch.setattr(ProtoNet, "meta_train_step", poisoned)
+    (work / "params.yaml").write_text(PARAMS.replace("val_every: 5", "val_every: 1"))
+    result = cli(work, "train", "--algorithm", "protonet", "--seed", "4")
+    message = refused(result, "non-finite at iteration 3", "best checkpoint so far (iteration ")
+    saved = checkpoint.load(work / "runs" / "glyphs-protonet-5w1s-seed4" / "checkpoint.pt")
+    from metabench.training import finite
+
+    assert finite(saved["weights"]) and not finite({"w": torch.tensor([1.0, float("nan")])}), message

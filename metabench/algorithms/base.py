@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -273,6 +274,10 @@ def make_hyper(cls: type, values: dict[str, Any] | None, algorithm: str) -> Any:
                 f"{algorithm}.{key} must be {expected.__name__}, got {value!r} ({type(value).__name__})"
             )
     hyper = cls(**values)
+    for key, expected in hints.items():  # inf passes `lr <= 0` and NaN passes every comparison
+        value = getattr(hyper, key, None)
+        if expected is float and isinstance(value, float) and not math.isfinite(value):
+            raise MetabenchError(f"{algorithm}.{key} must be a finite number, got {value}")
     if getattr(hyper, "hidden", 1) < 1:
         raise MetabenchError(f"{algorithm}.hidden must be at least 1 (channels per block), got {hyper.hidden}")
     check = getattr(hyper, "validate", None)
