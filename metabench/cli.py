@@ -664,6 +664,26 @@ def track(
         console.print(f"{run_dir} -> MLflow run {run_id} at {tracking_uri()}")
 
 
+@app.command("check-params")
+def check_params_command(
+    params: Path = typer.Option(Path("params.yaml"), help="The params file to check."),
+    record: Path | None = typer.Option(
+        None, help="Also write that the file is valid to this JSON file (the pipeline's first stage's output)."
+    ),
+) -> None:
+    """Check every key and value of a params file, as the commands will read them; change nothing.
+
+    ``dvc repro`` runs this first, so a misspelt key stops the pipeline before any stage deletes
+    or rewrites an output. Every command checks its params file the same way when it loads it.
+    """
+    from metabench.params_check import check_params
+
+    runs = check_params(load_params(params, check=False), str(params))
+    if record is not None:  # constant content: a valid edit does not make the stages after this one re-run
+        files.write_json(record, {"params": params.name, "valid": True})
+    results.print(f"{params}: valid ({runs} runs defined)")
+
+
 @app.command()
 def pipeline(
     check: bool = typer.Option(

@@ -166,11 +166,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
-def load_params(path: Path | str | None) -> dict[str, Any]:
+def load_params(path: Path | str | None, check: bool = True) -> dict[str, Any]:
     """Read a params file: ``None`` means ./params.yaml when present, else built-in defaults only.
 
     A file named explicitly must exist; unknown top-level sections are errors (a typo such as
-    ``algoritms:`` would otherwise train with defaults).
+    ``algoritms:`` would otherwise train with defaults), and so are a key given twice and, with
+    ``check``, any key or value that no command would accept (``params_check``), in any section.
     """
     if path is None:
         if not DEFAULT_PARAMS.is_file():
@@ -180,9 +181,9 @@ def load_params(path: Path | str | None) -> dict[str, Any]:
     if not path.is_file():
         raise MetabenchError(f"params file {path} does not exist; give an existing file with --params")
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as error:
-        raise MetabenchError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from error
+        raise MetabenchError(f"{path} is not valid YAML ({_yaml_reason(error)}); fix the file") from error
     if not isinstance(params, dict):
         raise MetabenchError(f"{path} must be a mapping of sections ({', '.join(TOP_LEVEL_SECTIONS)})")
     unknown = sorted(set(params) - set(TOP_LEVEL_SECTIONS))
@@ -191,7 +192,34 @@ def load_params(path: Path | str | None) -> dict[str, Any]:
     for name in ("data", "leaderboard", "run", "algorithms"):
         if params.get(name) is not None and not isinstance(params[name], dict):
             raise MetabenchError(f"{path}: section {name} must be a mapping, got {type(params[name]).__name__}")
+    if check:
+        from metabench.params_check import check_params
+
+        check_params(params, str(path))
     return params
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: YAML keeps the last one
+    silently, so a second ``protonet:`` block would drop the first one whole."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_reason(error: yaml.YAMLError) -> str:
+    """YAML's reason with its line and column, on one line."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def _layer(params: dict[str, Any], options: dict[str, Any], hyper_overrides: dict[str, Any], where: str) -> RunConfig:

@@ -32,6 +32,8 @@ EVALUATION_ONLY = ("test_episodes",)
 BEHAVIOUR_FILE = "behaviour.json"
 # run keys each stage's command sets itself (--algorithm, --shots, --seed): params.yaml's value is unused
 SET_BY_COMMAND = ("algorithm", "shots", "seed")
+# the params stage's output: constant while params.yaml is valid, so a valid edit re-runs only what reads it
+PARAMS_CHECKED = "params.checked.json"
 EPISODE_READS = ("dataset", "ways", "queries", "val_episodes", "test_episodes", "episode_seed")
 
 
@@ -85,10 +87,18 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
         if layout.profile
         else "metabench fetch ${run.dataset}"
     )
+    sections = ["data", "leaderboard", "run", "algorithms", *(["source"] if layout.profile else [])]
     out: dict[str, Any] = {
+        # first, and before every other stage (fetch depends on its output): a misspelt key stops
+        # the pipeline here, before any stage deletes or rewrites an output
+        "check-params": {
+            "cmd": f"metabench check-params --params params.yaml --record {PARAMS_CHECKED}",
+            "params": sections,
+            "outs": [{PARAMS_CHECKED: {"cache": False, "persist": True}}],
+        },
         "fetch": {
             "cmd": fetch_cmd,
-            "deps": layout.code([sources.ROOT / "metabench" / "data", cli]),
+            "deps": [PARAMS_CHECKED, *layout.code([sources.ROOT / "metabench" / "data", cli])],
             "params": ["data.${source}" if layout.profile else "data.${run.dataset}"],
             "outs": [{layout.data: {"cache": False}} if layout.profile else layout.data],
         },
@@ -104,7 +114,8 @@ def stages(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
         "deps": [layout.data, layout.episodes, behaviour],
         "params": ["leaderboard", "run", "algorithms"],
         # runs/ persists: the grid keeps every run whose identity is still the one asked for
-        "outs": [{"runs": {"persist": True}}, {"grid.json": {"cache": False}}],
+        # grid.json persists too: an interrupted or failed grid leaves the last complete record
+        "outs": [{"runs": {"persist": True}}, {"grid.json": {"cache": False, "persist": True}}],
     }
     # one process profiles every setting: 26 interpreter starts cost more than the profiles;
     # profiles/ persists: the stage keeps every profile whose identity is still current

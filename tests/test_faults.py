@@ -436,8 +436,8 @@ def test_result_files_keep_the_usual_permissions(work):
 # -- no unpickling outside the allow-list ----------------------------------------------------
 UNPICKLERS = {("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("cloudpickle", "load"),
               ("cloudpickle", "loads"), ("dill", "load"), ("dill", "loads"), ("marshal", "load"),
-              ("marshal", "loads"), ("joblib", "load"), ("shelve", "open"), ("yaml", "load"),
-              ("yaml", "unsafe_load"), ("yaml", "full_load")}  # fmt: skip
+              ("marshal", "loads"), ("joblib", "load"), ("shelve", "open"), ("yaml", "unsafe_load"),
+              ("yaml", "full_load"), ("yaml", "Loader"), ("yaml", "UnsafeLoader"), ("yaml", "FullLoader")}  # fmt: skip
 
 
 def _unsafe_loads(source: str) -> list[str]:
@@ -462,6 +462,8 @@ def _unsafe_loads(source: str) -> list[str]:
                 flag = keywords.get("weights_only")
                 if not (isinstance(flag, ast.Constant) and flag.value is True):
                     found.append(f"line {node.lineno}: torch.load without weights_only=True")
+            if call == ("yaml", "load") and "Loader" not in keywords:
+                found.append(f"line {node.lineno}: yaml.load without a safe Loader")
             if call in {("np", "load"), ("numpy", "load")}:
                 flag = keywords.get("allow_pickle")
                 if flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False):
@@ -480,8 +482,9 @@ def test_no_unpickling_outside_the_allow_list_anywhere_in_the_package():
     }
     assert offences == {}
     # the check itself finds what it must
-    assert len(_unsafe_loads("import pickle\npickle.load(f)\ntorch.load(p)\nnp.load(p, allow_pickle=True)")) == 3
-    assert _unsafe_loads("torch.load(p, weights_only=True)\nnp.load(p)") == []
+    unsafe = "pickle.load(f)\ntorch.load(p)\nnp.load(p, allow_pickle=True)\nyaml.load(t)\nyaml.load(t, Loader=yaml.Loader)"
+    assert len(_unsafe_loads(unsafe)) == 5
+    assert _unsafe_loads("torch.load(p, weights_only=True)\nnp.load(p)\nyaml.load(t, Loader=Safe)") == []
 
 
 # -- finite numbers only ---------------------------------------------------------------------

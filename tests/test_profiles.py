@@ -82,12 +82,15 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
     kinds = [stage.name.split("@")[0].split("-")[0] for stage in stages]
     assert "train" not in kinds and "evaluate" not in kinds  # every run is the grid stage's
     assert kinds.count("fetch") == kinds.count("report") == kinds.count("episodes") == kinds.count("grid") == 1
-    assert kinds.count("profile") == 1  # one process profiles every setting
+    assert kinds.count("profile") == kinds.count("check") == 1  # one process profiles every setting
     for stage in stages:
         assert Path(stage.wdir) == folder
         outs = {Path(str(out.fs_path)) for out in stage.outs}
         command, options = _parse(stage.cmd)
-        assert command == stage.name.split("@")[0].split("-")[0]
+        assert command == stage.name
+        if command == "check-params":  # the first stage: every other stage runs after it
+            assert outs == {folder / options["record"]} and options["params"] == Path("params.yaml")
+            continue
         code = {Path(str(dep.fs_path)).resolve() for dep in stage.deps if "metabench" in str(dep.fs_path)}
         deps = {Path(str(dep.fs_path)).resolve() for dep in stage.deps}
         if command in ("episodes", "grid", "profile"):  # what the runs compute: declared versions, not bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,25 @@ def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=
     raise MetabenchError(f"unknown dataset source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
-def _configure(cls, options: dict[str, Any], source: str):
+def check_options(source: str, options: dict[str, Any]) -> None:
+    """Refuse, in one line, an option that ``source`` does not have (values are checked by
+    ``fetch``: an empty ``source`` is a valid params file until the data is fetched)."""
+    modules = {"cifar-fs": "cifar", "fc100": "cifar"}
+    classes = {"glyphs": "GlyphsConfig", "omniglot": "OmniglotConfig", "cifar-fs": "CifarConfig", "fc100": "CifarConfig",
+               "miniimagenet": "MiniImageNetConfig", "tieredimagenet": "TieredImageNetConfig", "folder": "FolderConfig"}  # fmt: skip
+    if source not in classes:
+        raise MetabenchError(f"data has no source {source!r}; choose from {', '.join(SOURCES)}")
+    module = importlib.import_module(f"metabench.data.{modules.get(source, source)}")
+    _refuse_unknown(getattr(module, classes[source]), options, source)
+
+
+def _refuse_unknown(cls, options: dict[str, Any], source: str) -> None:
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - valid)
     if unknown:
         raise MetabenchError(f"data.{source} has no option {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+
+
+def _configure(cls, options: dict[str, Any], source: str):
+    _refuse_unknown(cls, options, source)
     return cls(**options)
