@@ -28,6 +28,7 @@ from rich.table import Table
 from metabench import MetabenchError, __version__, files
 from metabench.allocator import keep_freed_memory
 from metabench.config import RunConfig, load_params, parse_overrides, resolve_run
+from metabench.lifeline import stop_on_sigterm
 from metabench.run_folder import METRICS, RunFolder
 
 app = typer.Typer(
@@ -404,14 +405,16 @@ def grid(
         console.print(f"{len(configs)} runs on the Ray cluster at {ray_address}, {executor.threads} thread(s) each")
     else:
         console.print(f"{len(configs)} runs, {executor.workers} at a time, {executor.threads} thread(s) each")
+    stop_on_sigterm()  # SIGTERM (dvc, a scheduler) stops the workers as Ctrl-C does
     start = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("grid", total=len(configs))
 
         def show(outcome) -> None:
-            progress.advance(task)
-            if outcome.status == "failed":
-                progress.console.print(f"[red]failed[/red] {outcome.run_id}: {outcome.error}")
+            progress.advance(task, 0 if outcome.status == "interrupted" else 1)
+            if outcome.status in ("failed", "interrupted"):
+                colour = "red" if outcome.status == "failed" else "yellow"
+                progress.console.print(f"[{colour}]{outcome.status}[/{colour}] {outcome.run_id}: {outcome.error}")
             else:
                 metrics, cost = outcome.metrics, ", ".join(f"{k} {v:.0f} s" for k, v in outcome.seconds.items())
                 progress.console.print(
@@ -419,7 +422,12 @@ def grid(
                     f"{100 * metrics['ci95']:.2f} %" + (f" ({cost})" if cost else "")
                 )
 
-        outcomes = grid_runs.run_grid(configs, executor, show, profiles_dir)
+        try:
+            outcomes = grid_runs.run_grid(configs, executor, show, profiles_dir)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: every worker has been stopped
+            progress.stop()
+            console.print(f"[yellow]interrupted[/yellow]: {record} is unchanged; run the same command again to resume")
+            raise typer.Exit(getattr(interrupt, "exit_code", 130)) from None
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     if failed:
         raise MetabenchError(
@@ -729,9 +737,9 @@ def main() -> None:
 
             distributed.record_rank_error(error)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM where a command turned it into this
         console.print("[yellow]interrupted[/yellow]: run the same command again to resume")
-        raise SystemExit(130) from None
+        raise SystemExit(getattr(interrupt, "exit_code", 130)) from None
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, E
 from torch.distributed.run import get_args_parser, run
 
 from metabench import MetabenchError
+from metabench.lifeline import die_with_parent
 
 
 def active() -> bool:
@@ -62,6 +63,7 @@ def process_group(device: torch.device) -> Iterator[None]:
     if requested_ranks() <= 1 or dist.is_initialized():
         yield
         return
+    die_with_parent()  # a rank whose launcher was killed stops too, instead of training on alone
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

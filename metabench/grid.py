@@ -19,6 +19,7 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import signal
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from metabench import MetabenchError, files
 from metabench.allocator import keep_freed_memory
 from metabench.config import RunConfig
+from metabench.lifeline import die_with_parent
 from metabench.ray_executor import RayExecutor
 from metabench.runner import prepare_episodes
 from metabench.tracking import resend
@@ -44,8 +46,12 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_start(threads: int) -> None:
-    """Each worker process: its thread count, no MLflow (the driver tracks), the CPU allocator."""
+def _worker_start(threads: int, driver: int) -> None:
+    """Each worker process: its thread count, no MLflow (the driver tracks), the CPU allocator;
+    Ctrl-C is the driver's to handle (it terminates the workers), and a killed driver's workers
+    exit (``lifeline``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(driver)
     os.environ["METABENCH_TRACKING"] = "off"
     keep_freed_memory()
     torch.set_num_threads(threads)
@@ -96,20 +102,41 @@ class LocalExecutor:
             max_workers=min(self.workers, len(configs)),
             mp_context=context,
             initializer=_worker_start,
-            initargs=(self.threads,),
+            initargs=(self.threads, os.getpid()),
         ) as pool:
             futures = {pool.submit(_unit_in_worker, config, self.threads): config for config in configs}
-            for future in concurrent.futures.as_completed(futures):
-                config = futures[future]
-                try:
-                    outcome = future.result()
-                except concurrent.futures.process.BrokenProcessPool:
-                    if not last:
-                        continue  # retried in a new pool
-                    outcome = Outcome(config.run_id, "failed", error="its worker process died")
-                left.pop(config.run_id, None)
-                report(outcome)
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    config = futures[future]
+                    try:
+                        outcome = future.result()
+                    except concurrent.futures.process.BrokenProcessPool:
+                        if not last:
+                            continue  # retried in a new pool
+                        outcome = Outcome(config.run_id, "failed", error="its worker process died")
+                    left.pop(config.run_id, None)
+                    report(outcome)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM (lifeline.Stopped): stop every run, start none
+                running = {futures[future].run_id for future in futures if future.running()}
+                _terminate(pool)
+                for run_id in left:
+                    said = "stopped; resumes from its last saved state" if run_id in running else "not started"
+                    report(Outcome(run_id, "interrupted", error=said))
+                raise
         return list(left.values())
+
+
+def _terminate(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Cancel the queued runs and end the running ones now. ``shutdown`` alone would wait for
+    the running runs and then start queued ones; the pool keeps its processes in ``_processes``."""
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
 
 
 def executor_for(

@@ -25,7 +25,8 @@ from metabench.tracking import recorded_seconds
 
 @dataclass
 class Outcome:
-    """What one run of the grid gave: ``done`` (ran now), ``skipped`` (already complete) or ``failed``."""
+    """What one run of the grid gave: ``done`` (ran now), ``skipped`` (already complete), ``failed``
+    or ``interrupted`` (stopped by Ctrl-C or SIGTERM; resumes from its saved state)."""
 
     run_id: str
     status: str

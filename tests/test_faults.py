@@ -440,8 +440,37 @@ UNPICKLERS = {("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), 
               ("yaml", "full_load"), ("yaml", "Loader"), ("yaml", "UnsafeLoader"), ("yaml", "FullLoader")}  # fmt: skip
 
 
+def _flag(keywords: dict, name: str, safe) -> bool:
+    """Whether keyword ``name`` is absent or not the literal ``safe``."""
+    import ast
+
+    value = keywords.get(name)
+    return not (isinstance(value, ast.Constant) and value.value is safe)
+
+
+def _unsafe_call(node) -> str | None:
+    """What is unsafe about one call node, if anything."""
+    import ast
+
+    if not (isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)):
+        return None
+    keywords = {k.arg: k.value for k in node.keywords}
+    call = (node.func.value.id, node.func.attr)
+    if call == ("torch", "load") and _flag(keywords, "weights_only", True):
+        return "torch.load without weights_only=True"
+    if call == ("yaml", "load") and "Loader" not in keywords:
+        return "yaml.load without a safe Loader"
+    if (
+        call in {("np", "load"), ("numpy", "load")}
+        and "allow_pickle" in keywords
+        and _flag(keywords, "allow_pickle", False)
+    ):
+        return "numpy.load with allow_pickle"
+    return None
+
+
 def _unsafe_loads(source: str) -> list[str]:
-    """Every call or base class in ``source`` that can build arbitrary objects from a file."""
+    """Every call, name or import in ``source`` that can build arbitrary objects from a file."""
     import ast
 
     found = []
@@ -451,23 +480,8 @@ def _unsafe_loads(source: str) -> list[str]:
                 found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
         if isinstance(node, ast.ImportFrom) and node.module in {"pickle", "cloudpickle", "dill", "marshal", "joblib"}:
             found.append(f"line {node.lineno}: from {node.module} import ...")
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Name)
-        ):
-            keywords = {k.arg: k.value for k in node.keywords}
-            call = (node.func.value.id, node.func.attr)
-            if call == ("torch", "load"):
-                flag = keywords.get("weights_only")
-                if not (isinstance(flag, ast.Constant) and flag.value is True):
-                    found.append(f"line {node.lineno}: torch.load without weights_only=True")
-            if call == ("yaml", "load") and "Loader" not in keywords:
-                found.append(f"line {node.lineno}: yaml.load without a safe Loader")
-            if call in {("np", "load"), ("numpy", "load")}:
-                flag = keywords.get("allow_pickle")
-                if flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False):
-                    found.append(f"line {node.lineno}: numpy.load with allow_pickle")
+        if isinstance(node, ast.Call) and (reason := _unsafe_call(node)):
+            found.append(f"line {node.lineno}: {reason}")
     return found
 
 
@@ -482,7 +496,9 @@ def test_no_unpickling_outside_the_allow_list_anywhere_in_the_package():
     }
     assert offences == {}
     # the check itself finds what it must
-    unsafe = "pickle.load(f)\ntorch.load(p)\nnp.load(p, allow_pickle=True)\nyaml.load(t)\nyaml.load(t, Loader=yaml.Loader)"
+    unsafe = (
+        "pickle.load(f)\ntorch.load(p)\nnp.load(p, allow_pickle=True)\nyaml.load(t)\nyaml.load(t, Loader=yaml.Loader)"
+    )
     assert len(_unsafe_loads(unsafe)) == 5
     assert _unsafe_loads("torch.load(p, weights_only=True)\nnp.load(p)\nyaml.load(t, Loader=Safe)") == []
 
