@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from metabench import MetabenchError, files, stats
 from metabench.algorithms import Algorithm
 from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import EpisodeIndices, ImageBank
-from metabench.run_folder import EPISODES, METRICS
+from metabench.run_folder import EPISODES, METRICS, RunFolder
 
 # Images per forward pass when filling the embedding cache: on CPU, small batches keep the
 # activations in the processor's cache, which is faster than larger batches.
@@ -150,35 +151,50 @@ def summarise(accuracies: np.ndarray) -> dict[str, float]:
     return {"accuracy": mean, "ci95": half_width, "episodes": int(len(accuracies))}
 
 
-def write_results(run_dir: Path, accuracies: np.ndarray, extra: dict) -> dict:
-    """Write ``episodes.csv`` (one row per episode), then ``metrics.json`` with the episode count
-    and the sha256 of ``episodes.csv`` (last, so a kill between the two leaves no metrics that
-    describe other episodes); return the metrics."""
-    run_dir = Path(run_dir)
-    (run_dir / METRICS).unlink(missing_ok=True)  # the old metrics describe the old episodes
+def write_results(run_dir: Path, accuracies: np.ndarray, extra: dict, timing: dict) -> dict:
+    """Write ``episodes.csv`` (one row per episode), ``metrics.json`` (with the episode count and
+    the sha256 of ``episodes.csv``) and ``eval_timing.json`` together, replacing an earlier
+    evaluation only once all three are on disk, then seal the folder; return the metrics."""
+    folder = RunFolder(run_dir)
     table = pd.DataFrame({"episode": np.arange(len(accuracies)), "accuracy": accuracies}).to_csv(index=False)
-    files.write_atomic(run_dir / EPISODES, table)
     metrics = {**summarise(accuracies), **extra, "episodes_csv_sha256": files.sha256_bytes(table.encode())}
-    files.write_json(run_dir / METRICS, metrics)
+    files.write_together(
+        {
+            folder.episodes: table,
+            folder.metrics: json.dumps(metrics, indent=1) + "\n",
+            folder.eval_timing: json.dumps(timing, indent=1) + "\n",
+        }
+    )
+    folder.seal()
     return metrics
 
 
 def read_results(run_dir: Path) -> tuple[dict, np.ndarray]:
-    """A run's ``metrics.json`` and per-episode accuracies, refused unless the two agree."""
-    run_dir = Path(run_dir)
-    rebuild = f"re-evaluate it (metabench evaluate, or dvc repro) or remove {run_dir}"
-    metrics = files.read_json(run_dir / METRICS, "metrics", rebuild)
-    episodes_path = run_dir / EPISODES
-    if not isinstance(metrics, dict) or not {"accuracy", "episodes", "run_id"} <= set(metrics):
-        raise MetabenchError(f"{run_dir / 'metrics.json'} is not a metabench metrics file; {rebuild}")
-    if not episodes_path.is_file():
-        raise MetabenchError(f"{episodes_path} is missing beside its metrics.json; {rebuild}")
-    data = episodes_path.read_bytes()
+    """A run's ``metrics.json`` and per-episode accuracies, each checked against the run's
+    manifest, refused unless they agree and the headline numbers re-derive from the episodes."""
+    folder = RunFolder(run_dir)
+    rebuild = f"re-evaluate it (metabench evaluate, or dvc repro) or remove {folder.path}"
+    try:
+        metrics = json.loads(folder.read_verified(METRICS, rebuild))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MetabenchError(f"{folder.metrics} is damaged ({type(error).__name__}); {rebuild}") from error
+    if not isinstance(metrics, dict) or not {"accuracy", "ci95", "episodes", "run_id"} <= set(metrics):
+        raise MetabenchError(f"{folder.metrics} is not a metabench metrics file; {rebuild}")
+    data = folder.read_verified(EPISODES, rebuild)
     if metrics.get("episodes_csv_sha256") != files.sha256_bytes(data):
-        raise MetabenchError(f"{episodes_path} does not match its metrics.json (sha256); {rebuild}")
-    accuracies = pd.read_csv(io.BytesIO(data))["accuracy"].to_numpy()
+        raise MetabenchError(f"{folder.episodes} does not match its metrics.json (sha256); {rebuild}")
+    try:
+        accuracies = pd.read_csv(io.BytesIO(data))["accuracy"].to_numpy(dtype=float)
+    except (ValueError, KeyError, pd.errors.ParserError) as error:
+        raise MetabenchError(f"{folder.episodes} is not an episodes table ({error}); {rebuild}") from error
     if len(accuracies) != metrics["episodes"]:
         raise MetabenchError(
-            f"{episodes_path} has {len(accuracies)} episodes, metrics.json says {metrics['episodes']}; {rebuild}"
+            f"{folder.episodes} has {len(accuracies)} episodes, metrics.json says {metrics['episodes']}; {rebuild}"
         )
+    derived = summarise(accuracies)
+    for key in ("accuracy", "ci95"):
+        if not isinstance(metrics[key], float) or not np.isclose(metrics[key], derived[key], rtol=0, atol=1e-12):
+            raise MetabenchError(
+                f"{folder.metrics} says {key} {metrics[key]!r}, its episodes.csv gives {derived[key]!r}; {rebuild}"
+            )
     return metrics, accuracies

@@ -53,6 +53,39 @@ def write_atomic(path: Path, data: bytes | str) -> None:
             os.unlink(temporary)
 
 
+def write_together(contents: dict[Path, bytes | str]) -> None:
+    """Replace several files that describe one thing (an evaluation): every new file is written
+    and flushed beside its target first, and only then are they renamed into place, so a full
+    disk or a failed write leaves every old file as it was. (A kill between the renames leaves
+    files that disagree, which the run's manifest refuses: ``RunFolder.read_verified``.)"""
+    written: dict[Path, str] = {}
+    try:
+        for path, data in contents.items():
+            path = Path(path)
+            payload = data.encode() if isinstance(data, str) else data
+            handle, written[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+            os.fchmod(handle, 0o666 & ~_umask())
+            with os.fdopen(handle, "wb") as out:
+                out.write(payload)
+                out.flush()
+                os.fsync(out.fileno())
+    except OSError as error:
+        for temporary in written.values():
+            Path(temporary).unlink(missing_ok=True)
+        names = ", ".join(Path(p).name for p in contents)
+        raise MetabenchError(
+            f"cannot write {names} in {Path(next(iter(contents))).parent} ({reason(error)}); free disk space "
+            f"(the old files are unchanged)"
+        ) from error
+    for path, temporary in written.items():
+        os.replace(temporary, path)
+    directory = os.open(Path(next(iter(contents))).parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -21,7 +21,8 @@ from scipy import stats
 
 from metabench import MetabenchError, files, published
 from metabench.config import RunConfig
-from metabench.run_folder import CONFIG, METRICS, TRAIN_LOG, TRAIN_SUMMARY
+from metabench.evaluation import read_results
+from metabench.run_folder import CONFIG, METRICS, TRAIN_LOG, TRAIN_SUMMARY, RunFolder
 
 # A rise of the least-squares line through the last third of the validation curve larger than
 # this (points) counts as "still rising": more training would likely close part of the gap.
@@ -106,11 +107,13 @@ def load(config: RunConfig) -> Reproduced:
     figure = published.lookup(config.dataset, config.algorithm, config.ways, config.shots)
     if figure is None:
         raise MetabenchError(f"no published figure for {config.algorithm} at {config.ways}-way {config.shots}-shot")
+    folder, retrain = RunFolder(run_dir), f"retrain the run (metabench train --force) or remove {run_dir}"
+    metrics, _ = read_results(run_dir)  # checked against the manifest and re-derived from episodes.csv
     return Reproduced(
         config,
-        files.read_json(run_dir / METRICS, "test metrics", "evaluate the run"),
-        files.read_json(run_dir / TRAIN_SUMMARY, "training summary", "train the run"),
-        files.read_json(run_dir / CONFIG, "run configuration", "train the run"),
+        metrics,
+        folder.read_json_verified(TRAIN_SUMMARY, retrain),
+        folder.read_json_verified(CONFIG, retrain),
         curve(run_dir),
         figure,
     )
@@ -118,7 +121,8 @@ def load(config: RunConfig) -> Reproduced:
 
 def curve(run_dir: Path) -> pd.DataFrame:
     """Validation accuracy (%) by outer step, with the training seconds at each validation."""
-    log = pd.read_csv(run_dir / TRAIN_LOG)
+    retrain = f"retrain the run (metabench train --force) or remove {run_dir}"
+    log = RunFolder(run_dir).read_table_verified(TRAIN_LOG, retrain, ("iteration", "val_accuracy", "seconds"))
     rows = log.dropna(subset=["val_accuracy"])
     return pd.DataFrame(
         {

@@ -10,7 +10,12 @@
 * ``episodes.csv``, ``metrics.json`` and ``eval_timing.json``: test accuracy per episode, its
   summary (with the identity of the weights it scored) and what evaluation cost;
 * ``system_metrics.csv``, ``mlflow_run.json``, ``tracking_pending``: the machine's load while it
-  ran, and its MLflow run (``metabench.tracking``).
+  ran, and its MLflow run (``metabench.tracking``);
+* ``manifest.json``: the sha256 of every result file above (``SEALED``), written last and
+  atomically each time the run writes results. Every reader of results (report, summary,
+  reproduction pages, tracking's resend, the grid's freshness check) reads a file's bytes once,
+  checks them against the manifest and refuses, in one line naming the file, what does not
+  match: a flipped bit in ``metrics.json`` is an error, not 40.60 instead of 42.60.
 
 Every module that reads or writes a run folder goes through this one, so "is this run current?"
 has one answer: its recorded identity equals the identity asked for (``identity.run_identity``).
@@ -23,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from metabench import files, legacy
+from metabench import MetabenchError, files, legacy
 
 CONFIG = "config.json"
 STATE = "state.pt"
@@ -37,6 +42,10 @@ EVALUATION_FILES = (EPISODES, METRICS, EVAL_TIMING)  # they describe one set of 
 SYSTEM_METRICS = "system_metrics.csv"  # the machine's load while the run ran (system_metrics)
 MLFLOW_RUN = "mlflow_run.json"  # the MLflow run this folder is tracked as (tracking)
 TRACKING_PENDING = "tracking_pending"  # tracking failed: `metabench track` sends the run again
+MANIFEST = "manifest.json"
+# the result files the manifest covers (state.pt and the checkpoint carry their own sha256 too;
+# the tracking files are the tracking store's business and change after the run)
+SEALED = (CONFIG, CHECKPOINT, TRAIN_LOG, TRAIN_SUMMARY, EPISODES, METRICS, EVAL_TIMING)
 IDENTITY_KEY = "identity"
 
 
@@ -78,6 +87,80 @@ class RunFolder:
     def eval_timing(self) -> Path:
         return self.path / EVAL_TIMING
 
+    @property
+    def manifest(self) -> Path:
+        return self.path / MANIFEST
+
+    def seal(self) -> None:
+        """Record the sha256 of every result file present (``SEALED``); written last, atomically."""
+        present = {name: files.sha256_file(self.path / name) for name in SEALED if (self.path / name).is_file()}
+        files.write_json(self.manifest, {"format": 1, "files": present})
+
+    def sealed_names(self) -> dict[str, str] | None:
+        """The manifest's ``{file: sha256}``; None without a manifest, ``{}`` when it is damaged."""
+        saved = _read_record(self.manifest)
+        if saved is None:
+            return None
+        listed = saved.get("files")
+        return listed if isinstance(listed, dict) else {}
+
+    def read_verified(self, name: str, rebuild: str) -> bytes:
+        """The bytes of result file ``name``, read once and checked against the manifest (so a
+        file swapped or edited after the run wrote it is never used): a one-line error naming
+        the file and ``rebuild`` otherwise."""
+        path = self.path / name
+        listed = self.sealed_names()
+        if listed is None:
+            raise MetabenchError(
+                f"{self.path} has no {MANIFEST} (written by metabench after every result); "
+                f"run `metabench grid` or `metabench evaluate` to check the run and write it, or {rebuild}"
+            )
+        if name not in listed:
+            raise MetabenchError(f"{path} is not in {self.manifest}; {rebuild}")
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise MetabenchError(f"cannot read {path} ({files.reason(error)}); {rebuild}") from error
+        if files.sha256_bytes(data) != listed[name]:
+            raise MetabenchError(f"{path} does not match {self.manifest} (changed after the run wrote it); {rebuild}")
+        return data
+
+    def read_json_verified(self, name: str, rebuild: str) -> dict:
+        """A JSON record of the run, verified (``read_verified``) and parsed."""
+        try:
+            value = json.loads(self.read_verified(name, rebuild))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise MetabenchError(f"{self.path / name} is damaged ({type(error).__name__}); {rebuild}") from error
+        if not isinstance(value, dict):
+            raise MetabenchError(f"{self.path / name} is not a metabench record; {rebuild}")
+        return value
+
+    def read_table_verified(self, name: str, rebuild: str, columns: tuple[str, ...]):
+        """A CSV table of the run (``train_log.csv``), verified, parsed, with numeric ``columns``."""
+        import io
+
+        import pandas as pd
+
+        data = self.read_verified(name, rebuild)
+        try:
+            table = pd.read_csv(io.BytesIO(data))
+            for column in columns:
+                table[column] = pd.to_numeric(table[column], errors="raise")
+        except (ValueError, KeyError, pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise MetabenchError(f"{self.path / name} is not a metabench table ({error!r}); {rebuild}") from error
+        return table
+
+    def mlflow_run_id(self) -> str:
+        """The MLflow run id ``mlflow_run.json`` records ("" when the run was never tracked)."""
+        saved = _read_record(self.path / MLFLOW_RUN)
+        if saved is None:
+            return ""
+        if not isinstance(saved.get("run_id"), str):
+            raise MetabenchError(
+                f"{self.path / MLFLOW_RUN} is damaged; delete it and run `metabench track {self.path}` to send the run again"
+            )
+        return saved["run_id"]
+
     def read_config(self) -> dict | None:
         """``config.json``, or None when missing; ``{}`` when unreadable (never taken as current)."""
         return _read_record(self.config)
@@ -86,14 +169,21 @@ class RunFolder:
         files.write_json(self.config, {**meta, IDENTITY_KEY: identity, "provenance": provenance})
 
     def migrate(self, current: dict, algorithm: str) -> None:
-        """Restamp a legacy ``config.json`` and ``metrics.json`` (a ``fingerprint`` with a source
-        digest) in the new form when ``legacy.accepts`` them as the run ``current`` identifies."""
+        """Bring a folder written by earlier metabench to this form: restamp a legacy
+        ``config.json`` and ``metrics.json`` (a ``fingerprint`` with a source digest) when
+        ``legacy.accepts`` them as the run ``current`` identifies, and seal a folder written
+        before manifests (trusted as found, once: its evaluation is still checked against
+        ``episodes.csv`` by every reader)."""
+        restamped = False
         for path in (self.config, self.metrics):  # an unreadable metrics.json is read_results' to refuse
             saved = _read_record(path)
             if saved and legacy.accepts(saved.get("fingerprint"), current, algorithm):
                 kept = {key: value for key, value in saved.items() if key != "fingerprint"}
                 provenance = legacy.provenance(saved["fingerprint"])
                 files.write_json(path, {**kept, IDENTITY_KEY: current, "provenance": provenance})
+                restamped = True
+        if self.path.is_dir() and (restamped or (self.sealed_names() is None and self.config.is_file())):
+            self.seal()
 
     def recorded_identity(self) -> dict | None:
         """The identity ``config.json`` records: None without the file, ``{}`` (matching nothing)

@@ -82,6 +82,7 @@ def _train_locked(run: PreparedRun, progress: Progress | None, force: bool) -> d
     meta = _meta(run)
     if writer:  # the resolved settings, and what a later `train` compares before touching this run
         folder.write_config(meta, current, run.provenance())
+        folder.seal()  # what the folder holds now (an old evaluation is gone)
     tracker = Tracker(folder.path, enabled=writer)
     tracker.start(
         config.run_id, meta, run_tags(meta, run.dataset.checksum, str(run.device)), resume=state.iteration > 0
@@ -222,6 +223,7 @@ class _StateWriter(Listener):
 
 def _save_best(folder: RunFolder, meta: dict, state: TrainingState) -> None:
     checkpoint.save_atomic({**meta, **state.best, "weights": state.best_weights}, folder.checkpoint)
+    folder.seal()
 
 
 def _write_training_results(folder: RunFolder, meta: dict, state: TrainingState, summary: dict) -> None:
@@ -234,6 +236,7 @@ def _write_training_results(folder: RunFolder, meta: dict, state: TrainingState,
     )
     files.write_atomic(folder.train_log, log.to_csv(index=False))
     files.write_json(folder.train_summary, summary)
+    folder.seal()
 
 
 def training_arrangement(config: RunConfig, ranks: int | None) -> distributed.Arrangement:
@@ -337,8 +340,7 @@ def _evaluate_locked(run: PreparedRun, folder: RunFolder, progress: Progress | N
     }
     seconds = round(time.perf_counter() - start, 3)
     timing = {"eval_seconds": seconds, "episodes_per_second": round(len(episodes) / max(seconds, 1e-9), 3)}
-    files.write_json(folder.eval_timing, timing)
-    metrics = write_results(folder.path, accuracies, extra)
+    metrics = write_results(folder.path, accuracies, extra, timing)
     tracker = Tracker(folder.path)
     if tracker.attach():
         tracker.log_final({**metrics, **timing}, prefix="test_")

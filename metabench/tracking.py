@@ -34,7 +34,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from rich.console import Console
 
 from metabench import files, sources, system_metrics
@@ -48,6 +47,7 @@ from metabench.run_folder import (
     TRACKING_PENDING,
     TRAIN_LOG,
     TRAIN_SUMMARY,
+    RunFolder,
 )
 
 EXPERIMENT = "metabench"  # prefix: one experiment per dataset, metabench-<dataset>
@@ -439,20 +439,24 @@ def resend(run_dir: Path) -> str | None:
 
 
 def _resend(run_dir: Path) -> str | None:
-    config = files.read_json(run_dir / CONFIG, "run config", "retrain the run (metabench train)")
+    folder, retrain = RunFolder(run_dir), f"retrain the run (metabench train --force) or remove {run_dir}"
+    config = folder.read_json_verified(CONFIG, retrain)
     for key in ("identity", "provenance", "fingerprint"):  # what the run is compared by and came from: not parameters
         config.pop(key, None)
     start_ms, end_ms = _recorded_span(run_dir)
     tracker = Tracker(run_dir, start_ms=start_ms)
     tags = run_tags(config, config["dataset"]["checksum"], "unknown")
     tracker.replace(run_dir.name, config, {**tags, "resent_from_files": "true"})  # never a second run beside it
-    log = run_dir / TRAIN_LOG
-    if log.is_file():
-        tracker.log_rows(pd.read_csv(log).to_dict("records"))
+    sealed = folder.sealed_names() or {}
+    if TRAIN_LOG in sealed:
+        tracker.log_rows(folder.read_table_verified(TRAIN_LOG, retrain, ("iteration",)).to_dict("records"))
     tracker.log_system(system_metrics.read(run_dir))
-    for name in (TRAIN_SUMMARY, METRICS):
-        if (run_dir / name).is_file():
-            tracker.log_final(json.loads((run_dir / name).read_text()), prefix="test_" if name == METRICS else "")
+    if TRAIN_SUMMARY in sealed:
+        tracker.log_final(folder.read_json_verified(TRAIN_SUMMARY, retrain))
+    if METRICS in sealed:
+        from metabench.evaluation import read_results  # torch: only where a result is sent
+
+        tracker.log_final(read_results(run_dir)[0], prefix="test_")
     tracker.log_artifacts([run_dir / n for n in (CHECKPOINT, CONFIG, TRAIN_LOG, EPISODES, METRICS)])
     tracker.finish(end_ms=end_ms)
     if tracker.enabled and tracker.run_id:

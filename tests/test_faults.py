@@ -176,22 +176,20 @@ def _disk_full_after(monkeypatch, name: str):
 
 
 @pytest.mark.parametrize("name", ["episodes.csv", "metrics.json", "eval_timing.json"])
-def test_a_full_disk_during_evaluation_leaves_no_disagreeing_files(work, monkeypatch, name):
+def test_a_full_disk_during_re_evaluation_keeps_the_valid_evaluation(work, monkeypatch, name):
+    """Re-evaluation writes beside and swaps: the old, valid results survive, as the error says."""
+    from metabench.evaluation import read_results
+
+    run_dir = work / "runs" / RUN
+    before = results(work)
     (work / "params.yaml").write_text(PARAMS.replace("test_episodes: 20", "test_episodes: 436"))
     _disk_full_after(monkeypatch, name)
     message = refused(cli(work, "evaluate", "--algorithm", "protonet"), "No space left on device", name)
-    assert "(None)" not in message
-    run_dir = work / "runs" / RUN
-    assert not list(run_dir.glob(".*.part")), "the temporary file is removed"
-    if (run_dir / "metrics.json").exists():  # whatever is left must agree with itself
-        from metabench.evaluation import read_results
-
-        metrics, accuracies = read_results(run_dir)
-        assert len(accuracies) == metrics["episodes"]
-    report = ["report", "--params", str(work / "params.yaml"), "--out-dir", str(work / "reports")]
-    refusal = runner.invoke(app, [*report, "--runs-dir", str(work / "runs")])
-    if not (run_dir / "metrics.json").exists():
-        assert refusal.exit_code != 0
+    assert "(None)" not in message and "old files are unchanged" in message
+    assert not list(run_dir.glob(".*.part")), "the temporary files are removed"
+    assert results(work) == before
+    metrics, accuracies = read_results(run_dir)
+    assert metrics["episodes"] == len(accuracies) == 20
 
 
 def test_disagreeing_results_are_refused_by_report_and_summary(work):
@@ -200,9 +198,9 @@ def test_disagreeing_results_are_refused_by_report_and_summary(work):
     (run_dir / "episodes.csv").write_text("\n".join(lines[:-3]) + "\n")  # a kill or an edit: fewer rows
     report = ["report", "--params", str(work / "params.yaml"), "--out-dir", str(work / "reports")]
     for command in (report, ["summary"]):
-        refused(runner.invoke(app, [*command, "--runs-dir", str(work / "runs")]), "does not match its metrics.json")
+        refused(runner.invoke(app, [*command, "--runs-dir", str(work / "runs")]), "episodes.csv", "does not match")
     (run_dir / "metrics.json").write_text('{"accuracy": 0.5, "episodes')  # garbled
-    refused(runner.invoke(app, ["summary", "--runs-dir", str(work / "runs")]), "metrics.json", "damaged")
+    refused(runner.invoke(app, ["summary", "--runs-dir", str(work / "runs")]), "metrics.json", "does not match")
 
 
 def test_a_full_disk_writing_config_or_episodes_is_one_line_with_its_reason(work, monkeypatch):
@@ -546,3 +544,76 @@ def test_a_weight_turning_non_finite_stops_the_run_and_no_nan_checkpoint_is_kept
     from metabench.training import finite
 
     assert finite(saved["weights"]) and not finite({"w": torch.tensor([1.0, float("nan")])}), message
+
+
+# -- a run folder proves its own integrity ---------------------------------------------------
+def _report(work: Path):
+    report = ["report", "--params", str(work / "params.yaml"), "--out-dir", str(work / "reports")]
+    return runner.invoke(app, [*report, "--runs-dir", str(work / "runs")])
+
+
+def _edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}, indent=1) + "\n")
+
+
+@pytest.mark.fault
+def test_one_flipped_bit_in_the_accuracy_is_refused_not_reported(work):
+    path = work / "runs" / RUN / "metrics.json"
+    text = path.read_text()
+    line = next(line for line in text.splitlines() if line.startswith(' "accuracy"'))
+    digit = next(i for i, c in enumerate(line) if c.isdigit() and c not in "0" and i > line.index("."))
+    flipped = line[:digit] + chr(ord(line[digit]) ^ 1) + line[digit + 1 :]  # one bit of one digit
+    path.write_text(text.replace(line, flipped))
+    for result in (_report(work), runner.invoke(app, ["summary", "--runs-dir", str(work / "runs")])):
+        refused(result, "metrics.json", "manifest")
+    assert not (work / "reports" / "leaderboard.md").exists()
+
+
+@pytest.mark.fault
+def test_an_edited_shots_field_does_not_file_a_one_shot_run_as_five_shot(work):
+    _edit_json(work / "runs" / RUN / "metrics.json", shots=5)
+    refused(_report(work), "metrics.json", "manifest")
+
+
+@pytest.mark.fault
+def test_a_consistent_forgery_of_metrics_and_manifest_is_refused_by_the_episodes(work):
+    """The headline numbers are re-derived from episodes.csv, not trusted."""
+    from metabench.run_folder import RunFolder
+
+    run_dir = work / "runs" / RUN
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    _edit_json(run_dir / "metrics.json", accuracy=metrics["accuracy"] + 0.02)
+    RunFolder(run_dir).seal()
+    refused(_report(work), "metrics.json says accuracy", "episodes.csv gives")
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize(
+    "name, damage",
+    [("train_log.csv", b"\x00garbage,\n\xff\xfe"), ("train_summary.json", b'{"train_seconds": 1e9}\n')],
+    ids=["garbage-train-log", "edited-cost"],
+)
+def test_learning_curves_and_costs_are_read_checked(work, name, damage):
+    (work / "runs" / RUN / name).write_bytes(damage)
+    refused(_report(work), name, "manifest")
+
+
+@pytest.mark.fault
+def test_a_damaged_mlflow_record_is_one_line_in_the_report(work):
+    (work / "runs" / RUN / "mlflow_run.json").write_text('{"run_id": ')
+    refused(_report(work), "mlflow_run.json", "metabench track")
+
+
+@pytest.mark.fault
+def test_a_deleted_manifest_is_refused_by_readers_and_the_grid_checks_and_restores_it(work):
+    run_dir = work / "runs" / RUN
+    (run_dir / "manifest.json").unlink()
+    refused(_report(work), "manifest.json", "metabench grid")
+    from metabench.config import load_params, resolve_run
+    from metabench.unit import completed
+
+    config = resolve_run(load_params(work / "params.yaml"), {"algorithm": "protonet"}, {"runs_dir": str(work / "runs"),
+                         "data_dir": str(work / "data")})  # fmt: skip
+    assert completed(config, torch.get_num_threads()) is not None  # sealed as found, still checked
+    assert (run_dir / "manifest.json").is_file()
+    ok(_report(work))

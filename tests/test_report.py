@@ -10,6 +10,7 @@ import pytest
 
 from metabench import stats
 from metabench.report import build
+from metabench.run_folder import RunFolder
 
 
 def make_runs(root, algorithms=("protonet", "maml"), seeds=(0, 1, 2), shots=(1, 5), episodes=600):
@@ -53,6 +54,7 @@ def make_runs(root, algorithms=("protonet", "maml"), seeds=(0, 1, 2), shots=(1, 
                 pd.DataFrame({"iteration": [5, 10], "loss": [1.0, 0.5], "val_accuracy": [0.5, 0.6]}).to_csv(
                     run_dir / "train_log.csv", index=False
                 )
+                RunFolder(run_dir).seal()  # as every writer of results does
     (root / "profiles").mkdir()
     for algorithm in algorithms:
         for k in shots:
@@ -160,6 +162,7 @@ def test_runs_scored_on_different_episodes_are_not_paired(tmp_path):
     assert len(pairwise(load_runs(runs_dir, tmp_path / "profiles"))) == 3
     path = runs_dir / "glyphs-anil-5w1s-seed0" / "metrics.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "episodes_sha256": "other episodes"}))
+    RunFolder(path.parent).seal()
     pairs = pairwise(load_runs(runs_dir, tmp_path / "profiles"))
     assert [(r.a, r.b) for r in pairs.itertuples()] == [("maml", "protonet")]
 
@@ -257,6 +260,7 @@ def test_open_intervals_are_over_the_image_disjoint_episodes_shared_by_every_met
         for metrics_path in runs_dir.glob(f"*-5w{k}s-*/metrics.json"):
             metrics = json.loads(metrics_path.read_text())
             metrics_path.write_text(json.dumps({**metrics, "episodes_sha256": indices.digest()}))
+            RunFolder(metrics_path.parent).seal()
         if k == 1:
             kept = stats.disjoint_episodes(indices.support, indices.query)
     build(runs_dir, tmp_path / "profiles", tmp_path / "reports", episodes_dir=tmp_path / "episodes")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metabench import MetabenchError, files, stats
+from metabench import MetabenchError, stats
 from metabench.algorithms import REGISTRY
 from metabench.episodes import EpisodeIndices
 from metabench.evaluation import read_results
-from metabench.run_folder import METRICS, MLFLOW_RUN, TRAIN_LOG, TRAIN_SUMMARY
+from metabench.run_folder import METRICS, TRAIN_LOG, TRAIN_SUMMARY, RunFolder
 
 # what a profile records of where its numbers came from: not a cost, not a column of the report
 PROFILE_RECORDS = ("identity", "provenance")
@@ -66,18 +67,18 @@ def load_runs(
     for metrics_path in paths:
         run_dir = metrics_path.parent
         metrics, accuracies = read_results(run_dir)  # refused unless episodes.csv is the one metrics.json describes
-        summary_path = run_dir / TRAIN_SUMMARY
-        if summary_path.is_file():
-            metrics["train_seconds"] = files.read_json(summary_path, "training summary", "retrain the run")[
-                "train_seconds"
-            ]
-        mlflow_path = run_dir / MLFLOW_RUN
-        metrics["mlflow_run_id"] = json.loads(mlflow_path.read_text())["run_id"] if mlflow_path.is_file() else ""
+        folder, retrain = RunFolder(run_dir), f"retrain the run or remove {run_dir}"
+        trained = TRAIN_SUMMARY in (folder.sealed_names() or {})  # a reference method has no training
+        if trained:
+            seconds = folder.read_json_verified(TRAIN_SUMMARY, retrain).get("train_seconds")
+            if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+                raise MetabenchError(f"{run_dir / TRAIN_SUMMARY} has no valid train_seconds; {retrain}")
+            metrics["train_seconds"] = seconds
+        metrics["mlflow_run_id"] = folder.mlflow_run_id()
         rows.append(metrics)
         episodes[metrics["run_id"]] = accuracies
-        log_path = run_dir / TRAIN_LOG
-        if log_path.is_file():
-            log = pd.read_csv(log_path)
+        if trained:
+            log = folder.read_table_verified(TRAIN_LOG, retrain, ("iteration",))
             if "val_accuracy" in log:
                 log = log.dropna(subset=["val_accuracy"])[["iteration", "val_accuracy"]]
                 curves.append(
