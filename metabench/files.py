@@ -129,7 +129,7 @@ def remove_stale_parts(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(folder: Path, what: str):
+def exclusive(folder: Path, what: str, lock_name: str = ".lock"):
     """Hold ``folder``'s lock for the block, or fail at once naming the process that holds it.
 
     ``flock`` is released by the kernel when its holder dies, even by SIGKILL, so a killed
@@ -137,7 +137,7 @@ def exclusive(folder: Path, what: str):
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / ".lock", "a+")
+    handle = open(folder / lock_name, "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

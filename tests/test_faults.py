@@ -243,7 +243,7 @@ def test_the_store_survives_a_kill_at_every_step_of_the_swap(work, monkeypatch, 
     recovered = store.load("glyphs", work / "data", verify=True)
     assert recovered.checksum == checksum
     store.save(recovered, work / "data")  # the next save cleans what the killed one left
-    assert not [p for p in (work / "data").iterdir() if p.name.startswith(".glyphs.")]
+    assert not [p for p in (work / "data").iterdir() if p.name.startswith(".glyphs.") and not p.name.endswith(".lock")]
 
 
 # -- 5. every damaged input is a one-line error ------------------------------------------------
@@ -421,6 +421,43 @@ def test_a_trickling_server_hits_the_download_deadline(tmp_path, monkeypatch):
         server.shutdown()
         server.server_close()
     assert time.monotonic() - started < 10 and not (tmp_path / "f").exists()
+
+
+@pytest.mark.fault
+def test_a_stalled_server_is_stopped_at_the_deadline_not_at_the_read_timeout(tmp_path, monkeypatch):
+    """A server that sends headers and a few bytes, then nothing: the deadline (2 s), not the
+    60-second read timeout, ends the fetch."""
+    import http.server
+    import threading
+
+    from metabench.data.download import fetch_file
+
+    release = threading.Event()
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.wfile.flush()
+            release.wait(90)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("METABENCH_DOWNLOAD_DEADLINE", "2")
+    started = time.monotonic()
+    try:
+        with pytest.raises(MetabenchError, match="took longer than 2 s"):
+            fetch_file(f"http://127.0.0.1:{server.server_address[1]}/f", tmp_path / "f", None)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started < 6 and not (tmp_path / "f").exists()
 
 
 def test_result_files_keep_the_usual_permissions(work):

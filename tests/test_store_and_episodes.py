@@ -44,7 +44,7 @@ def test_failed_save_keeps_the_previous_dataset(tiny_dataset, monkeypatch):
         store.save(dataset, root)
     monkeypatch.undo()
     assert store.load("tiny", root, verify=True).checksum == dataset.checksum
-    assert [p.name for p in root.iterdir()] == ["tiny"]
+    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == ["tiny"]  # no staging left
 
 
 def test_sampler_is_a_function_of_its_seed():
@@ -104,3 +104,39 @@ def test_fixed_episodes_are_generated_once_and_reused(tmp_path):
     assert list(tmp_path.iterdir()) == files
     other_seed = fixed_episodes(split, spec, 30, 1, tmp_path, "tiny-test")
     assert not np.array_equal(first.support, other_seed.support)
+
+
+@pytest.mark.fault
+def test_a_re_fetch_during_verification_cannot_pair_one_versions_images_with_the_others_checksum(
+    tiny_dataset, monkeypatch
+):
+    """Read, hash, use: the files verified are the open files used, whatever a concurrent swap does."""
+    old, root = tiny_dataset
+    new_splits = {
+        name: tiny_split(len(s.class_names), 20, seed=10 + i) for i, (name, s) in enumerate(old.splits.items())
+    }
+    new = store.Dataset("tiny", new_splits, {"source": "test"})
+    real, swapped = store._sha256, []
+
+    def hash_then_swap(handle):
+        if not swapped:  # another process re-fetches the dataset while this one verifies
+            swapped.append(store.save(new, root))
+        return real(handle)
+
+    monkeypatch.setattr(store, "_sha256", hash_then_swap)
+    loaded = store.load("tiny", root, verify=True)
+    assert swapped and loaded.checksum == old.checksum != new.checksum
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(loaded.split(name).images, old.split(name).images)
+    monkeypatch.undo()
+    assert store.load("tiny", root, verify=True).checksum == new.checksum  # the next load sees the new copy
+
+
+@pytest.mark.fault
+def test_a_second_fetch_of_the_same_dataset_fails_in_one_line_and_leaves_the_first_alone(tmp_path):
+    from metabench.data import fetch
+
+    with store.fetching(tmp_path, "glyphs"):  # a first fetch is under way
+        with pytest.raises(MetabenchError, match="being fetched") as refused:
+            fetch("glyphs", {"max_classes_per_alphabet": 2}, tmp_path)
+    assert "\n" not in str(refused.value) and not store.exists("glyphs", tmp_path)

@@ -14,8 +14,15 @@ SOURCES = ("glyphs", "omniglot", "cifar-fs", "fc100", "miniimagenet", "tieredima
 
 
 def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=None) -> store.Dataset:
-    """Build dataset ``source`` with ``options`` (its params.yaml section) into ``data_dir``."""
-    options = dict(options or {})
+    """Build dataset ``source`` with ``options`` (its params.yaml section) into ``data_dir``; a
+    second fetch of the same source into the same store at once fails in one line."""
+    if source not in SOURCES:
+        raise MetabenchError(f"unknown dataset source {source!r}; choose one of {', '.join(SOURCES)}")
+    with store.fetching(Path(data_dir), source):
+        return _build(source, dict(options or {}), Path(data_dir), progress)
+
+
+def _build(source: str, options: dict[str, Any], data_dir: Path, progress) -> store.Dataset:
     # each source's module (and its image, archive or font libraries) is imported only when used
     if source == "glyphs":
         from metabench.data import glyphs

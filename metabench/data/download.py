@@ -100,11 +100,18 @@ def fetch_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     digest = hashlib.new(algorithm)
-    stream, total = _open(location, timeout)
+    stream, total = _open(location, min(timeout, deadline))
     try:
         with stream, open(partial, "wb") as out:
             done = _copy(
-                stream, out, digest, location, (started, deadline), progress, f"download {dest.name} (bytes)", total
+                stream,
+                out,
+                digest,
+                location,
+                (started, deadline, timeout),
+                progress,
+                f"download {dest.name} (bytes)",
+                total,
             )
         if total is not None and done != total:
             raise MetabenchError(f"download of {location} stopped at {done} of {total} bytes; run the command again")
@@ -124,27 +131,45 @@ def fetch_file(
     return dest
 
 
+def _socket(stream):
+    """The socket under an HTTP response (None for a local file): its timeout bounds one read."""
+    return getattr(getattr(getattr(stream, "fp", None), "raw", None), "_sock", None)
+
+
 def _copy(
-    stream, out, digest, location: str, clock: tuple[float, float], progress, label: str, total: int | None
+    stream, out, digest, location: str, clock: tuple[float, float, float], progress, label: str, total: int | None
 ) -> int:
     """Copy ``stream`` into ``out`` block by block, hashing as it goes; return the bytes copied.
-    ``clock`` is (start, deadline seconds) on ``time.monotonic``: a transfer past it, or a broken
-    one, is a one-line error."""
-    started, deadline = clock
+    ``clock`` is (start on ``time.monotonic``, deadline seconds, per-read timeout): each read may
+    wait only for what is left of the deadline, so a stalled server cannot hold a fetch past it;
+    a transfer past it, or a broken one, is a one-line error."""
+    started, deadline, timeout = clock
     done = 0
     read = getattr(stream, "read1", stream.read)  # read1: what has arrived, so the deadline is checked often
+    sock = _socket(stream)
+
+    def past_deadline() -> MetabenchError:
+        return MetabenchError(
+            f"download of {location} took longer than {deadline:g} s ({done} bytes so far); "
+            "try again later or from a mirror (METABENCH_DOWNLOAD_DEADLINE sets the limit)"
+        )
+
     while True:
+        left = deadline - (time.monotonic() - started)
+        if left <= 0:
+            raise past_deadline()
+        if sock is not None:
+            sock.settimeout(min(timeout, left))
         try:
             block = read(1 << 20)
         except (TimeoutError, OSError) as error:
+            if time.monotonic() - started >= deadline:
+                raise past_deadline() from error
             raise MetabenchError(f"download of {location} broke off ({error}); run the command again") from error
         if not block:
             return done
         if time.monotonic() - started > deadline:
-            raise MetabenchError(
-                f"download of {location} took longer than {deadline:g} s ({done} bytes so far); "
-                "try again later or from a mirror (METABENCH_DOWNLOAD_DEADLINE sets the limit)"
-            )
+            raise past_deadline()
         out.write(block)
         digest.update(block)
         done += len(block)

@@ -16,6 +16,8 @@ one only when complete, so an interrupted conversion never destroys a dataset al
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -111,11 +114,34 @@ class Dataset:
         return self.splits[name]
 
 
+@contextlib.contextmanager
+def _swap_lock(root: Path, name: str):
+    """Held for the two renames of a swap, and by a reader while it opens every file of the
+    dataset: a reader then holds open files of one copy, old or new, never a mixture. A store
+    the user cannot write (a shared read-only copy) is never swapped, so it needs no lock."""
+    try:
+        handle = open(Path(root) / f".{name}.swap.lock", "a+")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def fetching(root: Path, name: str):
+    """Held for the whole of one fetch of ``name``: a second fetch of the same dataset fails at
+    once in one line instead of deleting the first one's files."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return files.exclusive(Path(root), f"dataset {name!r} in {root} (being fetched)", lock_name=f".{name}.fetch.lock")
+
+
 def save(dataset: Dataset, root: Path) -> Path:
     """Write ``dataset`` under ``root/<name>`` atomically and return that directory."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    _recover(root, dataset.name, staging_too=True)
+    with _swap_lock(root, dataset.name):
+        _recover(root, dataset.name, staging_too=True)
     final = root / dataset.name
     staging = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.", dir=root))
     try:
@@ -137,13 +163,14 @@ def save(dataset: Dataset, root: Path) -> Path:
         meta = {"name": dataset.name, "image_shape": list(dataset.image_shape), "splits": split_meta, "info": info}
         (staging / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
         dataset.info = info
-        if final.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.old.", dir=root))
-            os.replace(final, trash / "old")
-            os.replace(staging, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, final)
+        with _swap_lock(root, dataset.name):  # readers open a consistent copy, before or after
+            if final.exists():
+                trash = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.old.", dir=root))
+                os.replace(final, trash / "old")
+                os.replace(staging, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(staging, final)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise MetabenchError(
@@ -158,41 +185,79 @@ def save(dataset: Dataset, root: Path) -> Path:
 
 def exists(name: str, root: Path) -> bool:
     if Path(root).is_dir():
-        _recover(Path(root), name)
+        with _swap_lock(Path(root), name):
+            _recover(Path(root), name)
     return (Path(root) / name / "meta.json").is_file()
 
 
 def load(name: str, root: Path, verify: bool = False) -> Dataset:
     """Load a stored dataset (memory-mapped); ``verify`` re-checks every file's sha256.
 
-    Every way a stored dataset can be damaged (a truncated or garbled ``meta.json`` or array,
-    offsets that do not describe the images) is a one-line error that names the command which
-    rebuilds it.
+    Every file is opened once, under the swap lock, and what is hashed is what is used (the
+    same open file, memory-mapped), so a concurrent re-fetch cannot pair one version's images
+    with the other's checksum. Every way a stored dataset can be damaged (a truncated or garbled
+    ``meta.json`` or array, offsets that do not describe the images) is a one-line error that
+    names the command which rebuilds it.
     """
     directory = Path(root) / name
     rebuild = f"run `metabench fetch {name.split('-')[0]}` again to rebuild it"
-    if Path(root).is_dir():
-        _recover(Path(root), name)
-    meta_path = directory / "meta.json"
-    if not meta_path.is_file():
-        raise MetabenchError(
-            f"dataset {name!r} is not in {Path(root)}; run `metabench fetch {name.split('-')[0]}` first"
-        )
-    meta = files.read_json(meta_path, "dataset description", rebuild)
+    handles: dict[str, IO[bytes]] = {}
     try:
+        meta = _open_all(Path(root), name, handles)
         stored_files = meta["info"]["files"]
         if verify:
             for filename, expected in stored_files.items():
-                path = directory / filename
-                if not path.is_file() or files.sha256_file(path) != expected:
-                    raise MetabenchError(f"{path} is missing or corrupt (sha256 mismatch); {rebuild}")
+                if _sha256(handles[filename]) != expected:
+                    raise MetabenchError(f"{directory / filename} is missing or corrupt (sha256 mismatch); {rebuild}")
         splits = {}
         for split_name, split_meta in meta["splits"].items():
-            images = np.load(directory / f"{split_name}.images.npy", mmap_mode="r")
-            offsets = np.load(directory / f"{split_name}.offsets.npy")
+            images = _mapped(handles[f"{split_name}.images.npy"])
+            offsets = np.array(_mapped(handles[f"{split_name}.offsets.npy"]))
             splits[split_name] = Split(np.asarray(images), offsets, split_meta["class_names"], split_meta["groups"])
         return Dataset(name=meta["name"], splits=splits, info=meta["info"])
     except MetabenchError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
+    except FileNotFoundError as error:
+        raise MetabenchError(f"{error.filename} is missing; {rebuild}") from error
+    except (OSError, ValueError, KeyError, TypeError, EOFError, UnicodeDecodeError) as error:
         raise MetabenchError(f"{directory} is damaged ({type(error).__name__}: {error}); {rebuild}") from error
+    finally:
+        for handle in handles.values():
+            handle.close()
+
+
+def _open_all(root: Path, name: str, handles: dict[str, IO[bytes]]) -> dict:
+    """Open ``meta.json`` and every file it lists into ``handles``, under the swap lock: one copy."""
+    directory = root / name
+    with _swap_lock(root, name) if root.is_dir() else contextlib.nullcontext():
+        if root.is_dir():
+            _recover(root, name)
+        if not (directory / "meta.json").is_file():
+            raise MetabenchError(f"dataset {name!r} is not in {root}; run `metabench fetch {name.split('-')[0]}` first")
+        handles["meta.json"] = open(directory / "meta.json", "rb")
+        meta = json.loads(handles["meta.json"].read())
+        for filename in meta["info"]["files"]:
+            handles[filename] = open(directory / filename, "rb")
+    return meta
+
+
+def _sha256(handle: IO[bytes]) -> str:
+    handle.seek(0)
+    digest = hashlib.sha256()
+    while block := handle.read(1 << 20):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _mapped(handle: IO[bytes]) -> np.ndarray:
+    """The .npy array in the open file ``handle``, memory-mapped read-only (the map outlives
+    the handle and pins the file's bytes even if it is replaced or deleted)."""
+    handle.seek(0)
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    if dtype.hasobject:
+        raise ValueError("an object array is not dataset data")
+    return np.memmap(handle, dtype=dtype, mode="r", offset=handle.tell(), shape=shape, order="F" if fortran else "C")
