@@ -89,6 +89,7 @@ def test_provenance_is_recorded_and_never_compared(finished):
     )
     for path in (folder.config, folder.metrics):
         _rewrite(path, lambda record: record["provenance"].update(git_commit="0" * 40, source_digest="f" * 64))
+    folder.seal()  # as a run made at that commit sealed its files
     assert unit.completed(finished, 1) is not None
 
 
