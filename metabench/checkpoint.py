@@ -10,6 +10,7 @@ an error instead of a silently wrong result.
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,27 @@ from metabench import MetabenchError, files
 FORMAT = "metabench-checkpoint-1"
 
 
+def canonical(value: Any) -> Any:
+    """``value`` rebuilt so that equal payloads pickle to equal bytes. Pickle writes a string it
+    has already written as a back-reference only when it is the same *object*: a key read back
+    from ``state.pt`` is an equal but distinct string, so a resumed run's checkpoint would differ
+    in bytes from the uninterrupted run's. Every string is interned, every container rebuilt."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {canonical(key): canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(canonical(item) for item in value)
+    return value
+
+
 def save_atomic(payload: Any, path: Path) -> str:
-    """Write ``payload`` to ``path`` atomically; return the payload's sha256."""
+    """Write ``payload`` to ``path`` atomically, the same bytes for equal payloads (``canonical``);
+    return the payload's sha256."""
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save(canonical(payload), buffer)
     data = buffer.getvalue()
     digest = files.sha256_bytes(data)
     wrapped = io.BytesIO()

@@ -25,7 +25,7 @@ from metabench.data import store
 from metabench.episodes import ImageBank
 from metabench.evaluation import episode_accuracies, write_results
 from metabench.prepared import PreparedRun, evaluation_episodes, prepare
-from metabench.run_folder import RunFolder
+from metabench.run_folder import TRAIN_SUMMARY, RunFolder
 from metabench.tracking import Tracker, run_tags
 from metabench.trained import load_trained
 from metabench.training import Listener, TrainingLoop, TrainingState
@@ -77,6 +77,9 @@ def _train_locked(run: PreparedRun, progress: Progress | None, force: bool) -> d
     _check_ranks(config, algorithm)
     rng = np.random.default_rng(config.seed)
     state = _resumed_state(run, folder, current, algorithm, rng)
+    finished = _finished_summary(folder, current, state, config.iterations) if not force else None
+    if finished is not None:  # nothing to train: leave every file as it is (bytes and times)
+        return finished
     if state.iteration < config.iterations and writer:
         folder.remove_evaluation()  # it scored other weights
     meta = _meta(run)
@@ -121,6 +124,16 @@ def _refuse_or_clear_finished(run: PreparedRun, folder: RunFolder, current: dict
         folder.state.unlink(missing_ok=True)
         folder.checkpoint.unlink(missing_ok=True)
     distributed.barrier()  # every rank reads the state rank 0 has left
+
+
+def _finished_summary(folder: RunFolder, current: dict, state: TrainingState, iterations: int) -> dict | None:
+    """The summary of this very run when it has already trained ``iterations`` (None otherwise)."""
+    if state.iteration < iterations or folder.finished_identity() != current:
+        return None
+    try:
+        return folder.read_json_verified(TRAIN_SUMMARY, "retrain")
+    except MetabenchError:
+        return None  # its results are damaged or missing: write them again
 
 
 def _resumed_state(run: PreparedRun, folder: RunFolder, current: dict, algorithm, rng) -> TrainingState:

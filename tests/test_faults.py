@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -654,3 +655,34 @@ def test_a_deleted_manifest_is_refused_by_readers_and_the_grid_checks_and_restor
     assert completed(config, torch.get_num_threads()) is not None  # sealed as found, still checked
     assert (run_dir / "manifest.json").is_file()
     ok(_report(work))
+
+
+# -- byte-identical means byte-identical -----------------------------------------------------
+@pytest.mark.fault
+def test_a_continued_training_writes_the_checkpoint_bytes_of_the_uninterrupted_one_and_a_no_op_writes_nothing(work):
+    """`train --iterations 5` then `--iterations 10` against `--iterations 10` at once, in the same
+    folder: the same checkpoint.pt, config.json, episodes.csv and metrics.json bytes;
+    train_log.csv and train_summary.json equal but for their wall-clock seconds. A second
+    `train` of a finished run leaves every file untouched."""
+    run = work / "runs" / "glyphs-maml-5w1s-seed0"
+    outputs = []
+    for steps in (("10",), ("5", "10")):
+        shutil.rmtree(run, ignore_errors=True)
+        for count in steps:
+            ok(cli(work, "train", "--algorithm", "maml", "--iterations", count))
+        ok(cli(work, "evaluate", "--algorithm", "maml"))
+        summary = json.loads((run / "train_summary.json").read_text())
+        outputs.append(
+            {
+                **{name: (run / name).read_bytes() for name in ("checkpoint.pt", "config.json", "episodes.csv", "metrics.json")},
+                "train_log.csv": pd.read_csv(run / "train_log.csv").drop(columns="seconds").fillna(-1).to_dict("list"),
+                "train_summary.json": {k: v for k, v in summary.items() if k != "train_seconds"},
+            }
+        )  # fmt: skip
+    assert outputs[0].keys() == outputs[1].keys()
+    for name in outputs[0]:
+        assert outputs[0][name] == outputs[1][name], name
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
+    ok(cli(work, "train", "--algorithm", "maml", "--iterations", "10"))
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}

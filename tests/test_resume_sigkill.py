@@ -69,6 +69,8 @@ def run_files(run_dir):
     return log, metrics
 
 
+BYTE_IDENTICAL = ("checkpoint.pt", "config.json", "episodes.csv", "metrics.json")
+
 # states saved at each validation (every 3 updates), or between validations (checkpoint_every 2, val_every 20)
 SAVING = {"at-validation": "  val_every: 3\n", "between-validations": "  val_every: 20\n  checkpoint_every: 2\n"}
 
@@ -107,6 +109,9 @@ def test_sigkill_at_a_random_moment_then_the_same_command_gives_identical_metric
 
     pd.testing.assert_frame_equal(resumed_log, reference_log)
     assert resumed == reference, f"killed {delay:.2f} s after the first state was saved"
+    reference_run = reference_dir / "runs" / "tiny-protonet-5w1s-seed4"
+    for name in BYTE_IDENTICAL:  # README, What we guarantee: these files, byte for byte
+        assert (run_dir / name).read_bytes() == (reference_run / name).read_bytes(), name
 
 
 def test_a_damaged_state_is_never_loaded(workdir):
