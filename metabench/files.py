@@ -136,8 +136,14 @@ def exclusive(folder: Path, what: str, lock_name: str = ".lock"):
     run never leaves a stale lock behind.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / lock_name, "a+")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / lock_name, "a+")
+    except OSError as error:
+        raise MetabenchError(
+            f"cannot use {folder} ({reason(error)}); give a directory with free space that you can write "
+            "(--runs-dir, --data-dir)"
+        ) from error
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

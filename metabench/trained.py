@@ -19,6 +19,12 @@ from metabench.config import resolve_device
 def load_trained(checkpoint_path: Path, device: torch.device):
     """Rebuild an algorithm from ``checkpoint.pt`` with its best weights; return (algorithm, meta)."""
     saved = checkpoint.load(checkpoint_path, rebuild="train the run (metabench train) or restore the file")
+    missing = [key for key in ("task", "algorithm", "hyper", "weights", "dataset") if key not in saved]
+    if missing:
+        what = "a resumable training state" if "numpy_rng" in saved else "not a checkpoint"
+        raise MetabenchError(
+            f"{checkpoint_path} is {what} (no {', '.join(missing)}); give the run's checkpoint.pt, the best weights"
+        )
     task = TaskShape(**saved["task"])
     algorithm = build_algorithm(saved["algorithm"], saved["hyper"], task, device)
     algorithm.load_state_dict(saved["weights"], weights_only=True)

@@ -686,3 +686,59 @@ def test_a_continued_training_writes_the_checkpoint_bytes_of_the_uninterrupted_o
     ok(cli(work, "train", "--algorithm", "maml", "--iterations", "10"))
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
     assert {k: v for k, v in after.items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}
+
+
+# -- one line, never a traceback -------------------------------------------------------------
+@pytest.mark.fault
+def test_predict_given_the_resumable_state_says_to_give_the_checkpoint(work, tmp_path):
+    support = tmp_path / "support"
+    for name in ("a", "b"):
+        (support / name).mkdir(parents=True)
+        from PIL import Image
+
+        Image.new("L", (28, 28)).save(support / name / "x.png")
+    ok(cli(work, "train", "--algorithm", "protonet", "--seed", "5", "--iterations", "5"))
+    state = work / "runs" / "glyphs-protonet-5w1s-seed5" / "state.pt"
+    result = runner.invoke(
+        app, ["predict", "--checkpoint", str(state), "--support", str(support), "--query", str(support / "a")]
+    )
+    refused(result, "resumable training state", "checkpoint.pt")
+
+
+@pytest.mark.fault
+def test_a_runs_dir_that_is_a_file_is_one_line(work):
+    (work / "afile").write_text("")
+    result = runner.invoke(
+        app,
+        ["train", "--algorithm", "protonet", "--params", str(work / "params.yaml"), "--data-dir", str(work / "data"),
+         "--runs-dir", str(work / "afile")],
+    )  # fmt: skip
+    refused(result, "afile", "Not a directory")
+
+
+@pytest.mark.fault
+def test_a_full_runs_folder_is_one_line(work, monkeypatch):
+    real = Path.mkdir
+
+    def full(self, *args, **kwargs):
+        if "seed6" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    refused(cli(work, "train", "--algorithm", "protonet", "--seed", "6"), "No space left on device", "seed6")
+
+
+@pytest.mark.fault
+def test_a_truncated_profile_given_to_the_report_is_one_line(work):
+    profiles = work / "profiles"
+    profiles.mkdir()
+    (profiles / "glyphs-protonet-5w1s.json").write_text('{"algorithm": "proto')
+    report = ["report", "--params", str(work / "params.yaml"), "--out-dir", str(work / "reports")]
+    result = runner.invoke(app, [*report, "--runs-dir", str(work / "runs"), "--profiles-dir", str(profiles)])
+    refused(result, "glyphs-protonet-5w1s.json", "damaged")
+
+
+@pytest.mark.fault
+def test_nan_on_the_command_line_is_one_line(work):
+    refused(cli(work, "train", "--algorithm", "maml", "--hp", "inner_lr=nan"), "maml.inner_lr", "finite")

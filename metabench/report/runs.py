@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metabench import MetabenchError, stats
+from metabench import MetabenchError, files, stats
 from metabench.algorithms import REGISTRY
 from metabench.episodes import EpisodeIndices
 from metabench.evaluation import read_results
@@ -22,6 +22,15 @@ from metabench.run_folder import METRICS, TRAIN_LOG, TRAIN_SUMMARY, RunFolder
 
 # what a profile records of where its numbers came from: not a cost, not a column of the report
 PROFILE_RECORDS = ("identity", "provenance")
+
+
+def _profile(path: Path) -> dict:
+    """One cost profile, refused in one line when damaged (a truncated copy, an edit)."""
+    profile = files.read_json(path, "cost profile", "measure it again with `metabench profile --force` or remove it")
+    needed = ("algorithm", "dataset", "ways", "shots")
+    if not isinstance(profile, dict) or any(key not in profile for key in needed):
+        raise MetabenchError(f"cost profile {path} is not a metabench profile; measure it again or remove it")
+    return profile
 
 
 @dataclass
@@ -93,8 +102,8 @@ def load_runs(
     if not rows:
         raise MetabenchError(f"no evaluated runs in {runs_dir}; run the train and evaluate stages first")
     profiles = [
-        {key: value for key, value in json.loads(p.read_text()).items() if key not in PROFILE_RECORDS}
-        for p in sorted(Path(profiles_dir).glob("*.json"))
+        {key: value for key, value in _profile(path).items() if key not in PROFILE_RECORDS}
+        for path in sorted(Path(profiles_dir).glob("*.json"))
     ]
     return Runs(
         pd.DataFrame(rows),
