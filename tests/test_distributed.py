@@ -256,3 +256,26 @@ def test_a_ranks_one_line_error_reaches_the_launcher_through_torch_elastics_erro
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: maml has a meta-batch of 1 tasks for 2 ranks"), result.stderr[-2000:]
     assert "exit code" not in last
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_sigkilled_launcher_leaves_no_rank_training(workdir):
+    """The launcher cannot stop its ranks when it is killed with SIGKILL: they die with it
+    (parent-death signal) instead of training on alone."""
+    (workdir / "params.yaml").write_text(PARAMS.replace("iterations: 24", "iterations: 5000"))
+    command = [sys.executable, "-m", "metabench", "train", "--algorithm", "maml", "--seed", "7", "--ranks", "2"]
+    command += ["--params", str(workdir / "params.yaml"), "--data-dir", str(workdir / "data")]
+    command += ["--runs-dir", str(workdir / "runs")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "METABENCH_TRACKING": "off"}
+    launcher = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = workdir / "runs" / "tiny-maml-5w1s-seed7" / "state.pt"
+    deadline = time.monotonic() + 240
+    while not state.is_file() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "metabench" in " ".join(p.cmdline())]
+    assert launcher.poll() is None and len(ranks) == 2, launcher.stdout.read().decode() if launcher.poll() else ""
+    launcher.kill()
+    launcher.wait(timeout=30)
+    gone, alive = psutil.wait_procs(ranks, timeout=10)
+    assert alive == [], f"ranks {[p.pid for p in alive]} still training after the launcher was killed"
