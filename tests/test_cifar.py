@@ -103,6 +103,7 @@ def test_fc100_splits_by_superclass(served, tmp_path):
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"]
 
 
+@pytest.mark.fault
 def test_checksum_mismatch_is_refused_and_nothing_is_stored(served, tmp_path):
     options, _ = served
     with pytest.raises(MetabenchError, match="md5"):
@@ -111,6 +112,7 @@ def test_checksum_mismatch_is_refused_and_nothing_is_stored(served, tmp_path):
     assert not list((tmp_path / "data" / "raw" / "cifar100").glob("*.tar.gz"))
 
 
+@pytest.mark.fault
 def test_a_damaged_archive_with_a_matching_checksum_gives_a_clear_error(served, tmp_path):
     options, root = served
     archive = root / "cifar-100-python.tar.gz"

@@ -17,6 +17,7 @@ def test_good_download_is_verified_and_stored(shared_data, http_server, tmp_path
     assert list(tmp_path.iterdir()) == [dest]
 
 
+@pytest.mark.fault
 def test_checksum_mismatch_leaves_no_partial_file_and_keeps_existing(shared_data, http_server, tmp_path):
     url = http_server(shared_data / "omniglot") + "images_evaluation.zip"
     dest = tmp_path / "images_evaluation.zip"
@@ -28,6 +29,7 @@ def test_checksum_mismatch_leaves_no_partial_file_and_keeps_existing(shared_data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images_evaluation.zip"]
 
 
+@pytest.mark.fault
 def test_http_404_is_a_clear_error(http_server, tmp_path):
     (tmp_path / "served").mkdir()
     url = http_server(tmp_path / "served") + "missing.zip"
@@ -36,6 +38,7 @@ def test_http_404_is_a_clear_error(http_server, tmp_path):
     assert not (tmp_path / "out" / "missing.zip").exists()
 
 
+@pytest.mark.fault
 def test_connection_refused_is_a_clear_error(tmp_path):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -45,6 +48,7 @@ def test_connection_refused_is_a_clear_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.fault
 def test_local_path_source_and_missing_local_file(tmp_path):
     source = tmp_path / "a.bin"
     source.write_bytes(b"abc")
@@ -54,6 +58,7 @@ def test_local_path_source_and_missing_local_file(tmp_path):
         fetch_file(str(tmp_path / "nope.zip"), tmp_path / "n.zip", "md5:00")
 
 
+@pytest.mark.fault
 def test_malformed_checksum_is_rejected(tmp_path):
     with pytest.raises(MetabenchError, match="md5:<hex>"):
         fetch_file(str(tmp_path), tmp_path / "x", "crc32:1234")

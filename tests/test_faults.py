@@ -23,6 +23,7 @@ from metabench import MetabenchError, checkpoint, files
 from metabench.cli import app
 from metabench.data import store
 
+pytestmark = pytest.mark.fault  # every case here is one of the fault suite (README, What we guarantee)
 runner = CliRunner()
 PARAMS = (
     "run:\n  iterations: 10\n  val_every: 5\n  val_episodes: 10\n  test_episodes: 20\n  queries: 5\n"
@@ -424,7 +425,6 @@ def test_a_trickling_server_hits_the_download_deadline(tmp_path, monkeypatch):
     assert time.monotonic() - started < 10 and not (tmp_path / "f").exists()
 
 
-@pytest.mark.fault
 def test_a_stalled_server_is_stopped_at_the_deadline_not_at_the_read_timeout(tmp_path, monkeypatch):
     """A server that sends headers and a few bytes, then nothing: the deadline (2 s), not the
     60-second read timeout, ends the fetch."""
@@ -521,7 +521,6 @@ def _unsafe_loads(source: str) -> list[str]:
     return found
 
 
-@pytest.mark.fault
 def test_no_unpickling_outside_the_allow_list_anywhere_in_the_package():
     package = Path(__file__).resolve().parents[1] / "metabench"
     allowed = package / "data" / "safe_pickle.py"
@@ -540,7 +539,6 @@ def test_no_unpickling_outside_the_allow_list_anywhere_in_the_package():
 
 
 # -- finite numbers only ---------------------------------------------------------------------
-@pytest.mark.fault
 @pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
 def test_a_non_finite_learning_rate_is_refused_before_training(work, value):
     before = sorted(p.name for p in (work / "runs").iterdir())
@@ -548,7 +546,6 @@ def test_a_non_finite_learning_rate_is_refused_before_training(work, value):
     assert sorted(p.name for p in (work / "runs").iterdir()) == before  # no empty run folder either
 
 
-@pytest.mark.fault
 def test_a_non_finite_hyper_parameter_in_params_yaml_is_refused(work):
     (work / "params.yaml").write_text(
         PARAMS.replace("      meta_batch: 2\n", "      meta_batch: 2\n      inner_lr: .nan\n")
@@ -556,7 +553,6 @@ def test_a_non_finite_hyper_parameter_in_params_yaml_is_refused(work):
     refused(cli(work, "train", "--algorithm", "maml"), "maml.inner_lr", "finite")
 
 
-@pytest.mark.fault
 def test_a_weight_turning_non_finite_stops_the_run_and_no_nan_checkpoint_is_kept(work, monkeypatch):
     """A finite loss does not prove finite weights: the step that makes them inf reports the loss
     it computed before. With validation every step the non-finite weights are never kept."""
@@ -594,7 +590,6 @@ def _edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}, indent=1) + "\n")
 
 
-@pytest.mark.fault
 def test_one_flipped_bit_in_the_accuracy_is_refused_not_reported(work):
     path = work / "runs" / RUN / "metrics.json"
     text = path.read_text()
@@ -607,13 +602,11 @@ def test_one_flipped_bit_in_the_accuracy_is_refused_not_reported(work):
     assert not (work / "reports" / "leaderboard.md").exists()
 
 
-@pytest.mark.fault
 def test_an_edited_shots_field_does_not_file_a_one_shot_run_as_five_shot(work):
     _edit_json(work / "runs" / RUN / "metrics.json", shots=5)
     refused(_report(work), "metrics.json", "manifest")
 
 
-@pytest.mark.fault
 def test_a_consistent_forgery_of_metrics_and_manifest_is_refused_by_the_episodes(work):
     """The headline numbers are re-derived from episodes.csv, not trusted."""
     from metabench.run_folder import RunFolder
@@ -625,7 +618,6 @@ def test_a_consistent_forgery_of_metrics_and_manifest_is_refused_by_the_episodes
     refused(_report(work), "metrics.json says accuracy", "episodes.csv gives")
 
 
-@pytest.mark.fault
 @pytest.mark.parametrize(
     "name, damage",
     [("train_log.csv", b"\x00garbage,\n\xff\xfe"), ("train_summary.json", b'{"train_seconds": 1e9}\n')],
@@ -636,13 +628,11 @@ def test_learning_curves_and_costs_are_read_checked(work, name, damage):
     refused(_report(work), name, "manifest")
 
 
-@pytest.mark.fault
 def test_a_damaged_mlflow_record_is_one_line_in_the_report(work):
     (work / "runs" / RUN / "mlflow_run.json").write_text('{"run_id": ')
     refused(_report(work), "mlflow_run.json", "metabench track")
 
 
-@pytest.mark.fault
 def test_a_deleted_manifest_is_refused_by_readers_and_the_grid_checks_and_restores_it(work):
     run_dir = work / "runs" / RUN
     (run_dir / "manifest.json").unlink()
@@ -658,7 +648,6 @@ def test_a_deleted_manifest_is_refused_by_readers_and_the_grid_checks_and_restor
 
 
 # -- byte-identical means byte-identical -----------------------------------------------------
-@pytest.mark.fault
 def test_a_continued_training_writes_the_checkpoint_bytes_of_the_uninterrupted_one_and_a_no_op_writes_nothing(work):
     """`train --iterations 5` then `--iterations 10` against `--iterations 10` at once, in the same
     folder: the same checkpoint.pt, config.json, episodes.csv and metrics.json bytes;
@@ -689,7 +678,6 @@ def test_a_continued_training_writes_the_checkpoint_bytes_of_the_uninterrupted_o
 
 
 # -- one line, never a traceback -------------------------------------------------------------
-@pytest.mark.fault
 def test_predict_given_the_resumable_state_says_to_give_the_checkpoint(work, tmp_path):
     support = tmp_path / "support"
     for name in ("a", "b"):
@@ -705,7 +693,6 @@ def test_predict_given_the_resumable_state_says_to_give_the_checkpoint(work, tmp
     refused(result, "resumable training state", "checkpoint.pt")
 
 
-@pytest.mark.fault
 def test_a_runs_dir_that_is_a_file_is_one_line(work):
     (work / "afile").write_text("")
     result = runner.invoke(
@@ -716,7 +703,6 @@ def test_a_runs_dir_that_is_a_file_is_one_line(work):
     refused(result, "afile", "Not a directory")
 
 
-@pytest.mark.fault
 def test_a_full_runs_folder_is_one_line(work, monkeypatch):
     real = Path.mkdir
 
@@ -729,7 +715,6 @@ def test_a_full_runs_folder_is_one_line(work, monkeypatch):
     refused(cli(work, "train", "--algorithm", "protonet", "--seed", "6"), "No space left on device", "seed6")
 
 
-@pytest.mark.fault
 def test_a_truncated_profile_given_to_the_report_is_one_line(work):
     profiles = work / "profiles"
     profiles.mkdir()
@@ -739,6 +724,32 @@ def test_a_truncated_profile_given_to_the_report_is_one_line(work):
     refused(result, "glyphs-protonet-5w1s.json", "damaged")
 
 
-@pytest.mark.fault
 def test_nan_on_the_command_line_is_one_line(work):
     refused(cli(work, "train", "--algorithm", "maml", "--hp", "inner_lr=nan"), "maml.inner_lr", "finite")
+
+
+# -- a params file is checked whole ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        (PARAMS + "  protonet:\n    hyper:\n      hidden: 16\n", ("protonet", "appears twice", "line 15")),
+        (PARAMS + "run:\n  shots: 5\n", ("'run' appears twice",)),
+        (PARAMS.replace("meta_batch: 2", "meta_bach: 2"), ("maml has no hyper-parameter meta_bach",)),
+        (PARAMS.replace("  maml:\n", "  mamll:\n"), ("algorithms.mamll is not a registered algorithm",)),
+        (PARAMS + "data:\n  glyphs:\n    seeed: 1\n", ("data.glyphs has no option seeed",)),
+        (PARAMS + "leaderboard:\n  algorithms: [protonet]\n  shots: [1]\n  seeds: [0]\n  seed: [1]\n", ("leaderboard has no key seed",)),
+        (PARAMS.replace("hidden: 8\n  maml", "hidden: eight\n  maml"), ("protonet.hidden must be int",)),
+    ],
+    ids=["duplicate-block", "duplicate-section", "misspelt-other-algorithm", "unknown-algorithm", "data-option",
+         "leaderboard-key", "wrong-type"],
+)  # fmt: skip
+def test_a_mistake_anywhere_in_the_params_file_stops_every_command_before_it_starts(work, text, fragments):
+    """Even a block of an algorithm other than the one trained: a sweep must not fail minutes later."""
+    (work / "params.yaml").write_text(text)
+    before = sorted(p.name for p in (work / "runs").iterdir())
+    for command in (("train", "--algorithm", "protonet", "--seed", "9"), ("check-params",)):
+        args = [*command, "--params", str(work / "params.yaml")]
+        if command[0] == "train":
+            args += ["--data-dir", str(work / "data"), "--runs-dir", str(work / "runs")]
+        refused(runner.invoke(app, args), *fragments)
+    assert sorted(p.name for p in (work / "runs").iterdir()) == before

@@ -52,6 +52,7 @@ def test_nested_folders_split_by_superclass(tmp_path):
     assert abs(int(split.images[0, 4, 4, 0]) - 10 * c) <= 1
 
 
+@pytest.mark.fault
 def test_bad_folders_give_clear_errors(tmp_path):
     with pytest.raises(MetabenchError, match="is not a folder"):
         fetch("folder", {"source": str(tmp_path / "absent")}, tmp_path / "data")

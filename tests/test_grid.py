@@ -93,6 +93,7 @@ def test_a_thread_count_change_reruns_every_run(tiny_dataset, one_thread):
     assert {o.status for o in outcomes} == {"done"}
 
 
+@pytest.mark.fault
 def test_a_failing_run_is_reported_and_the_others_finish(tiny_dataset, one_thread):
     _, root = tiny_dataset
     broken = {
@@ -123,6 +124,7 @@ def _workers(pid: int) -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line]
 
 
+@pytest.mark.fault
 @pytest.mark.slow  # a real `metabench grid` whose worker is SIGKILLed mid-run
 def test_a_killed_worker_costs_a_retry_not_a_result(tiny_dataset, tmp_path, one_thread):
     _, root = tiny_dataset

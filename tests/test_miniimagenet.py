@@ -75,6 +75,7 @@ def test_tar_of_jpegs_matches_the_folder(tmp_path, subset):
         np.testing.assert_array_equal(from_tar.split(part).images, from_dir.split(part).images)
 
 
+@pytest.mark.fault
 def test_missing_image_names_it_and_says_where_to_get_the_data(tmp_path, subset):
     splits, chosen = subset
     write_jpegs(tmp_path / "mini", chosen)
@@ -118,6 +119,7 @@ def test_pickle_caches_over_http_with_checksums(tmp_path, subset, http_server):
         fetch("miniimagenet", {**options, "checksums": bad}, tmp_path / "other")
 
 
+@pytest.mark.fault
 def test_corrupt_pickle_and_wrong_classes_are_clear_errors(tmp_path, subset):
     splits, chosen = subset
     write_caches(tmp_path / "caches", chosen)
@@ -143,6 +145,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.fault
 def test_a_crafted_pickle_cache_executes_nothing(tmp_path, subset):
     splits, chosen = subset
     write_caches(tmp_path / "caches", chosen)

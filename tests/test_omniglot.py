@@ -66,6 +66,7 @@ def test_vinyals_split_with_rotations_from_served_list_files(served, lake, share
     np.testing.assert_array_equal(np.rot90(unrotated, 1, axes=(1, 2)), rotated)
 
 
+@pytest.mark.fault
 def test_wrong_checksum_fails_without_destroying_the_stored_dataset(served, lake):
     before = store.load("omniglot", lake / "data").checksum
     bad = dict(CHECKSUMS, **{"images_background.zip": "md5:68d2efa1b9178cc56df9314c21c6e718"})

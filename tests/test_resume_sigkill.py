@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow  # SIGKILLs real training processes
+pytestmark = [pytest.mark.slow, pytest.mark.fault]  # SIGKILLs real training processes
 
 PARAMS = """run:
   dataset: tiny

@@ -67,6 +67,7 @@ def test_every_setting_is_type_and_range_checked(setting, value, message):
         RunConfig(**{setting: value})
 
 
+@pytest.mark.fault
 def test_a_section_that_is_not_a_mapping_is_an_error(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("run: [1, 2]\n")
@@ -81,6 +82,7 @@ def test_hidden_must_be_positive():
         build_algorithm("protonet", {"hidden": 0}, TaskShape(1, 28, 5, 5, train_classes=10), "cpu")
 
 
+@pytest.mark.fault
 def test_unknown_sections_and_missing_files_are_errors(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("algoritms:\n  maml: {}\n")
@@ -222,6 +224,7 @@ def test_the_provenance_digest_covers_the_training_code_only():
     assert "metabench/algorithms/maml.py" in sources.relative(training_sources("anil"))  # ANIL subclasses MAML
 
 
+@pytest.mark.fault
 def test_a_missing_params_file_is_a_one_line_error(tmp_path):
     result = runner.invoke(app, ["train", "--params", str(tmp_path / "nope.yaml")])
     assert isinstance(result.exception, MetabenchError) and "does not exist" in str(result.exception)

@@ -72,6 +72,7 @@ def test_official_tar_of_per_synset_tars_and_a_missing_class(tmp_path, split_dir
         fetch("tieredimagenet", options, tmp_path / "data")
 
 
+@pytest.mark.fault
 def test_damaged_tar_and_no_source_are_clear(tmp_path, split_dir):
     splits, _ = split_dir
     (tmp_path / "broken.tar").write_bytes(b"\x00garbage" * 50)

@@ -129,6 +129,7 @@ def test_params_metrics_tags_and_artifacts_arrive_through_the_rest_api(tmp_path,
     assert info["info"]["status"] == "FINISHED"
 
 
+@pytest.mark.fault
 @pytest.mark.slow  # a real mlflow server, killed
 def test_server_killed_mid_run_loses_nothing(tmp_path, data, server, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
