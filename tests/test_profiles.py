@@ -105,12 +105,16 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
         elif command == "grid":
             assert outs == {folder / options["runs_dir"], folder / options["record"]}
             assert next(out for out in stage.outs if out.def_path == "runs").persist  # finished runs are kept
+            # DVC deletes a stage's outputs before running it unless they persist: an interrupted
+            # or failed grid must leave the last complete grid.json
+            assert next(out for out in stage.outs if out.def_path == options["record"].name).persist
             deps = {Path(str(dep.fs_path)) for dep in stage.deps}
             assert folder / options["episodes_dir"] in deps  # scored on the episodes stage's output
             for config in leaderboard_runs(load_params(settings), runs_dir=options["runs_dir"]):
                 assert REGISTRY[config.algorithm]  # every run's settings resolve and name a registered method
         elif command == "profile":
             assert options["algorithm"] is None and outs == {folder / options["out_dir"]} == {folder / "profiles"}
+            assert all(out.persist for out in stage.outs)  # measured profiles survive a failed stage
         else:
             assert {out.parent for out in outs} == {folder / options["out_dir"]}
         if command != "report":  # the report reads run outputs only
