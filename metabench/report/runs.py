@@ -5,7 +5,6 @@ the fixed episodes' image-disjoint subsets (for the open intervals). Nothing is 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import zipfile
 from dataclasses import dataclass, field
