@@ -92,8 +92,8 @@ gpu-check: $(STAMP)
 
 # Browse every tracked run in the real MLflow UI at http://127.0.0.1:5000
 mlflow-ui: $(STAMP)
-	@echo "runs: http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning (MLflow opens in its GenAI view otherwise)"
-	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	@$(BIN)/python -c "from metabench.tracking import experiment_links; print(*experiment_links() or ['no runs tracked yet: make leaderboard'], sep='\n')"
+	$(RUN) mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 # One tracking server that every machine of a grid logs to: a database backend (never a SQLite
 # file written by two processes) and artifacts served through it, so workers need no shared

@@ -37,6 +37,7 @@ app = typer.Typer(
     "then `metabench evaluate --algorithm protonet`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstrings are Markdown: paragraphs reflow, `code` renders
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(stderr=True)  # logs, warnings and progress
@@ -48,7 +49,7 @@ PARAMS = typer.Option(
 HP = typer.Option(
     [], "--hp", help="Hyper-parameter override key=value (repeatable); a run with overrides gets its own folder."
 )
-EPISODES_DIR = typer.Option(None, help="Where the fixed validation/test episodes are (default: <data-dir>/episodes).")
+EPISODES_DIR = typer.Option(None, help="Where the fixed validation/test episodes are (default: DATA_DIR/episodes).")
 TRAIN_QUERIES = typer.Option(
     None,
     help="Query images per class in training episodes (an override: the run gets its own folder) "
@@ -59,7 +60,7 @@ TRAIN_QUERIES = typer.Option(
 def _from_params(text: str, field: str) -> str:
     """Help for an option whose default comes from params.yaml: says where, and the built-in value."""
     builtin = {f.name: f.default for f in dataclasses.fields(RunConfig)}[field]
-    return f"{text} (default: algorithms.<name>.run.{field}, else run.{field} of params.yaml, else {builtin!r})"
+    return f"{text} (default: algorithms.ALGORITHM.run.{field}, else run.{field} of params.yaml, else {builtin!r})"
 
 
 def _version(show: bool) -> None:
@@ -126,7 +127,12 @@ class _Bars:
 def _resolve(params_path: Path | None, overrides: dict | None, hp: list[str], **selection):
     """The run picked by ``selection`` (identity and location options) with ``overrides`` and ``--hp``."""
     where = str(params_path or "built-in defaults")
-    return resolve_run(load_params(params_path), selection, overrides, parse_overrides(list(hp)), where=where)
+    params = load_params(params_path)
+    if selection.get("algorithm") is None and not (params.get("run") or {}).get("algorithm"):
+        from metabench.algorithms import list_algorithms
+
+        raise MetabenchError(f"which algorithm? pass --algorithm, one of {', '.join(list_algorithms())}")
+    return resolve_run(params, selection, overrides, parse_overrides(list(hp)), where=where)
 
 
 @app.command()
@@ -331,7 +337,7 @@ def evaluate(
     """Score a trained run on the fixed test episodes: mean accuracy and 95% interval.
 
     The run is found as `train` placed it: give the same options and overrides. Prints
-    ``<run_id>: accuracy ± interval %`` to stdout (metrics.json in the run folder has every number).
+    ``RUN_ID: accuracy ± interval %`` to stdout (metrics.json in the run folder has every number).
     """
 
     config = _resolve(
@@ -407,27 +413,16 @@ def grid(
         console.print(f"{len(configs)} runs, {executor.workers} at a time, {executor.threads} thread(s) each")
     stop_on_sigterm()  # SIGTERM (dvc, a scheduler) stops the workers as Ctrl-C does
     start = time.perf_counter()
-    with _progress() as progress:
-        task = progress.add_task("grid", total=len(configs))
+    progress = grid_runs.GridProgress(configs, getattr(executor, "workers", 1), profiles_dir)
 
-        def show(outcome) -> None:
-            progress.advance(task, 0 if outcome.status == "interrupted" else 1)
-            if outcome.status in ("failed", "interrupted"):
-                colour = "red" if outcome.status == "failed" else "yellow"
-                progress.console.print(f"[{colour}]{outcome.status}[/{colour}] {outcome.run_id}: {outcome.error}")
-            else:
-                metrics, cost = outcome.metrics, ", ".join(f"{k} {v:.0f} s" for k, v in outcome.seconds.items())
-                progress.console.print(
-                    f"{outcome.status} {outcome.run_id}: {100 * metrics['accuracy']:.2f} ± "
-                    f"{100 * metrics['ci95']:.2f} %" + (f" ({cost})" if cost else "")
-                )
+    def show(outcome) -> None:  # one plain line per run on stderr: a terminal, `dvc repro` and a log alike
+        console.print(progress.line(outcome), highlight=False, markup=False, soft_wrap=True)
 
-        try:
-            outcomes = grid_runs.run_grid(configs, executor, show, profiles_dir)
-        except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: every worker has been stopped
-            progress.stop()
-            console.print(f"[yellow]interrupted[/yellow]: {record} is unchanged; run the same command again to resume")
-            raise typer.Exit(getattr(interrupt, "exit_code", 130)) from None
+    try:
+        outcomes = grid_runs.run_grid(configs, executor, show, profiles_dir)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: every worker has been stopped
+        console.print(f"[yellow]interrupted[/yellow]: {record} is unchanged; run the same command again to resume")
+        raise typer.Exit(getattr(interrupt, "exit_code", 130)) from None
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     if failed:
         raise MetabenchError(
@@ -488,9 +483,7 @@ def profile(
     shots: int | None = typer.Option(None, help=_from_params("Support images per class.", "shots")),
     device: str | None = typer.Option(None, help=_from_params("auto, cpu or cuda.", "device")),
     data_dir: str | None = typer.Option(None, help=_from_params("Dataset store directory.", "data_dir")),
-    out: Path | None = typer.Option(
-        None, help="JSON file to write (default <out-dir>/<dataset>-<algorithm>-<W>w<K>s.json)."
-    ),
+    out: Path | None = typer.Option(None, help="JSON file to write (default: OUT_DIR/DATASET-ALGORITHM-WwKs.json)."),
     out_dir: Path = typer.Option(
         Path("runs/profiles"),
         help="Where profiles go: not the committed profiles/ (the pipeline's outputs) unless given.",
@@ -635,7 +628,7 @@ def reproduction(
     runs_dir: str | None = typer.Option(None, help=_from_params("Where run outputs are.", "runs_dir")),
     out_dir: Path = typer.Option(Path("reports/reproductions"), help="Where the pages go."),
 ) -> None:
-    """Write reports/reproductions/<algorithm>.md: the paper's figure beside our run at its protocol.
+    """Write reports/reproductions/ALGORITHM.md: the paper's figure beside our run at its protocol.
 
     Reads each run's files (trained with `metabench train --params ...` and evaluated); the
     paper's full budget is the profile's `iterations` for the algorithm.
@@ -699,7 +692,7 @@ def pipeline(
     ),
     root: Path = typer.Option(Path("."), help="The project root (holds params.yaml, pipelines/ and metabench/)."),
 ) -> None:
-    """Write dvc.yaml and pipelines/<profile>/dvc.yaml from their params.yaml and the one template."""
+    """Write dvc.yaml and pipelines/PROFILE/dvc.yaml from their params.yaml and the one template."""
     from metabench.pipeline import write_all
 
     if not (root / "params.yaml").is_file():

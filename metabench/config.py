@@ -238,7 +238,10 @@ def _layer(params: dict[str, Any], options: dict[str, Any], hyper_overrides: dic
     unknown = sorted(set(values) - valid)
     if unknown:
         raise MetabenchError(f"{where}: run has no setting {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-    return RunConfig(**values)
+    try:
+        return RunConfig(**values)
+    except MetabenchError as error:  # say where the value came from: the file, and whose run
+        raise MetabenchError(f"{where}, run of {algorithm}: {error}") from None
 
 
 def resolve_run(

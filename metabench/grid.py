@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -168,6 +169,55 @@ def estimated_seconds(config: RunConfig, profiles_dir: Path | None) -> float:
         except (KeyError, TypeError, ZeroDivisionError, json.JSONDecodeError):
             pass
     return float(config.iterations if trained(config) else 0)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class GridProgress:
+    """One plain line per finished run, readable in a terminal, under ``dvc repro`` and in a log:
+    how many of the grid's runs are done, the time elapsed, and what remains, estimated from the
+    runs' profiles (``estimated_seconds``) scaled by how long the finished runs really took."""
+
+    def __init__(self, configs: list[RunConfig], workers: int, profiles_dir: Path | None, clock=time.monotonic):
+        self.clock = clock
+        self.start = self.clock()
+        self.workers = max(1, workers)
+        self.estimates = {config.run_id: estimated_seconds(config, profiles_dir) for config in configs}
+        self.pending = set(self.estimates)
+        self.estimated_done = self.actual_done = 0.0
+
+    def line(self, outcome: Outcome) -> str:
+        """The line for ``outcome``; an interrupted run stays pending."""
+        if outcome.status != "interrupted":
+            self.pending.discard(outcome.run_id)
+        if outcome.status == "done":
+            self.estimated_done += self.estimates.get(outcome.run_id, 0.0)
+            self.actual_done += sum(outcome.seconds.values())
+        total, done = len(self.estimates), len(self.estimates) - len(self.pending)
+        elapsed = self.clock() - self.start
+        position = f"[{done}/{total} · {_duration(elapsed)} elapsed"
+        if self.pending and self.estimated_done > 0:
+            scale = self.actual_done / self.estimated_done
+            left = scale * sum(self.estimates[run_id] for run_id in self.pending) / self.workers
+            position += f" · about {_duration(left)} left"
+        return f"{position}] {_describe(outcome)}"
+
+
+def _describe(outcome: Outcome) -> str:
+    if outcome.status in ("failed", "interrupted"):
+        return f"{outcome.status} {outcome.run_id}: {outcome.error}"
+    metrics = outcome.metrics or {}
+    cost = ", ".join(f"{key} {_duration(value)}" for key, value in outcome.seconds.items())
+    return f"{outcome.status} {outcome.run_id}: {100 * metrics['accuracy']:.2f} ± {100 * metrics['ci95']:.2f} %" + (
+        f" ({cost})" if cost else ""
+    )
 
 
 def run_grid(

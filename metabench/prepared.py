@@ -77,6 +77,11 @@ class PreparedRun:
     def episodes(self, split: str) -> EpisodeIndices:
         return evaluation_episodes(self.config, self.dataset, split)
 
+    def check_training_splits(self) -> None:
+        """Refuse, before anything is written, a run whose episodes its splits cannot give."""
+        self.train_spec.check(self.dataset.split("train"), "train")
+        EpisodeSpec(self.config.ways, self.config.shots, self.config.queries).check(self.dataset.split("val"), "val")
+
     def identity(self, threads: int | None = None) -> dict[str, Any]:
         """What a recorded run must match to be this run (``metabench.identity``)."""
         return identity.run_identity(

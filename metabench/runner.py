@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -60,17 +61,23 @@ def train_run(config: RunConfig, progress: Progress | None = None, force: bool =
             f"score it with `metabench evaluate --algorithm {config.algorithm}`"
         )
     run = prepare(config, verify=True)
-    with distributed.process_group(run.device):
-        writer = distributed.is_writer()
-        with files.exclusive(config.run_dir, f"run {config.run_dir}") if writer else contextlib.nullcontext():
-            if writer:
-                files.remove_stale_parts(config.run_dir)
-            return _train_locked(run, progress if writer else None, force)
+    run.check_training_splits()
+    created = not config.run_dir.exists()
+    try:
+        with distributed.process_group(run.device):
+            writer = distributed.is_writer()
+            with files.exclusive(config.run_dir, f"run {config.run_dir}") if writer else contextlib.nullcontext():
+                if writer:
+                    files.remove_stale_parts(config.run_dir)
+                return _train_locked(run, progress if writer else None, force)
+    except BaseException:
+        if created and config.run_dir.is_dir() and not RunFolder(config.run_dir).config.exists():
+            shutil.rmtree(config.run_dir, ignore_errors=True)  # refused before it began: leave no empty folder
+        raise
 
 
 def _train_locked(run: PreparedRun, progress: Progress | None, force: bool) -> dict:
     config, writer, folder = run.config, distributed.is_writer(), RunFolder(run.config.run_dir)
-    run.train_spec.check(run.dataset.split("train"), "train")
     current = run.identity()
     _refuse_or_clear_finished(run, folder, current, force)
     algorithm = run.build()

@@ -401,10 +401,15 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_params(meta: dict[str, Any]) -> dict[str, Any]:
-    """Each parameter once: the resolved run settings at the top level (``shots``,
-    ``hyper.inner_lr``), then ``task.*`` and ``dataset.*`` (the run id is the run's name)."""
+    """Each parameter once: the resolved run settings at the top level (``shots``), every
+    resolved hyper-parameter (``hyper.inner_lr``, ``hyper.first_order``: the algorithm's
+    defaults too, so MAML and FOMAML differ in their params), then ``task.*`` and ``dataset.*``
+    (the run id is the run's name)."""
+    settings = dict(meta.get("config") or {})
+    hyper = {**(settings.pop("hyper", None) or {}), **(meta.get("hyper") or {})}
     return {
-        **flatten(meta.get("config") or {}),
+        **flatten(settings),
+        **flatten({"hyper": hyper}),
         **flatten({"task": meta.get("task") or {}, "dataset": meta.get("dataset") or {}}),
     }
 
@@ -445,7 +450,10 @@ def _resend(run_dir: Path) -> str | None:
         config.pop(key, None)
     start_ms, end_ms = _recorded_span(run_dir)
     tracker = Tracker(run_dir, start_ms=start_ms)
-    tags = run_tags(config, config["dataset"]["checksum"], "unknown")
+    summary = (
+        folder.read_json_verified(TRAIN_SUMMARY, retrain) if TRAIN_SUMMARY in (folder.sealed_names() or {}) else {}
+    )
+    tags = run_tags(config, config["dataset"]["checksum"], str(summary.get("device", "unknown")))
     tracker.replace(run_dir.name, config, {**tags, "resent_from_files": "true"})  # never a second run beside it
     sealed = folder.sealed_names() or {}
     if TRAIN_LOG in sealed:
@@ -463,3 +471,16 @@ def _resend(run_dir: Path) -> str | None:
         (run_dir / TRACKING_PENDING).unlink(missing_ok=True)
         return tracker.run_id
     return None
+
+
+def experiment_links(tracking: str = "sqlite:///mlflow.db", ui: str = "http://127.0.0.1:5000") -> list[str]:
+    """The MLflow UI's page of every metabench experiment in ``tracking`` (for ``make mlflow-ui``),
+    in the classic view (MLflow opens experiments in its GenAI view otherwise)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking)
+    experiments = [e for e in client.search_experiments() if e.name.startswith(f"{EXPERIMENT}-")]
+    return [
+        f"{e.name}: {ui}/#/experiments/{e.experiment_id}?workflowType=machine_learning"
+        for e in sorted(experiments, key=lambda e: e.name)
+    ]

@@ -198,7 +198,16 @@ def test_version_prints_the_package_version_on_stdout():
 
 def test_bad_input_gives_a_one_line_error_through_the_real_command(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "metabench", "train", "--data-dir", str(tmp_path)],  # no params.yaml here: defaults
+        [
+            sys.executable,
+            "-m",
+            "metabench",
+            "train",
+            "--algorithm",
+            "protonet",
+            "--data-dir",
+            str(tmp_path),
+        ],  # no params.yaml here: defaults
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -280,7 +289,7 @@ def test_help_is_also_dash_h_and_names_where_each_default_comes_from():
     assert long.stdout == short.stdout
     text = " ".join(long.stdout.replace("│", " ").split())
     assert (
-        "Support images per class. (default: algorithms.<name>.run.shots, else run.shots of params.yaml, else 1)"
+        "Support images per class. (default: algorithms.ALGORITHM.run.shots, else run.shots of params.yaml, else 1)"
         in text
     )
 

@@ -129,3 +129,8 @@ def test_an_interrupted_or_killed_grid_leaves_no_process_and_resumes(grid_work, 
     output, _ = again.communicate(timeout=600)
     assert again.returncode == 0, output
     assert len(list((grid_work / "runs").glob("*/metrics.json"))) == 3
+    # one plain progress line per run, on stderr, readable in a log: position, elapsed, estimate
+    lines = [line for line in output.splitlines() if line.startswith("[")]
+    assert [line.split(" ·")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"], output
+    assert all("elapsed" in line and "glyphs-protonet-5w1s-seed" in line for line in lines), output
+    assert "left]" in lines[0] and "left]" not in lines[-1], output

@@ -169,3 +169,23 @@ def test_a_killed_worker_costs_a_retry_not_a_result(tiny_dataset, tmp_path, one_
     killed = configs(root, "killed", params)
     for a, b in zip(killed, serial):
         assert (a.run_dir / "episodes.csv").read_bytes() == (b.run_dir / "episodes.csv").read_bytes(), a.run_id
+
+
+def test_progress_lines_count_runs_and_estimate_what_remains_from_the_finished_ones(tiny_dataset):
+    _, root = tiny_dataset
+    runs = configs(root, "runs")  # protonet and fomaml × 2 seeds, pixelnn: 5 runs
+    now = [0.0]
+    progress = grid.GridProgress(runs, workers=2, profiles_dir=None, clock=lambda: now[0])
+    metrics = {"accuracy": 0.5, "ci95": 0.01}
+    now[0] = 30.0
+    first = progress.line(unit.Outcome(runs[0].run_id, "done", metrics, {"train": 24.0, "evaluate": 6.0}))
+    assert first.startswith("[1/5 · 30 s elapsed · about ") and runs[0].run_id in first and "50.00 ± 1.00 %" in first
+    # budgets without profiles: 6 iterations each for the trained runs, 0 for the reference; the
+    # first took 30 s for 6, so the 3 trained runs left take about 3 × 30 s over 2 workers
+    assert "about 45 s left]" in first
+    stopped = progress.line(unit.Outcome(runs[1].run_id, "interrupted", error="not started"))
+    assert stopped.startswith("[1/5 ") and "interrupted" in stopped
+    now[0] = 4000.0
+    for config in runs[1:]:
+        last = progress.line(unit.Outcome(config.run_id, "skipped", metrics))
+    assert last.startswith("[5/5 · 1 h 06 min elapsed]")

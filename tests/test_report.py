@@ -284,3 +284,10 @@ def test_without_the_episode_files_the_report_has_no_open_intervals(tmp_path):
     board = pd.read_csv(tmp_path / "reports" / "leaderboard.csv")
     assert (board.open_episodes == 0).all() and board.open_ci95.isna().all()
     assert "## Closed and open intervals" not in (tmp_path / "reports" / "leaderboard.md").read_text()
+
+
+def test_one_run_is_one_run_not_one_runs(tmp_path):
+    runs_dir = make_runs(tmp_path, algorithms=("protonet",), seeds=(0,), shots=(1,))
+    build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
+    assert "Generated from 1 run (" in (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "1 runs" not in (tmp_path / "reports" / "leaderboard.html").read_text()

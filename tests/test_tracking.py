@@ -175,3 +175,20 @@ def test_default_store_is_sqlite_in_the_working_directory(tmp_path, data, monkey
 
     client = MlflowClient("sqlite:///mlflow.db")
     assert client.get_run(run_record(run.run_dir)).data.params["algorithm"] == "protonet"
+
+
+def test_make_mlflow_ui_prints_a_working_link_per_experiment(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from metabench.tracking import experiment_links, run_params
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    glyphs = client.create_experiment("metabench-glyphs")
+    client.create_experiment("someone-else")
+    assert experiment_links(uri) == [
+        f"metabench-glyphs: http://127.0.0.1:5000/#/experiments/{glyphs}?workflowType=machine_learning"
+    ]
+    # params hold every resolved hyper-parameter, not only those params.yaml overrides
+    meta = {"config": {"shots": 1, "hyper": {"meta_batch": 8}}, "hyper": {"meta_batch": 8, "first_order": True}}
+    assert run_params(meta) == {"shots": 1, "hyper.meta_batch": 8, "hyper.first_order": True}

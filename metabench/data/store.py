@@ -200,7 +200,7 @@ def load(name: str, root: Path, verify: bool = False) -> Dataset:
     names the command which rebuilds it.
     """
     directory = Path(root) / name
-    rebuild = f"run `metabench fetch {name.split('-')[0]}` again to rebuild it"
+    rebuild = f"{fetch_advice(name)} again to rebuild it"
     handles: dict[str, IO[bytes]] = {}
     try:
         meta = _open_all(Path(root), name, handles)
@@ -226,6 +226,17 @@ def load(name: str, root: Path, verify: bool = False) -> Dataset:
             handle.close()
 
 
+def fetch_advice(name: str) -> str:
+    """What builds stored dataset ``name``: the source it is named after (``omniglot-vinyals``
+    comes from ``omniglot``), or, for a name no source makes, the list of sources."""
+    from metabench.data import SOURCES  # the package imports this module first
+
+    source = next((s for s in sorted(SOURCES, key=len, reverse=True) if name == s or name.startswith(f"{s}-")), None)
+    if source is None:
+        return f"no source makes a dataset called {name!r}: run `metabench fetch` with one of {', '.join(SOURCES)}"
+    return f"run `metabench fetch {source}`"
+
+
 def _open_all(root: Path, name: str, handles: dict[str, IO[bytes]]) -> dict:
     """Open ``meta.json`` and every file it lists into ``handles``, under the swap lock: one copy."""
     directory = root / name
@@ -233,7 +244,7 @@ def _open_all(root: Path, name: str, handles: dict[str, IO[bytes]]) -> dict:
         if root.is_dir():
             _recover(root, name)
         if not (directory / "meta.json").is_file():
-            raise MetabenchError(f"dataset {name!r} is not in {root}; run `metabench fetch {name.split('-')[0]}` first")
+            raise MetabenchError(f"dataset {name!r} is not in {root}; {fetch_advice(name)} first")
         handles["meta.json"] = open(directory / "meta.json", "rb")
         meta = json.loads(handles["meta.json"].read())
         for filename in meta["info"]["files"]:

@@ -155,7 +155,7 @@ def write_markdown(
     lines = [
         "# metabench leaderboard",
         "",
-        f"Generated from {len(runs.metrics)} runs (`runs/*/metrics.json`, `episodes.csv`); "
+        f"Generated from {_count(len(runs.metrics), 'run')} (`runs/*/metrics.json`, `episodes.csv`); "
         f"{_episode_counts(runs)} Every number and interval: `leaderboard.csv`; LaTeX: `leaderboard.tex`.",
         "",
     ]
@@ -262,7 +262,7 @@ def write_html(
         f"<!doctype html><html><head><meta charset='utf-8'><title>metabench leaderboard</title>"
         f"<style>{style}</style></head><body>",
         "<h1>metabench leaderboard</h1>",
-        f"<p>{len(runs.metrics)} runs; {html.escape(_episode_counts(runs))} Every number: "
+        f"<p>{_count(len(runs.metrics), 'run')}; {html.escape(_episode_counts(runs))} Every number: "
         "<code>leaderboard.csv</code>; LaTeX: <code>leaderboard.tex</code>.</p>",
     ]
     for dataset in sorted(ranking["dataset"].unique()):
@@ -305,3 +305,8 @@ def write_html(
         )
     parts.append("</ul></body></html>")
     files.write_atomic(path, "\n".join(parts))
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 run``, ``28 runs``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
