@@ -291,3 +291,12 @@ def test_one_run_is_one_run_not_one_runs(tmp_path):
     build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
     assert "Generated from 1 run (" in (tmp_path / "reports" / "leaderboard.md").read_text()
     assert "1 runs" not in (tmp_path / "reports" / "leaderboard.html").read_text()
+
+
+def test_the_html_renders_the_method_text_as_markdown_not_raw_asterisks(tmp_path):
+    runs_dir = make_runs(tmp_path, algorithms=("protonet",), seeds=(0,), shots=(1,))
+    build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
+    page = (tmp_path / "reports" / "leaderboard.html").read_text()
+    section = page.split("<h2>How the numbers are computed</h2>")[1].split("<h2>")[0]
+    assert "<strong>" in section and "<code>" in section
+    assert "**" not in section and "`" not in section

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from markdown_it import MarkdownIt
 
 from metabench import files, leaderboard, published
 from metabench.algorithms import REGISTRY
@@ -293,12 +294,9 @@ def write_html(
             "<p>Every pair's difference, interval and p-values: <code>pairwise.csv</code>.</p>",
         ]
     parts += ["<h2>Per-run details</h2>", _scroll(board.to_html(index=False, escape=True, border=0))]
-    formulas = "".join(
-        f"<li>{html.escape(line[2:])}</li>"
-        for line in FORMULAS.replace("\n  ", " ").splitlines()
-        if line.startswith("- ")
-    )
-    parts += ["<h2>How the numbers are computed</h2>", f"<ul>{formulas}</ul>", "<h2>Hyper-parameters</h2><ul>"]
+    # rendered by a Markdown library (raw HTML in the text is escaped): emphasis and code as in the .md
+    formulas = MarkdownIt("commonmark", {"html": False}).render(FORMULAS)
+    parts += ["<h2>How the numbers are computed</h2>", formulas, "<h2>Hyper-parameters</h2><ul>"]
     for algorithm, values in sorted(hyper.items()):
         parts.append(
             f"<li><b>{html.escape(algorithm)}</b>: <code>{html.escape(json.dumps(values, sort_keys=True))}</code></li>"
