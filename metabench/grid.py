@@ -185,10 +185,10 @@ class GridProgress:
     how many of the grid's runs are done, the time elapsed, and what remains, estimated from the
     runs' profiles (``estimated_seconds``) scaled by how long the finished runs really took."""
 
-    def __init__(self, configs: list[RunConfig], workers: int, profiles_dir: Path | None, clock=time.monotonic):
+    def __init__(self, configs: list[RunConfig], workers: int | None, profiles_dir: Path | None, clock=time.monotonic):
         self.clock = clock
         self.start = self.clock()
-        self.workers = max(1, workers)
+        self.workers = max(1, workers or 1)  # a Ray cluster's parallelism is not known here: 1
         self.estimates = {config.run_id: estimated_seconds(config, profiles_dir) for config in configs}
         self.pending = set(self.estimates)
         self.estimated_done = self.actual_done = 0.0

@@ -189,3 +189,11 @@ def test_progress_lines_count_runs_and_estimate_what_remains_from_the_finished_o
     for config in runs[1:]:
         last = progress.line(unit.Outcome(config.run_id, "skipped", metrics))
     assert last.startswith("[5/5 · 1 h 06 min elapsed]")
+
+
+def test_progress_on_a_ray_cluster_whose_parallelism_is_unknown(tiny_dataset):
+    _, root = tiny_dataset
+    runs = configs(root, "runs")
+    progress = grid.GridProgress(runs, workers=None, profiles_dir=None, clock=lambda: 0.0)
+    line = progress.line(unit.Outcome(runs[0].run_id, "done", {"accuracy": 0.5, "ci95": 0.01}, {"train": 6.0}))
+    assert line.startswith("[1/5 · 0 s elapsed · about 18 s left]")
