@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from metabench import MetabenchError
-from metabench.config import RunConfig, load_params, resolve_run
+from metabench.config import RunConfig, resolve_run
 from metabench.data import fetch as fetch_source
+from metabench.params_check import load_checked
 from metabench.runner import Progress, evaluate_run, train_run
 from metabench.trained import load_model
 
@@ -55,7 +56,7 @@ def fetch(
     downloaded bytes (``total`` None when the server does not say), rendered or read classes.
     """
 
-    configured = dict(((load_params(params).get("data") or {}).get(source)) or {})
+    configured = dict(((load_checked(params).get("data") or {}).get(source)) or {})
     return fetch_source(source, {**configured, **options}, Path(data_dir), progress)
 
 
@@ -80,7 +81,7 @@ def run_config(
     selection = {"algorithm": algorithm, **{k: v for k, v in settings.items() if k in _SELECTION}}
     overrides = {k: v for k, v in settings.items() if k not in _SELECTION}
     where = str(params or "built-in defaults")
-    return resolve_run(load_params(params), selection, overrides, dict(hyper or {}), where=where)
+    return resolve_run(load_checked(params), selection, overrides, dict(hyper or {}), where=where)
 
 
 def _config(run: str | RunConfig, params, hyper, settings) -> RunConfig:

@@ -124,10 +124,17 @@ class _Bars:
             self.progress.update(self.tasks[phase], description=f"{self.prefix}{text}")
 
 
+def load_checked(path: Path | None) -> dict:
+    """The params file, every key checked (``params_check``; imported here: it needs torch)."""
+    from metabench.params_check import load_checked as checked
+
+    return checked(path)
+
+
 def _resolve(params_path: Path | None, overrides: dict | None, hp: list[str], **selection):
     """The run picked by ``selection`` (identity and location options) with ``overrides`` and ``--hp``."""
     where = str(params_path or "built-in defaults")
-    params = load_params(params_path)
+    params = load_checked(params_path)
     if selection.get("algorithm") is None and not (params.get("run") or {}).get("algorithm"):
         from metabench.algorithms import list_algorithms
 
@@ -313,7 +320,7 @@ def episodes(
     from metabench.runner import prepare_episodes
 
     configs = leaderboard_runs(
-        load_params(params), str(params or "params.yaml"), data_dir=data_dir, episodes_dir=episodes_dir
+        load_checked(params), str(params or "params.yaml"), data_dir=data_dir, episodes_dir=episodes_dir
     )
     count = prepare_episodes(configs)
     console.print(f"{count} fixed episode sets ready in {configs[0].episodes_path}")
@@ -404,7 +411,7 @@ def grid(
 
     where = str(params or "params.yaml")
     configs = leaderboard_runs(
-        load_params(params), where, data_dir=data_dir, runs_dir=runs_dir, episodes_dir=episodes_dir
+        load_checked(params), where, data_dir=data_dir, runs_dir=runs_dir, episodes_dir=episodes_dir
     )
     executor = grid_runs.executor_for(configs, workers, threads, ray_address)
     if ray_address:
@@ -512,7 +519,7 @@ def profile(
     if algorithm is None:
         if out is not None:
             raise MetabenchError("--out needs --algorithm (one profile); without it use --out-dir")
-        selection = profiled_settings(load_params(params), str(params), shots)
+        selection = profiled_settings(load_checked(params), str(params), shots)
     else:
         selection = [(algorithm, shots)]
     with _progress() as progress:
@@ -596,7 +603,7 @@ def report(
     from metabench.board import leaderboard_runs
     from metabench.report import build
 
-    settings = load_params(params)
+    settings = load_checked(params)
     run_ids = None
     if settings.get("leaderboard"):
         run_ids = [config.run_id for config in leaderboard_runs(settings, str(params or "params.yaml"))]
@@ -635,7 +642,7 @@ def reproduction(
     """
     from metabench.reproduction import PAPERS, write_pages
 
-    settings = load_params(params)
+    settings = load_checked(params)
     names = list(algorithm) or [name for name in PAPERS if name in (settings.get("algorithms") or {})]
     unknown = [name for name in names if name not in PAPERS]
     if unknown:
@@ -679,7 +686,7 @@ def check_params_command(
     """
     from metabench.params_check import check_params
 
-    runs = check_params(load_params(params, check=False), str(params))
+    runs = check_params(load_params(params), str(params))
     if record is not None:  # constant content: a valid edit does not make the stages after this one re-run
         files.write_json(record, {"params": params.name, "valid": True})
     results.print(f"{params}: valid ({runs} runs defined)")

@@ -166,12 +166,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
-def load_params(path: Path | str | None, check: bool = True) -> dict[str, Any]:
+def load_params(path: Path | str | None) -> dict[str, Any]:
     """Read a params file: ``None`` means ./params.yaml when present, else built-in defaults only.
 
     A file named explicitly must exist; unknown top-level sections are errors (a typo such as
-    ``algoritms:`` would otherwise train with defaults), and so are a key given twice and, with
-    ``check``, any key or value that no command would accept (``params_check``), in any section.
+    ``algoritms:`` would otherwise train with defaults), and so is a key given twice. Commands
+    read params through ``params_check.load_checked``, which also checks every key and value.
     """
     if path is None:
         if not DEFAULT_PARAMS.is_file():
@@ -192,10 +192,6 @@ def load_params(path: Path | str | None, check: bool = True) -> dict[str, Any]:
     for name in ("data", "leaderboard", "run", "algorithms"):
         if params.get(name) is not None and not isinstance(params[name], dict):
             raise MetabenchError(f"{path}: section {name} must be a mapping, got {type(params[name]).__name__}")
-    if check:
-        from metabench.params_check import check_params
-
-        check_params(params, str(path))
     return params
 
 

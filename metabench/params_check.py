@@ -14,7 +14,7 @@ from typing import Any
 from metabench import MetabenchError
 from metabench.algorithms import REGISTRY, get_algorithm, list_algorithms, make_hyper
 from metabench.board import leaderboard_runs
-from metabench.config import resolve_run
+from metabench.config import load_params, resolve_run
 from metabench.data import SOURCES, check_options
 
 LEADERBOARD_KEYS = ("algorithms", "shots", "seeds", "references")
@@ -50,3 +50,12 @@ def check_params(params: dict[str, Any], where: str) -> int:
     for config in configs:
         make_hyper(get_algorithm(config.algorithm).Hyper, config.hyper, f"{where}: {config.algorithm}")
     return len(configs)
+
+
+def load_checked(path) -> dict[str, Any]:
+    """``config.load_params``, then every key and value checked (``check_params``): how every
+    command reads its params file."""
+    params = load_params(path)
+    if params:
+        check_params(params, str(path or "params.yaml"))
+    return params

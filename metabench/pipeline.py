@@ -21,9 +21,9 @@ import yaml
 
 from metabench import MetabenchError, plots, sources
 from metabench.algorithms import get_algorithm, list_algorithms
-from metabench.config import load_params
 from metabench.identity import PROTOCOL_VERSION, algorithm_versions
 from metabench.models import BACKBONES
+from metabench.params_check import load_checked
 
 # run settings that only evaluation reads; every other `run` key changes what is trained
 EVALUATION_ONLY = ("test_episodes",)
@@ -197,7 +197,7 @@ HEADER = """\
 def render(params_path: Path, root: Path = sources.ROOT) -> str:
     folder = params_path.parent.resolve().relative_to(root.resolve())
     layout = Layout(folder, profile=folder != Path("."))
-    params = load_params(params_path)
+    params = load_checked(params_path)
     document = {"stages": stages(params, layout), "plots": plot_definitions(params)}
     body = yaml.safe_dump(document, sort_keys=False, width=120)
     command = f"dvc repro {folder.as_posix()}/dvc.yaml" if layout.profile else "dvc repro"

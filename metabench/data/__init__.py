@@ -9,8 +9,7 @@ from typing import Any
 
 from metabench import MetabenchError
 from metabench.data import store
-
-SOURCES = ("glyphs", "omniglot", "cifar-fs", "fc100", "miniimagenet", "tieredimagenet", "folder")
+from metabench.data.names import SOURCES
 
 
 def fetch(source: str, options: dict[str, Any] | None, data_dir: Path, progress=None) -> store.Dataset:

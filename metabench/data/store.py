@@ -30,6 +30,7 @@ from typing import IO
 import numpy as np
 
 from metabench import MetabenchError, files
+from metabench.data.names import SOURCES
 
 SPLITS = ("train", "val", "test")
 
@@ -229,8 +230,6 @@ def load(name: str, root: Path, verify: bool = False) -> Dataset:
 def fetch_advice(name: str) -> str:
     """What builds stored dataset ``name``: the source it is named after (``omniglot-vinyals``
     comes from ``omniglot``), or, for a name no source makes, the list of sources."""
-    from metabench.data import SOURCES  # the package imports this module first
-
     source = next((s for s in sorted(SOURCES, key=len, reverse=True) if name == s or name.startswith(f"{s}-")), None)
     if source is None:
         return f"no source makes a dataset called {name!r}: run `metabench fetch` with one of {', '.join(SOURCES)}"
