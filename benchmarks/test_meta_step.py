@@ -61,7 +61,7 @@ def with_higher(model, batch, first_order: bool):
 def test_maml_meta_step(benchmark, task_batch, implementation, first_order):
     model = conv4_classifier(textbook=implementation is with_higher)
     benchmark.extra_info.update({"meta_batch": len(task_batch.support_x), "first_order": first_order})
-    benchmark.pedantic(implementation, args=(model, task_batch, first_order), rounds=3, warmup_rounds=1)
+    benchmark.pedantic(implementation, args=(model, task_batch, first_order), rounds=5, warmup_rounds=1)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
