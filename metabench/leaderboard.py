@@ -4,7 +4,8 @@ and its exports (markdown, HTML, CSV with every number, LaTeX with booktabs).
 Reading a row: ``mean ± interval`` per setting (the t-interval over seeds when a method has two
 or more seeds, else the 95% interval over the shared test episodes, marked †); **bold** is the
 best method of a setting and every method the adjusted paired test does not separate from it
-(``report.pairwise``); *avg. rank* is the mean of a method's ranks over the settings.
+(``report.pairwise``); *avg. rank* is the mean of a method's ranks over the settings and orders
+the rows (``ORDER``); *budget* and *train s* say what each method was given to train.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import pandas as pd
 from metabench import files, published
 
 SIGNIFICANCE = 0.05  # adjusted p below this separates a method from the best
+ORDER = (
+    "rows are ordered by average rank over the settings (rank 1: the highest mean accuracy of a column), "
+    "ties broken by mean accuracy; = marks an average rank another method shares"
+)
 
 
 def _setting(ways: int, shots: int) -> str:
@@ -56,6 +61,8 @@ def entries(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
                     "published_ci": entry[1] if entry and entry[1] is not None else float("nan"),
                     "published_source": entry[2] if entry else "",
                     "train_seconds": float(r.get("train_seconds", float("nan"))),
+                    "iterations": float(r.get("iterations", float("nan"))),
+                    "episodes_per_step": float(r.get("episodes_per_step", float("nan"))),
                     # over the image-disjoint test episodes (report.FORMULAS, "Closed and open")
                     "open_accuracy": float(r.get("open_accuracy", float("nan"))),
                     "open_ci95": float(r.get("open_ci95", float("nan"))),
@@ -83,24 +90,44 @@ def _cell(row, bold: str) -> str:
     return bold.format(text) if row["bold"] else text
 
 
+def _budget(row) -> str:
+    """``3,000 × 8``: outer steps × training tasks per step."""
+    if row["iterations"] != row["iterations"]:
+        return "–"
+    return f"{int(row['iterations']):,} × {int(row['episodes_per_step'])}"
+
+
+def _per_setting(values: list[str]) -> str:
+    """One value when every setting has it, else one per setting in column order."""
+    return values[0] if len(set(values)) == 1 else " / ".join(values)
+
+
 def ranked(table: pd.DataFrame, dataset: str, bold: str = "**{}**") -> pd.DataFrame:
-    """The main table of one dataset: rows ranked by average rank, one column per setting."""
+    """The main table of one dataset, one column per setting, rows in ``ORDER``'s order, each
+    with its budget beside its scores."""
     part = table[table["dataset"] == dataset]
     settings = sorted(part[["ways", "shots"]].drop_duplicates().itertuples(index=False))
     rows = []
     for algorithm, group in part.groupby("algorithm"):
         by_setting = {(r["ways"], r["shots"]): r for _, r in group.iterrows()}
+        present = [by_setting[s] for s in settings if s in by_setting]
         row = {"method": algorithm + (" ‡" if group["transductive"].any() else "")}
         for ways, shots in settings:
             r = by_setting.get((ways, shots))
             row[_setting(ways, shots)] = _cell(r, bold) if r is not None else "–"
-        row["avg. rank"] = f"{group['rank'].mean():.1f}"
+        row["avg. rank"] = round(float(group["rank"].mean()), 1)
+        row["budget (steps × tasks)"] = _per_setting([_budget(r) for r in present])
+        row["train s"] = _per_setting(
+            ["–" if r["train_seconds"] != r["train_seconds"] else f"{r['train_seconds']:.0f}" for r in present]
+        )
         row["seeds"] = str(int(group["seeds"].max()))
         published_values = [by_setting[s]["published"] if s in by_setting else float("nan") for s in settings]
         row["published"] = " / ".join("–" if v != v else f"{v:g}" for v in published_values)
         row["_order"] = (group["rank"].mean(), -group["accuracy"].mean())
         rows.append(row)
     frame = pd.DataFrame(rows).sort_values("_order").drop(columns="_order")
+    shared = frame["avg. rank"].duplicated(keep=False)
+    frame["avg. rank"] = [f"{v:.1f}" + (" =" if tie else "") for v, tie in zip(frame["avg. rank"], shared)]
     if not part["published"].notna().any():
         frame = frame.drop(columns="published")  # no published figure for any method here
     elif len(settings) > 1:
@@ -112,9 +139,12 @@ def legend(table: pd.DataFrame, dataset: str) -> str:
     part = table[table["dataset"] == dataset]
     sources = sorted({s for s in part["published_source"] if s})
     notes = [
+        ORDER,
         "mean ± 95% interval: over seeds (t-interval), or † over the shared test episodes when a method has one seed",
         f"**bold**: the best method and those the adjusted paired test does not separate from it (p ≥ {SIGNIFICANCE})",
         "‡ transductive (batch statistics of the whole episode)",
+        "budget: outer steps × training tasks per step, as params.yaml gives them; train s: meta-training "
+        "seconds per run on the machine that trained it (one value for every setting, or one per setting)",
     ]
     if sources:
         protocol = published.PROTOCOLS.get(published.family(dataset), "")
@@ -141,6 +171,7 @@ def to_latex(table: pd.DataFrame, dataset: str) -> str:
 
 def _tex(text: str) -> str:
     text = text.replace("±", "$\\pm$").replace("†", "$^\\dagger$").replace("‡", "$^\\ddagger$")
+    text = text.replace("×", "$\\times$")
     return text.replace("–", "--").replace("%", "\\%").replace("_", "\\_")
 
 

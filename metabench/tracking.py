@@ -473,7 +473,18 @@ def _resend(run_dir: Path) -> str | None:
     return None
 
 
-def experiment_links(tracking: str = "sqlite:///mlflow.db", ui: str = "http://127.0.0.1:5000") -> list[str]:
+UI = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves the default store
+
+
+def run_link(run_id: str, uri: str | None = None) -> str:
+    """The MLflow UI's page of one run (its ``#/runs/<id>`` route finds the experiment): on the
+    tracking server itself when runs go to one, else at `make mlflow-ui`'s address."""
+    uri = uri or tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
+    return f"{base}/#/runs/{run_id}"
+
+
+def experiment_links(tracking: str = "sqlite:///mlflow.db", ui: str = UI) -> list[str]:
     """The MLflow UI's page of every metabench experiment in ``tracking`` (for ``make mlflow-ui``),
     in the classic view (MLflow opens experiments in its GenAI view otherwise)."""
     from mlflow.tracking import MlflowClient

@@ -50,7 +50,9 @@ def make_runs(root, algorithms=("protonet", "maml"), seeds=(0, 1, 2), shots=(1, 
                     )
                 )
                 (run_dir / "train_summary.json").write_text(json.dumps({"train_seconds": 12.5}))
-                (run_dir / "config.json").write_text(json.dumps({"algorithm": algorithm, "hyper": {"lr": 0.001}}))
+                hyper = {"lr": 0.001, **({"meta_batch": 8} if algorithm == "maml" else {})}
+                config = {"algorithm": algorithm, "hyper": hyper, "config": {"iterations": 300 + 100 * a_index}}
+                (run_dir / "config.json").write_text(json.dumps(config))
                 pd.DataFrame({"iteration": [5, 10], "loss": [1.0, 0.5], "val_accuracy": [0.5, 0.6]}).to_csv(
                     run_dir / "train_log.csv", index=False
                 )
@@ -300,3 +302,81 @@ def test_the_html_renders_the_method_text_as_markdown_not_raw_asterisks(tmp_path
     section = page.split("<h2>How the numbers are computed</h2>")[1].split("<h2>")[0]
     assert "<strong>" in section and "<code>" in section
     assert "**" not in section and "`" not in section
+
+
+def _main_rows(page: str, heading: str = "## glyphs") -> list[list[str]]:
+    main = page.split(heading)[1].split("\n## ")[0]
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in main.splitlines() if line.startswith("| ")]
+
+
+def test_main_table_states_its_order_marks_ties_and_gives_each_budget_in_every_format(tmp_path):
+    """Issue 30: a reader cannot misread the ranking or miss that budgets differ."""
+    runs_dir = make_runs(tmp_path, algorithms=("protonet", "maml", "anil"), seeds=(0,))
+    # 1 shot: anil, maml, protonet; 5 shots (shifted here): protonet, maml, anil. All three
+    # average 2.0: a tie the table must mark, broken by mean accuracy
+    for seed_dir, shift in [(d, 0.3) for d in runs_dir.glob("glyphs-protonet-5w5s-*")] + [
+        (d, -0.3) for d in runs_dir.glob("glyphs-anil-5w5s-*")
+    ]:
+        metrics = json.loads((seed_dir / "metrics.json").read_text())
+        table = pd.read_csv(seed_dir / "episodes.csv")
+        table["accuracy"] = np.clip(table["accuracy"] + shift, 0, 1).round(4)
+        text = table.to_csv(index=False)
+        (seed_dir / "episodes.csv").write_text(text)
+        mean, half = stats.mean_interval(table["accuracy"].to_numpy())
+        metrics.update(accuracy=mean, ci95=half, episodes_csv_sha256=hashlib.sha256(text.encode()).hexdigest())
+        (seed_dir / "metrics.json").write_text(json.dumps(metrics))
+        RunFolder(seed_dir).seal()
+    build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
+    markdown = (tmp_path / "reports" / "leaderboard.md").read_text()
+    header, *rows = _main_rows(markdown)
+    assert header[:3] == ["method", "5-way 1-shot", "5-way 5-shot"]
+    column = {name: header.index(name) for name in ("avg. rank", "budget (steps × tasks)", "train s")}
+    by_method = {row[0].rstrip(" ‡"): row for row in rows}
+    assert [row[column["avg. rank"]] for row in rows] == ["2.0 ="] * 3
+    board = pd.read_csv(tmp_path / "reports" / "leaderboard.csv").groupby("algorithm")["accuracy"].mean()
+    assert [row[0].rstrip(" ‡") for row in rows] == list(board.sort_values(ascending=False).index)
+    assert by_method["maml"][column["budget (steps × tasks)"]] == "400 × 8"  # meta-batch 8
+    assert by_method["protonet"][column["budget (steps × tasks)"]] == "300 × 1"
+    assert by_method["anil"][column["train s"]] == "12"
+    assert "rows are ordered by average rank" in markdown and "= marks an average rank" in markdown
+
+    order = [row[0] for row in rows]
+    page = (tmp_path / "reports" / "leaderboard.html").read_text()
+    html_main = page.split("<h2>glyphs</h2>")[1].split("</table>")[0]
+    assert [name for name in order if name in html_main] == order
+    assert html_main.index(order[0]) < html_main.index(order[1]) < html_main.index(order[2])
+    assert "budget (steps × tasks)" in html_main and "400 × 8" in html_main
+    assert "rows are ordered by average rank" in page
+    tex = (tmp_path / "reports" / "leaderboard.tex").read_text()
+    assert "400 $\\times$ 8" in tex and tex.index(order[0].split()[0]) < tex.index(order[2].split()[0])
+
+
+def test_every_mlflow_run_is_a_link_to_its_page_in_the_report(tmp_path):
+    runs_dir = make_runs(tmp_path, algorithms=("protonet",), seeds=(0,), shots=(1,))
+    run_id = "0123456789abcdef0123456789abcdef"
+    (runs_dir / "glyphs-protonet-5w1s-seed0" / "mlflow_run.json").write_text(json.dumps({"run_id": run_id}))
+    build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
+    page = (tmp_path / "reports" / "leaderboard.html").read_text()
+    assert f"<a href='http://127.0.0.1:5000/#/runs/{run_id}'>01234567</a>" in page
+    markdown = (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert f"[01234567](http://127.0.0.1:5000/#/runs/{run_id})" in markdown
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)], ids=["one_seed", "three_seeds"])
+def test_figure_captions_say_what_is_drawn(tmp_path, seeds):
+    """One seed: no seed dots and no seeds' interval are promised; the reference is drawn."""
+    from PIL import Image
+
+    runs_dir = make_runs(tmp_path, algorithms=("protonet", "maml", "pixelnn"), seeds=seeds)
+    build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
+    page = (tmp_path / "reports" / "leaderboard.html").read_text()
+    captions = page.split("<figcaption>")[1:]
+    accuracy, curves = captions[0], captions[2]
+    assert "dashed line: pixelnn (reference, not trained)" in accuracy
+    if len(seeds) == 1:
+        assert "grey dots" not in accuracy and "over the shared test episodes" in accuracy
+        assert "band" not in curves and "(one seed)" in curves
+    else:
+        assert "grey dots are the seeds" in accuracy and "band = range of seeds" in curves
+    with Image.open(tmp_path / "reports" / "figures" / "accuracy.png") as image:
+        assert image.width > 500

@@ -29,7 +29,6 @@ from metabench.report.writers import (
     write_html,
     write_markdown,
 )
-from metabench.run_folder import CONFIG
 
 
 def build(
@@ -47,32 +46,36 @@ def build(
     figures = out_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="notebook")
-    paths = {}
+    paths, captions, drawn_from = {}, {}, Figures(runs, table, pairs, references)
     for key, figure in FIGURES.items():
         paths[key] = figures / figure.file
-        figure.draw(Figures(runs, table, pairs), paths[key])
+        figure.draw(drawn_from, paths[key])
+        captions[key] = figure.describe(drawn_from)
 
     baselines = reference_table(references)
     board = leaderboard_table(table)
     ranking = leaderboard.entries(table, pairs)
     leaderboard.write_exports(ranking, pairs, out_dir)
     pair_table = leaderboard.significance_counts(pairs)
-    hyper = {}
-    for run_id in sorted(runs.metrics["run_id"]):  # the reported runs only, never a stray folder's
-        config_path = Path(runs_dir) / run_id / CONFIG
-        if config_path.is_file():
-            config = json.loads(config_path.read_text())
-            hyper.setdefault(config["algorithm"], config["hyper"])
-
     plots.write(runs.metrics, runs.curves, table, out_dir)  # the data of dvc.yaml's `plots:`
     summary = {f"{r.algorithm}_{r.ways}w{r.shots}s": round(float(r.accuracy), 6) for r in table.itertuples()}
     files.write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     costs = cost_table(table)
     intervals = intervals_table(table)
     write_markdown(
-        out_dir / "leaderboard.md", ranking, board, pair_table, baselines, table, hyper, runs, costs, intervals
+        out_dir / "leaderboard.md", ranking, board, pair_table, baselines, table, runs.hyper, runs, costs, intervals
     )
     write_html(
-        out_dir / "leaderboard.html", ranking, board, pair_table, baselines, hyper, paths, runs, costs, intervals
+        out_dir / "leaderboard.html",
+        ranking,
+        table,
+        pair_table,
+        baselines,
+        runs.hyper,
+        paths,
+        captions,
+        runs,
+        costs,
+        intervals,
     )
     return summary

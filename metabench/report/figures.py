@@ -13,7 +13,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -22,30 +21,41 @@ from metabench.report.runs import Runs
 MARKERS = "os^Dv<>pP*XhH8d"
 
 
-def _styles(algorithms) -> dict[str, tuple]:
-    """One (colour, marker) per algorithm, stable across figures: 20 distinct colours
-    (``tab20``) combined with 15 markers, so 13+ methods stay tellable apart."""
-    names = sorted(set(algorithms))
-    colours = sns.color_palette("tab20", 20)
-    return {name: (colours[(2 * i) % 20 + (i // 10) % 2], MARKERS[i % len(MARKERS)]) for i, name in enumerate(names)}
-
-
-def _figure_accuracy(table: pd.DataFrame, path: Path) -> None:
-    shots = sorted(table["shots"].unique())
-    height = max(3.0, 0.32 * table["algorithm"].nunique() + 1.2)
-    fig, axes = plt.subplots(1, len(shots), figsize=(5.2 * len(shots), height), squeeze=False)
-    for ax, k in zip(axes[0], shots):
-        part = table[table["shots"] == k].sort_values("accuracy")
-        ax.errorbar(
-            100 * part["accuracy"],
-            part["algorithm"],
-            xerr=100 * part["seed_ci95"].fillna(0),
-            fmt="o",
-            capsize=4,
-            color=sns.color_palette()[0],
-            label="mean over seeds ± t-interval",
+def _accuracy_caption(data: Figures) -> str:
+    seeds = data.table["seeds"]
+    parts = ["Accuracy per algorithm and setting, best at the top"]
+    if (seeds >= 2).any():
+        parts.append("with two or more seeds: mean over seeds ± t-interval, grey dots are the seeds")
+    if (seeds < 2).any():
+        parts.append("with one seed: its accuracy ± the 95% interval over the shared test episodes")
+    if not data.references.empty:
+        parts.append(
+            "dashed line: " + ", ".join(sorted(data.references["algorithm"].unique())) + " (reference, not trained)"
         )
-        for _, row in part.iterrows():
+    return "; ".join(parts) + "."
+
+
+def _figure_accuracy(table: pd.DataFrame, references: pd.DataFrame, path: Path) -> None:
+    """What the legend says is what is drawn: the interval over seeds only where there are
+    seeds, the episodes' interval otherwise, and the reference methods as lines."""
+    settings = sorted(table[["ways", "shots"]].drop_duplicates().itertuples(index=False))
+    height = max(3.0, 0.32 * table["algorithm"].nunique() + 1.4)
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), height), squeeze=False)
+    colours = sns.color_palette("colorblind")
+    for ax, (ways, k) in zip(axes[0], settings):
+        part = table[(table["ways"] == ways) & (table["shots"] == k)].sort_values("accuracy")
+        for seeded, group in part.groupby(part["seeds"] >= 2):
+            ax.errorbar(
+                100 * group["accuracy"],
+                group["algorithm"],
+                xerr=100 * (group["seed_ci95"] if seeded else group["episode_ci95"]).fillna(0),
+                fmt="o",
+                capsize=4,
+                color=colours[0] if seeded else colours[1],
+                label="mean over seeds ± t-interval" if seeded else "one seed ± 95% interval over test episodes",
+            )
+        first = True
+        for _, row in part[part["seeds"] >= 2].iterrows():
             ax.scatter(
                 [100 * a for a in row["seed_accuracies"]],
                 [row["algorithm"]] * len(row["seed_accuracies"]),
@@ -53,57 +63,81 @@ def _figure_accuracy(table: pd.DataFrame, path: Path) -> None:
                 color="grey",
                 alpha=0.7,
                 zorder=3,
-                label="one seed" if _ == part.index[0] else None,
+                label="one seed's accuracy" if first else None,
             )
-        ax.set_title(f"{part['ways'].iloc[0]}-way {k}-shot")
+            first = False
+        drawn = (
+            references[(references["ways"] == ways) & (references["shots"] == k)]
+            if not references.empty
+            else references
+        )
+        for i, (algorithm, group) in enumerate(drawn.groupby("algorithm")):
+            ax.axvline(
+                100 * group["accuracy"].mean(),
+                color="black",
+                linestyle=("--", ":", "-.")[i % 3],
+                linewidth=1,
+                label=f"{algorithm} (reference)",
+            )
+        ax.set_title(f"{ways}-way {k}-shot")
         ax.set_xlabel("test accuracy (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    legend = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="upper center", ncol=min(3, len(legend)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def _figure_cost(table: pd.DataFrame, path: Path) -> None:
-    """Accuracy against test-time adaptation throughput and against meta-training time, both log x."""
+    """Accuracy against test-time adaptation throughput and against meta-training time, both log
+    x: one colour and marker per shot setting, each point labelled with its method."""
     axes_of = {
         "adaptation_tasks_per_second": "test-time adaptation (tasks/s, log scale)",
         "train_seconds": "meta-training time per run (s, log scale)",
     }
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
-    styles = _styles(table["algorithm"])
-    drawn = set()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), squeeze=False)
+    shots = sorted(table["shots"].unique())
+    colours = dict(zip(shots, sns.color_palette("colorblind")))
+    markers = dict(zip(shots, MARKERS))
     for ax, (column, label) in zip(axes[0], axes_of.items()):
         data = table[table[column].notna()] if column in table else table.iloc[0:0]
         if data.empty:
             ax.text(0.5, 0.5, "no profiles yet (run the profile stage)", ha="center", va="center")
             ax.set_xticks([])
-        for _, row in data.iterrows():
-            colour, marker = styles[row["algorithm"]]
-            filled = row["shots"] == data["shots"].min()
+        for k, group in data.groupby("shots"):
             ax.scatter(
-                row[column],
-                100 * row["accuracy"],
-                s=55,
-                marker=marker,
-                color=colour if filled else "none",
-                edgecolors=colour,
-                linewidths=1.5,
-                label=row["algorithm"] if row["algorithm"] not in drawn else None,
+                group[column],
+                100 * group["accuracy"],
+                s=40,
+                marker=markers[k],
+                color=colours[k],
+                label=f"{group['ways'].iloc[0]}-way {k}-shot",
+                zorder=3,
             )
-            drawn.add(row["algorithm"])
+            for i, (_, row) in enumerate(group.sort_values("accuracy").iterrows()):
+                ax.annotate(
+                    row["algorithm"],
+                    (row[column], 100 * row["accuracy"]),
+                    xytext=(5, 4 if i % 2 else -9),  # alternate above and below: neighbours stay legible
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=colours[k],
+                )
         if not data.empty:
             ax.set_xscale("log")
+            ax.margins(x=0.15)  # room for the labels of the outermost points
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    handles2, labels2 = axes[0][1].get_legend_handles_labels()
-    legend = dict(zip(labels + labels2, handles + handles2))
-    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(0.86, 0.5), fontsize=8, frameon=False)
-    shots = sorted(table["shots"].unique())
-    if len(shots) > 1:
-        fig.text(0.01, 0.01, f"filled: {shots[0]}-shot; hollow: {', '.join(map(str, shots[1:]))}-shot", fontsize=8)
-    fig.tight_layout(rect=(0, 0.03, 0.85, 1))
+    legend = {}
+    for ax in axes[0]:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(text, handle)
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="upper center", ncol=len(legend), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -147,15 +181,23 @@ def _figure_curves(curves: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _figure_pairs(pairs: pd.DataFrame, path: Path) -> None:
+def _figure_pairs(pairs: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
     """Which pairs differ: a symbol per cell (▲ row better, ▼ worse, · not separated by the
-    adjusted test), coloured by the difference; numbers stay in pairwise.csv."""
+    adjusted test), coloured by the difference on one scale for every panel; rows and columns in
+    rank order (best first), so the blocks of methods that do not differ show; numbers stay in
+    pairwise.csv."""
     settings = sorted(pairs[["ways", "shots"]].drop_duplicates().itertuples(index=False)) if not pairs.empty else []
     size = max(4.0, 0.36 * len(set(pairs["a"]) | set(pairs["b"])) + 2) if not pairs.empty else 4.0
-    fig, axes = plt.subplots(1, max(len(settings), 1), figsize=(size * max(len(settings), 1), size), squeeze=False)
+    limit = max(1.0, float((100 * pairs["difference"].abs()).max())) if not pairs.empty else 1.0
+    panels = max(len(settings), 1)
+    fig, axes = plt.subplots(
+        1, panels + 1, figsize=(size * panels + 0.8, size), squeeze=False, width_ratios=[1] * panels + [0.04]
+    )
     for ax, (ways, k) in zip(axes[0], settings):
         part = pairs[(pairs["ways"] == ways) & (pairs["shots"] == k)]
-        names = sorted(set(part["a"]) | set(part["b"]))
+        named = set(part["a"]) | set(part["b"])
+        scores = table[(table["ways"] == ways) & (table["shots"] == k)].set_index("algorithm")["accuracy"]
+        names = sorted(named, key=lambda name: (-scores.get(name, float("-inf")), name))
         grid = pd.DataFrame(0.0, index=names, columns=names)
         labels = pd.DataFrame("", index=names, columns=names)
         for _, row in part.iterrows():
@@ -163,7 +205,6 @@ def _figure_pairs(pairs: pd.DataFrame, path: Path) -> None:
                 grid.loc[x, y] = sign * 100 * row["difference"]
                 separated = row["p_adjusted"] < 0.05
                 labels.loc[x, y] = ("▲" if sign * row["difference"] > 0 else "▼") if separated else "·"
-        limit = max(1.0, float(np.abs(grid.to_numpy()).max()))
         sns.heatmap(
             grid,
             annot=labels,
@@ -171,14 +212,15 @@ def _figure_pairs(pairs: pd.DataFrame, path: Path) -> None:
             cmap="RdBu",
             vmin=-limit,
             vmax=limit,
-            cbar=True,
+            cbar=False,  # one scale for every panel: drawn once, beside the last
             square=True,
             annot_kws={"fontsize": 8},
             ax=ax,
-            cbar_kws={"label": "row − column (points)", "shrink": 0.7},
         )
-        ax.set_title(f"{ways}-way {k}-shot (▲/▼ adjusted p < 0.05)", fontsize=10)
+        ax.set_title(f"{ways}-way {k}-shot, best first (▲/▼ adjusted p < 0.05)", fontsize=10)
         ax.tick_params(labelsize=8)
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(-limit, limit), "RdBu")
+    fig.colorbar(scale, cax=axes[0][-1], label="row − column (points)")
     if not settings:
         axes[0][0].text(0.5, 0.5, "one algorithm only: nothing to compare", ha="center", va="center")
     fig.tight_layout()
@@ -188,40 +230,51 @@ def _figure_pairs(pairs: pd.DataFrame, path: Path) -> None:
 
 @dataclass
 class Figures:
-    """What a figure may draw from: the loaded runs, the aggregated table, the pairwise tests."""
+    """What a figure may draw from: the loaded runs, the aggregated table, the pairwise tests,
+    the reference methods' runs (one row each)."""
 
     runs: Runs
     table: pd.DataFrame
     pairs: pd.DataFrame
+    references: pd.DataFrame
 
 
 @dataclass
 class Figure:
     file: str  # under reports/figures/
-    caption: str
+    caption: str | Callable[[Figures], str]  # a function when what is drawn depends on the runs
+
     draw: Callable[[Figures, Path], None]
+
+    def describe(self, data: Figures) -> str:
+        return self.caption(data) if callable(self.caption) else self.caption
 
 
 # Adding a figure: one function of (Figures, path) above, one entry here.
 FIGURES: dict[str, Figure] = {
     "accuracy": Figure(
         "accuracy.png",
-        "Accuracy per algorithm and shot: mean over seeds with its t-interval; grey dots are seeds.",
-        lambda data, path: _figure_accuracy(data.table, path),
+        _accuracy_caption,
+        lambda data, path: _figure_accuracy(data.table, data.references, path),
     ),
     "cost": Figure(
         "accuracy_vs_cost.png",
-        "Accuracy against test-time adaptation throughput (left) and meta-training time (right).",
+        "Accuracy against test-time adaptation throughput (left) and meta-training time (right); "
+        "one colour per setting, each point labelled with its method.",
         lambda data, path: _figure_cost(data.table, path),
     ),
     "curves": Figure(
         "learning_curves.png",
-        "Validation accuracy during meta-training, per algorithm: mean over seeds, band = range of seeds.",
+        lambda data: (
+            "Validation accuracy during meta-training, per algorithm and setting"
+            + (": mean over seeds, band = range of seeds." if (data.table["seeds"] >= 2).any() else " (one seed).")
+        ),
         lambda data, path: _figure_curves(data.runs.curves, path),
     ),
     "pairs": Figure(
         "pairwise.png",
-        "Pairwise differences (row − column, colour); ▲/▼ where the adjusted test separates them, · where not.",
-        lambda data, path: _figure_pairs(data.pairs, path),
+        "Pairwise differences (row − column, one colour scale), methods best first; ▲/▼ where the "
+        "adjusted test separates them, · where not.",
+        lambda data, path: _figure_pairs(data.pairs, data.table, path),
     ),
 }

@@ -17,7 +17,7 @@ from metabench import MetabenchError, files, stats
 from metabench.algorithms import REGISTRY
 from metabench.episodes import EpisodeIndices
 from metabench.evaluation import read_results
-from metabench.run_folder import METRICS, TRAIN_LOG, TRAIN_SUMMARY, RunFolder
+from metabench.run_folder import CONFIG, METRICS, TRAIN_LOG, TRAIN_SUMMARY, RunFolder
 
 # what a profile records of where its numbers came from: not a cost, not a column of the report
 PROFILE_RECORDS = ("identity", "provenance")
@@ -39,6 +39,7 @@ class Runs:
     curves: pd.DataFrame  # run_id, algorithm, shots, seed, iteration, val_accuracy
     profiles: pd.DataFrame
     disjoint: dict[str, np.ndarray] = field(default_factory=dict)  # episodes sha256 -> image-disjoint episodes
+    hyper: dict[str, dict] = field(default_factory=dict)  # algorithm -> resolved hyper-parameters (config.json)
 
 
 def disjoint_by_digest(episodes_dir: Path | None) -> dict[str, np.ndarray]:
@@ -62,7 +63,7 @@ def load_runs(
 ) -> Runs:
     """Read run outputs; with ``run_ids`` exactly those runs (a missing one is an error). The
     fixed episodes in ``episodes_dir`` give the open intervals (none without them)."""
-    rows, episodes, curves = [], {}, []
+    rows, episodes, curves, hyper = [], {}, [], {}
     if run_ids is None:
         paths = sorted(Path(runs_dir).glob(f"*/{METRICS}"))
     else:
@@ -82,6 +83,9 @@ def load_runs(
             if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
                 raise MetabenchError(f"{run_dir / TRAIN_SUMMARY} has no valid train_seconds; {retrain}")
             metrics["train_seconds"] = seconds
+            config = folder.read_json_verified(CONFIG, retrain)
+            metrics.update(_budget(config, run_dir))
+            hyper.setdefault(metrics["algorithm"], config.get("hyper", {}))
         metrics["mlflow_run_id"] = folder.mlflow_run_id()
         rows.append(metrics)
         episodes[metrics["run_id"]] = accuracies
@@ -110,7 +114,19 @@ def load_runs(
         pd.concat(curves) if curves else pd.DataFrame(),
         pd.DataFrame(profiles),
         disjoint_by_digest(episodes_dir),
+        hyper,
     )
+
+
+def _budget(config: dict, run_dir: Path) -> dict[str, int]:
+    """What a run was given to train: outer steps and training tasks (episodes) per step, the
+    algorithm's meta-batch (one when it has none, as ``Algorithm.episodes_per_step``)."""
+    try:
+        iterations = int(config["config"]["iterations"])
+        per_step = int(config["hyper"].get("meta_batch", 1))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise MetabenchError(f"{run_dir / CONFIG} has no training budget ({error}); retrain the run") from error
+    return {"iterations": iterations, "episodes_per_step": per_step}
 
 
 def is_reference(algorithm: str) -> bool:

@@ -40,8 +40,9 @@ def aggregate(runs: Runs) -> pd.DataFrame:
             "episode_ci95": float(group["ci95"].mean()),
             "episodes": ", ".join(str(n) for n in sorted(set(group["episodes"]))),  # per run, usually one count
             "train_seconds": float(group["train_seconds"].mean()) if "train_seconds" in group else float("nan"),
+            **_budget(group),
             "transductive": bool(group["transductive"].iloc[0]),
-            "mlflow_run_ids": " ".join(r[:8] for r in group["mlflow_run_id"] if r),
+            "mlflow_run_ids": [r for r in group.sort_values("seed")["mlflow_run_id"] if r],
             "seed_accuracies": list(group.sort_values("seed")["accuracy"]),
             **_open(runs, group),
         }
@@ -61,6 +62,14 @@ def aggregate(runs: Runs) -> pd.DataFrame:
         )
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _budget(group: pd.DataFrame) -> dict[str, float]:
+    """Outer steps and training tasks per step of a setting's runs (the same in every seed)."""
+    return {
+        key: float(group[key].iloc[0]) if key in group and group[key].notna().all() else float("nan")
+        for key in ("iterations", "episodes_per_step")
+    }
 
 
 def _open(runs: Runs, group: pd.DataFrame) -> dict[str, float]:

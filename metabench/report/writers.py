@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from markdown_it import MarkdownIt
 
-from metabench import files, leaderboard, published
+from metabench import files, leaderboard, published, tracking
 from metabench.algorithms import REGISTRY
 from metabench.report.figures import FIGURES
 from metabench.report.runs import Runs
@@ -95,8 +95,17 @@ def cost_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def leaderboard_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The paste-into-a-paper table: one row per algorithm, one column per shot setting."""
+def markdown_link(run_id: str) -> str:
+    return f"[{run_id[:8]}]({tracking.run_link(run_id)})"
+
+
+def html_link(run_id: str) -> str:
+    return f"<a href='{html.escape(tracking.run_link(run_id))}'>{html.escape(run_id[:8])}</a>"
+
+
+def leaderboard_table(table: pd.DataFrame, link=markdown_link) -> pd.DataFrame:
+    """Every number of every algorithm and setting: one row per algorithm, one column group per
+    setting, each seed's MLflow run as a ``link`` to its page."""
     rows = []
     for (dataset, algorithm), group in table.groupby(["dataset", "algorithm"]):
         row = {"dataset": dataset, "algorithm": algorithm}
@@ -114,7 +123,7 @@ def leaderboard_table(table: pd.DataFrame) -> pd.DataFrame:
                 row[f"{setting} adapt tasks/s"] = f"{r['adaptation_tasks_per_second']:.1f}"
         row["seeds"] = int(group["seeds"].max())
         row["transductive"] = "yes" if group["transductive"].iloc[0] else "no"
-        row["MLflow runs"] = " ".join(group["mlflow_run_ids"])
+        row["MLflow runs"] = " ".join(link(run_id) for ids in group["mlflow_run_ids"] for run_id in ids)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -244,11 +253,12 @@ def _embed(path: Path) -> str:
 def write_html(
     path,
     ranking,
-    board,
+    table,
     pairs,
     baselines,
     hyper,
     figures: dict,
+    captions: dict,
     runs: Runs,
     costs: pd.DataFrame,
     intervals: pd.DataFrame,
@@ -275,7 +285,7 @@ def write_html(
         ]
     for key, figure in figures.items():
         parts.append(
-            f"<figure><img alt='{key}' src='{_embed(figure)}'><figcaption>{html.escape(FIGURES[key].caption)}</figcaption></figure>"
+            f"<figure><img alt='{key}' src='{_embed(figure)}'><figcaption>{html.escape(captions[key])}</figcaption></figure>"
         )
     if not baselines.empty:
         parts += ["<h2>Reference methods on the same episodes</h2>", _scroll(baselines.to_html(index=False, border=0))]
@@ -293,7 +303,9 @@ def write_html(
             _scroll(pairs.to_html(index=False, border=0)),
             "<p>Every pair's difference, interval and p-values: <code>pairwise.csv</code>.</p>",
         ]
-    parts += ["<h2>Per-run details</h2>", _scroll(board.to_html(index=False, escape=True, border=0))]
+    # every cell is a number or a registered name, except the run links built by html_link
+    board = leaderboard_table(table, link=html_link)
+    parts += ["<h2>Per-run details</h2>", _scroll(board.to_html(index=False, escape=False, border=0))]
     # rendered by a Markdown library (raw HTML in the text is escaped): emphasis and code as in the .md
     formulas = MarkdownIt("commonmark", {"html": False}).render(FORMULAS)
     parts += ["<h2>How the numbers are computed</h2>", formulas, "<h2>Hyper-parameters</h2><ul>"]
