@@ -40,6 +40,16 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # docstrings are Markdown: paragraphs reflow, `code` renders
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+_typed = typer.core.TyperOption.display_type_rich
+
+
+def _type_unless_flag(option: typer.core.TyperOption, ctx) -> str | None:
+    """Typer 0.29's help writes ``<bool>`` beside every flag, which takes no value: it reads as
+    if ``--force true`` were the way to pass it. A flag shows no type; every other option its own."""
+    return None if option.is_flag else _typed(option, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _type_unless_flag
 console = Console(stderr=True)  # logs, warnings and progress
 results = Console(width=max(Console().width, 120))  # results (tables) on stdout
 

@@ -363,7 +363,7 @@ def _evaluate_locked(run: PreparedRun, folder: RunFolder, progress: Progress | N
     metrics = write_results(folder.path, accuracies, extra, timing)
     tracker = Tracker(folder.path)
     if tracker.attach():
-        tracker.log_final({**metrics, **timing}, prefix="test_")
+        tracker.log_final({**metrics, **timing}, kind="test")
         tracker.log_artifacts([folder.episodes, folder.metrics])
         tracker.finish()
     return metrics

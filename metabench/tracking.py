@@ -16,7 +16,8 @@ training experiment (``mlflow.experimentKind``; MLflow 3.17's UI still starts in
 unless the link says ``?workflowType=machine_learning``, which ``make mlflow-ui`` prints); MLflow's own
 system tags (``mlflow.source.git.commit``, ``mlflow.source.name``, ``mlflow.user``); each
 parameter once (the resolved run settings, the task shape, the dataset); as metrics only what
-varies or is a result, each training point stamped with the time it was reached; the
+varies or is a result, each training point stamped with the time it was reached, the test
+accuracy first by name (``metric_name``); the
 machine's load as ``system/*`` metrics (``system_metrics``); a method's cost from the profile
 stage as ``cost.*`` metrics of every run of its setting, so the runs table sets accuracy
 beside cost.
@@ -63,6 +64,26 @@ RESULTS = {
     "best_iteration",
     "train_seconds",
 }
+# MLflow lists a run's metrics by name, so the test accuracy and its interval are named to come
+# first (``accuracy``, ``accuracy_ci95``); every other number says what it measures in a prefix
+# (``train/``, ``val/``, ``test/``, and ``cost.``, ``system/``).
+METRIC_NAMES = {
+    "test": {"accuracy": "accuracy", "ci95": "accuracy_ci95"},
+    "training": {
+        "val_accuracy": "val/accuracy",
+        "best_val_accuracy": "val/best_accuracy",
+        "best_iteration": "val/best_iteration",
+        "train_seconds": "train/seconds",
+    },
+}
+PREFIXES = {"test": "test/", "training": "train/", "cost": "cost."}
+
+
+def metric_name(key: str, kind: str) -> str:
+    """The MLflow name of one of a run's numbers: ``kind`` is training, test or cost."""
+    return METRIC_NAMES.get(kind, {}).get(key) or PREFIXES[kind] + key
+
+
 # the profile's numbers that measure cost (``metabench profile``); the rest are its settings
 COST = (
     "meta_train_steps_per_second",
@@ -206,8 +227,8 @@ class Tracker:
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
-    def log_rows(self, rows: Iterable[dict[str, Any]], step_key: str = "iteration", prefix: str = "") -> None:
-        """Log rows of metrics (one dict per step) in batches."""
+    def log_rows(self, rows: Iterable[dict[str, Any]], step_key: str = "iteration", kind: str = "training") -> None:
+        """Log rows of metrics (one dict per step) in batches, named by ``metric_name``."""
         rows = list(rows)
         if not rows or self.run_id is None:
             return
@@ -217,7 +238,7 @@ class Tracker:
 
             now = int(time.time() * 1000)
             metrics = [
-                Metric(prefix + key, float(value), self._stamp(row, now), int(row[step_key]))
+                Metric(metric_name(key, kind), float(value), self._stamp(row, now), int(row[step_key]))
                 for row in rows
                 for key, value in row.items()
                 if key not in (step_key, "seconds") and isinstance(value, (int, float)) and value == value
@@ -250,7 +271,7 @@ class Tracker:
             return self.start_ms + int(1000 * seconds)
         return now
 
-    def log_final(self, metrics: dict[str, Any], prefix: str = "") -> None:
+    def log_final(self, metrics: dict[str, Any], kind: str = "training") -> None:
         """The run's result numbers (``RESULTS``), once; its settings are parameters already."""
         self.log_rows(
             [
@@ -264,7 +285,7 @@ class Tracker:
                 }
             ],
             step_key="_step",
-            prefix=prefix,
+            kind=kind,
         )
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -341,7 +362,7 @@ def log_cost(profile: dict[str, Any], run_dirs: Iterable[Path]) -> list[str]:
         tracker.log_rows(
             [{**{key: profile[key] for key in COST if isinstance(profile.get(key), (int, float))}, "_step": 0}],
             step_key="_step",
-            prefix="cost.",
+            kind="cost",
         )
         tracker.set_tags({"cost.device": str(profile.get("device")), "cost.threads": str(profile.get("threads"))})
         if tracker.enabled:
@@ -464,7 +485,7 @@ def _resend(run_dir: Path) -> str | None:
     if METRICS in sealed:
         from metabench.evaluation import read_results  # torch: only where a result is sent
 
-        tracker.log_final(read_results(run_dir)[0], prefix="test_")
+        tracker.log_final(read_results(run_dir)[0], kind="test")
     tracker.log_artifacts([run_dir / n for n in (CHECKPOINT, CONFIG, TRAIN_LOG, EPISODES, METRICS)])
     tracker.finish(end_ms=end_ms)
     if tracker.enabled and tracker.run_id:

@@ -76,7 +76,7 @@ def test_the_grid_sends_a_runs_load_and_its_true_duration_from_its_files(tmp_pat
     worked += json.loads((run.run_dir / "eval_timing.json").read_text())["eval_seconds"]
     duration = (recorded.info.end_time - recorded.info.start_time) / 1000
     assert duration == pytest.approx(worked, abs=0.01)  # the run's work, not the seconds it took to send it
-    loss = store.get_metric_history(recorded.info.run_id, "loss")
+    loss = store.get_metric_history(recorded.info.run_id, "train/loss")
     assert all(recorded.info.start_time <= m.timestamp <= recorded.info.end_time for m in loss)
 
 
@@ -122,7 +122,7 @@ def test_the_profile_cost_lands_on_every_seed_of_its_setting_and_nowhere_else(tm
         assert "cost.meta_batch" not in recorded.data.metrics  # a setting, not a cost
         assert recorded.data.tags["cost.threads"] == "1"
         assert recorded.info.status == "FINISHED"
-    assert run_of(store, seed0.run_dir).data.metrics["test_accuracy"] > 0  # beside the accuracy
+    assert run_of(store, seed0.run_dir).data.metrics["accuracy"] > 0  # beside the accuracy
     for run in (other_shots, variant):
         assert not {key for key in run_of(store, run.run_dir).data.metrics if key.startswith("cost.")}
 

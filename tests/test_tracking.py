@@ -112,7 +112,12 @@ def test_params_metrics_tags_and_artifacts_arrive_through_the_rest_api(tmp_path,
     assert params["seed"] == "0" and params["hyper.hidden"] == "16" and params["algorithm"] == "protonet"
     assert not {key for key in params if key.startswith("config.")}, "each parameter once"
     local = json.loads((run.run_dir / "metrics.json").read_text())
-    assert metrics["test_accuracy"] == pytest.approx(local["accuracy"])
+    assert metrics["accuracy"] == pytest.approx(local["accuracy"])
+    assert metrics["accuracy_ci95"] == pytest.approx(local["ci95"])
+    # MLflow lists metrics by name: the test accuracy first, then its interval; the training
+    # batch's accuracy is train/accuracy, not a second "accuracy"
+    assert sorted(metrics)[:2] == ["accuracy", "accuracy_ci95"]
+    assert {"train/loss", "val/accuracy", "val/best_accuracy", "train/seconds", "test/eval_seconds"} <= set(metrics)
     assert not {"test_ways", "test_shots", "test_seed", "test_episode_seed", "test_queries"} & set(metrics)
     assert {"params_hash", "dataset_checksum", "seed", "device", "mlflow.user", "mlflow.source.name"} <= set(tags)
     assert len(tags["mlflow.source.git.commit"]) in (40, len("unknown"))
@@ -120,7 +125,7 @@ def test_params_metrics_tags_and_artifacts_arrive_through_the_rest_api(tmp_path,
     experiment_tags = {t["key"]: t["value"] for t in experiment["experiment"]["tags"]}
     assert experiment["experiment"]["name"] == "metabench-glyphs"
     assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
-    history = server.get(f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=loss")["metrics"]
+    history = server.get(f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=train%2Floss")["metrics"]
     assert len(history) == QUICK["iterations"]
     stamps = [point["timestamp"] for point in sorted(history, key=lambda point: point["step"])]
     assert stamps == sorted(stamps) and stamps[-1] > stamps[0], "each point stamped when it was reached"
@@ -158,11 +163,11 @@ def test_server_killed_mid_run_loses_nothing(tmp_path, data, server, monkeypatch
     server.start()  # same store: the first five steps made it before the kill
     new_id = tracking.resend(run.run_dir)
     assert new_id is not None and not (run.run_dir / run_folder.TRACKING_PENDING).exists()
-    history = server.get(f"/api/2.0/mlflow/metrics/get-history?run_id={new_id}&metric_key=loss")["metrics"]
+    history = server.get(f"/api/2.0/mlflow/metrics/get-history?run_id={new_id}&metric_key=train%2Floss")["metrics"]
     assert sorted(int(m["step"]) for m in history) == list(range(1, QUICK["iterations"] + 1))
     info = server.get(f"/api/2.0/mlflow/runs/get?run_id={new_id}")["run"]
     metrics = {m["key"]: m["value"] for m in info["data"]["metrics"]}
-    assert metrics["test_accuracy"] == pytest.approx(json.loads((run.run_dir / "metrics.json").read_text())["accuracy"])
+    assert metrics["accuracy"] == pytest.approx(json.loads((run.run_dir / "metrics.json").read_text())["accuracy"])
 
 
 def test_default_store_is_sqlite_in_the_working_directory(tmp_path, data, monkeypatch):
