@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make test         install into .venv (if needed) and run the fast tests (a few minutes)"
 	@echo "make check        what CI runs: lint, the benchmark gate, then every test (slow end-to-end ones too)"
-	@echo "make pipelines    regenerate dvc.yaml and pipelines/*/dvc.yaml after editing a params.yaml's leaderboard"
+	@echo "make pipelines    regenerate dvc.yaml (and each profile pipeline written before) after editing a params.yaml"
 	@echo "make leaderboard  install into .venv (if needed) and run the default pipeline (dvc repro)"
 	@echo "make mlflow-ui    browse tracked runs at http://127.0.0.1:5000"
 	@echo "make mlflow-server  one tracking server for many workers (MLFLOW_HOST/MLFLOW_PORT; export MLFLOW_TRACKING_URI)"

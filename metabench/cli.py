@@ -704,21 +704,29 @@ def check_params_command(
 
 @app.command()
 def pipeline(
+    profile: list[str] = typer.Argument(
+        None, help="Profiles under pipelines/ whose dvc.yaml to write too (e.g. omniglot_paper)."
+    ),
     check: bool = typer.Option(
         False, "--check", help="Only report pipelines that are out of date (exit 1), write nothing."
     ),
     root: Path = typer.Option(Path("."), help="The project root (holds params.yaml, pipelines/ and metabench/)."),
 ) -> None:
-    """Write dvc.yaml and pipelines/PROFILE/dvc.yaml from their params.yaml and the one template."""
+    """Write dvc.yaml from params.yaml, and pipelines/PROFILE/dvc.yaml for each PROFILE named or
+    written before, from the one template.
+
+    A profile's pipeline exists once asked for: `metabench pipeline omniglot_paper`, then
+    `dvc repro pipelines/omniglot_paper/dvc.yaml`. Until then DVC's read commands (`dvc exp
+    show`, `dvc metrics show`, `dvc plots show`) show the default pipeline alone."""
     from metabench.pipeline import write_all
 
     if not (root / "params.yaml").is_file():
         raise MetabenchError(f"{root.resolve()} has no params.yaml; run this from the project root or pass --root")
-    stale = write_all(check=check, root=root)
+    stale = write_all(check=check, root=root, wanted=profile or [])
     for path in stale:
         console.print(f"{'out of date' if check else 'wrote'}: {path}")
     if check and stale:
-        raise MetabenchError("pipelines are out of date; run `metabench pipeline` and commit the dvc.yaml files")
+        raise MetabenchError("pipelines are out of date; run `metabench pipeline` (and commit dvc.yaml)")
     if not stale:
         console.print("every pipeline is up to date")
 

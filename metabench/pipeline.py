@@ -3,7 +3,11 @@ and ``pipelines/<profile>/dvc.yaml``.
 
 DVC reads real files from git revisions (``dvc exp show``, ``dvc params diff``), so every
 pipeline is a generated file, not a link; ``metabench pipeline`` rewrites them and
-``metabench pipeline --check`` (run by the tests) fails when one is out of date. Each stage lists
+``metabench pipeline --check`` (run by the tests) fails when one is out of date. A profile's
+``dvc.yaml`` is written only when asked for (``metabench pipeline PROFILE``) and kept current
+from then on: DVC reads every ``dvc.yaml`` in the project, so profiles nobody runs would put
+hundreds of their params in ``dvc exp show`` and "failed to load" in ``dvc metrics show`` and
+``dvc plots show`` of the default pipeline. Each stage lists
 as ``params`` exactly the keys it reads. What the runs compute is a dependency through the
 declared behaviour versions (``behaviour.json``, written here too), never the bytes of the
 source, so a docstring or a refactor re-runs nothing; the report, which is plain code over the
@@ -204,9 +208,22 @@ def render(params_path: Path, root: Path = sources.ROOT) -> str:
     return HEADER.format(params=(folder / "params.yaml").as_posix(), command=command) + body
 
 
-def pipeline_params(root: Path = sources.ROOT) -> list[Path]:
-    """The params file of every pipeline: the root's (the default profile) and each profile folder's."""
-    return [root / "params.yaml", *sorted((root / "pipelines").glob("*/params.yaml"))]
+def profiles(root: Path = sources.ROOT) -> list[str]:
+    """The profile folders under ``pipelines/`` (each with a params.yaml)."""
+    return [path.parent.name for path in sorted((root / "pipelines").glob("*/params.yaml"))]
+
+
+def pipeline_params(root: Path = sources.ROOT, wanted: list[str] = ()) -> list[Path]:
+    """The params file of every pipeline to write: the root's (the default profile), each
+    profile in ``wanted``, and each profile whose ``dvc.yaml`` was written before."""
+    known = profiles(root)
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise MetabenchError(
+            f"no profile {', '.join(unknown)} under {root / 'pipelines'}; profiles: {', '.join(known)}"
+        )
+    chosen = [name for name in known if name in wanted or (root / "pipelines" / name / "dvc.yaml").is_file()]
+    return [root / "params.yaml", *(root / "pipelines" / name / "params.yaml" for name in chosen)]
 
 
 def behaviour_record() -> str:
@@ -231,11 +248,13 @@ def require_current_behaviour(root: Path = sources.ROOT) -> None:
         )
 
 
-def write_all(check: bool = False, root: Path = sources.ROOT) -> list[Path]:
-    """Write every pipeline's dvc.yaml and ``behaviour.json``; with ``check``, return those that
-    are out of date instead."""
+def write_all(check: bool = False, root: Path = sources.ROOT, wanted: list[str] = ()) -> list[Path]:
+    """Write the dvc.yaml of the root pipeline, of each profile in ``wanted`` and of each profile
+    written before, and ``behaviour.json``; with ``check``, return those out of date instead."""
     stale = []
-    generated = [(params_path.parent / "dvc.yaml", render(params_path, root)) for params_path in pipeline_params(root)]
+    generated = [
+        (params_path.parent / "dvc.yaml", render(params_path, root)) for params_path in pipeline_params(root, wanted)
+    ]
     for target, text in [*generated, (root / BEHAVIOUR_FILE, behaviour_record())]:
         current = target.read_text() if target.is_file() and not target.is_symlink() else None
         if current != text:

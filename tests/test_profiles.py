@@ -34,30 +34,59 @@ def test_every_run_of_the_profile_validates_and_builds(path):
 
 # --- each profile's DVC pipeline -------------------------------------------------------------
 # `dvc repro --dry` cannot dry-run a pipeline whose first stage has not run yet (DVC stops at
-# the missing dataset.json, treeverse/dvc#9021), so this is the dry run: DVC resolves every
-# stage of every profile, and each stage's command is parsed by the real command line and
-# checked to write exactly the outputs the stage declares.
+# the missing dataset.json, treeverse/dvc#9021), so this is the dry run: every profile's pipeline
+# is written into a copy of the project, DVC resolves every stage, and each stage's command is
+# parsed by the real command line and checked to write exactly the outputs the stage declares.
 
-PIPELINES = sorted((ROOT / "pipelines").glob("*/dvc.yaml"))
+NAMES = sorted(p.parent.name for p in (ROOT / "pipelines").glob("*/params.yaml"))
+
+
+def project_copy(target: Path) -> Path:
+    """The params files of every pipeline and behaviour.json, where `metabench pipeline` expects them."""
+    import shutil
+
+    for path in [ROOT / "params.yaml", ROOT / BEHAVIOUR_FILE, *sorted((ROOT / "pipelines").glob("*/params.yaml"))]:
+        (target / path.parent.relative_to(ROOT)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / path.relative_to(ROOT))
+    return target
 
 
 @pytest.fixture(scope="module")
-def dvc_repo():
+def generated(tmp_path_factory):
+    """A DVC project holding the root pipeline and every profile's, as `metabench pipeline NAME...` writes them."""
     from dvc.repo import Repo
 
-    with Repo(str(ROOT)) as repo:
-        yield repo
-
-
-def test_every_pipeline_is_a_real_file_generated_from_the_one_template_and_up_to_date():
     from metabench.pipeline import write_all
 
-    folders = sorted(p.parent for p in (ROOT / "pipelines").glob("*/params.yaml"))
-    assert folders and folders == sorted(p.parent for p in PIPELINES)
-    assert not [p for p in [*PIPELINES, ROOT / "dvc.yaml"] if p.is_symlink()], (
-        "DVC cannot read a linked dvc.yaml from git"
-    )
-    assert write_all(check=True, root=ROOT) == [], "run `metabench pipeline` and commit the dvc.yaml files"
+    root = project_copy(tmp_path_factory.mktemp("project"))
+    write_all(root=root, wanted=NAMES)
+    Repo.init(str(root), no_scm=True)
+    with Repo(str(root)) as repo:
+        yield root, repo
+
+
+def test_the_root_pipeline_is_a_real_committed_file_and_up_to_date():
+    from metabench.pipeline import write_all
+
+    assert (ROOT / "dvc.yaml").is_file() and not (ROOT / "dvc.yaml").is_symlink(), "DVC cannot read a linked dvc.yaml"
+    assert write_all(check=True, root=ROOT) == [], "run `metabench pipeline` and commit dvc.yaml"
+
+
+def test_a_profile_pipeline_is_written_when_asked_for_and_kept_current_from_then_on(tmp_path):
+    """Profiles nobody ran stay out of DVC's read commands (dvc exp show, metrics show, plots show)."""
+    from metabench.pipeline import write_all
+
+    root = project_copy(tmp_path)
+    assert write_all(root=root) == [root / "dvc.yaml"]
+    assert not list((root / "pipelines").glob("*/dvc.yaml"))
+    assert write_all(root=root, wanted=["omniglot_cpu"]) == [root / "pipelines" / "omniglot_cpu" / "dvc.yaml"]
+    assert "dvc repro pipelines/omniglot_cpu/dvc.yaml" in (root / "pipelines" / "omniglot_cpu" / "dvc.yaml").read_text()
+    assert write_all(check=True, root=root) == []
+    pipeline = root / "pipelines" / "omniglot_cpu" / "dvc.yaml"
+    pipeline.write_text(pipeline.read_text() + "# edited by hand\n")
+    assert write_all(check=True, root=root) == [root / "pipelines" / "omniglot_cpu" / "dvc.yaml"]
+    with pytest.raises(Exception, match="no profile omniglot_gpu .*profiles: cifarfs_conv4"):
+        write_all(root=root, wanted=["omniglot_gpu"])
 
 
 def _parse(command: str):
@@ -74,11 +103,12 @@ def _parse(command: str):
     return args[1], group.commands[args[1]].make_context(args[1], args[2:]).params
 
 
-@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.parent.name)
-def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(dvc_repo, path):
-    folder = path.parent
+@pytest.mark.parametrize("name", NAMES)
+def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(generated, name):
+    root, dvc_repo = generated
+    folder = root / "pipelines" / name
     params = yaml.safe_load((folder / "params.yaml").read_text())
-    stages = dvc_repo.stage.collect(str(path.relative_to(ROOT)))
+    stages = dvc_repo.stage.collect(str(folder / "dvc.yaml"))
     kinds = [stage.name.split("@")[0].split("-")[0] for stage in stages]
     assert "train" not in kinds and "evaluate" not in kinds  # every run is the grid stage's
     assert kinds.count("fetch") == kinds.count("report") == kinds.count("episodes") == kinds.count("grid") == 1
@@ -94,7 +124,7 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
         code = {Path(str(dep.fs_path)).resolve() for dep in stage.deps if "metabench" in str(dep.fs_path)}
         deps = {Path(str(dep.fs_path)).resolve() for dep in stage.deps}
         if command in ("episodes", "grid", "profile"):  # what the runs compute: declared versions, not bytes
-            assert not code and (ROOT / BEHAVIOUR_FILE).resolve() in deps
+            assert not code and (root / BEHAVIOUR_FILE).resolve() in deps
         settings = folder / options["params"]
         assert settings == folder / "params.yaml"
         if command == "fetch":
@@ -118,4 +148,4 @@ def test_pipeline_stages_resolve_and_their_commands_write_the_declared_outputs(d
         else:
             assert {out.parent for out in outs} == {folder / options["out_dir"]}
         if command != "report":  # the report reads run outputs only
-            assert (folder / options["data_dir"]).resolve() == (ROOT / "data").resolve()
+            assert (folder / options["data_dir"]).resolve() == (root / "data").resolve()
