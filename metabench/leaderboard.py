@@ -92,9 +92,10 @@ def _cell(row, bold: str) -> str:
 
 def _budget(row) -> str:
     """``3,000 × 8``: outer steps × training tasks per step."""
-    if row["iterations"] != row["iterations"]:
+    iterations, per_step = row.get("iterations", float("nan")), row.get("episodes_per_step", float("nan"))
+    if iterations != iterations or per_step != per_step:  # not recorded (a leaderboard.csv from before budgets)
         return "–"
-    return f"{int(row['iterations']):,} × {int(row['episodes_per_step'])}"
+    return f"{int(iterations):,} × {int(per_step)}"
 
 
 def _per_setting(values: list[str]) -> str:
@@ -118,7 +119,10 @@ def ranked(table: pd.DataFrame, dataset: str, bold: str = "**{}**") -> pd.DataFr
         row["avg. rank"] = round(float(group["rank"].mean()), 1)
         row["budget (steps × tasks)"] = _per_setting([_budget(r) for r in present])
         row["train s"] = _per_setting(
-            ["–" if r["train_seconds"] != r["train_seconds"] else f"{r['train_seconds']:.0f}" for r in present]
+            [
+                f"{r['train_seconds']:.0f}" if r.get("train_seconds", float("nan")) == r.get("train_seconds") else "–"
+                for r in present
+            ]
         )
         row["seeds"] = str(int(group["seeds"].max()))
         published_values = [by_setting[s]["published"] if s in by_setting else float("nan") for s in settings]
