@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test check lint pipelines benchmarks benchmark-baseline leaderboard mlflow-ui mlflow-server gpu-check clean
+.PHONY: help setup test check lint pipelines benchmarks benchmark-baseline leaderboard experiments mlflow-ui mlflow-server gpu-check clean
 
 help:
 	@echo "make test         install into .venv (if needed) and run the fast tests (a few minutes)"
 	@echo "make check        what CI runs: lint, the benchmark gate, then every test (slow end-to-end ones too)"
 	@echo "make pipelines    regenerate dvc.yaml (and each profile pipeline written before) after editing a params.yaml"
 	@echo "make leaderboard  install into .venv (if needed) and run the default pipeline (dvc repro)"
+	@echo "make experiments  dvc exp show, narrowed to the headline metrics and the leaderboard's params"
 	@echo "make mlflow-ui    browse tracked runs at http://127.0.0.1:5000"
 	@echo "make mlflow-server  one tracking server for many workers (MLFLOW_HOST/MLFLOW_PORT; export MLFLOW_TRACKING_URI)"
 	@echo "make benchmarks   the benchmark gate, then the ungated benchmarks (compare with benchmarks/baseline/<cpu>)"
@@ -54,7 +55,7 @@ lint: $(STAMP)
 
 check: lint
 	$(GATE)
-	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q --durations=25
 
 pipelines: $(STAMP)
 	$(BIN)/metabench pipeline
@@ -77,7 +78,12 @@ RUN := PATH=$(CURDIR)/$(BIN):$$PATH MLFLOW_DISABLE_TELEMETRY=true
 # 5-way 1- and 5-shot, seed 0); writes reports/leaderboard.{md,html}. Re-running skips what is cached.
 leaderboard: $(STAMP)
 	$(RUN) dvc repro
-	@sed -n '1,/^mean ± 95% interval/p' reports/leaderboard.md
+	@sed -n '1,/^rows are ordered by average rank/p' reports/leaderboard.md
+
+# dvc exp show lists every param and dependency (over a hundred columns); this keeps what a
+# reader compares: the headline accuracies (reports/summary.json) and the leaderboard's params
+experiments: $(STAMP)
+	$(RUN) dvc exp show --no-pager --md --precision 4 --drop '.*' --keep 'Experiment|Created|.*_[0-9]+w[0-9]+s|leaderboard\..*'
 
 # The first GPU that is available validates the CUDA path in minutes: tests/test_gpu.py (skipped
 # without CUDA), then the same short MAML and ProtoNet runs on both devices, compared.

@@ -5,7 +5,7 @@ PyTorch's CPU tensors come from ``malloc``. glibc serves blocks above its mmap t
 them on free, so each large activation of every forward and backward pass pays page faults
 and zeroing in the kernel: a third of the time of a training run here was system time. With
 the threshold fixed at 32 MiB and the heap not trimmed below 1 GiB of free space, those
-buffers are reused instead (the speed-ups are in README.md, Performance).
+buffers are reused instead (the speed-ups are in benchmarks/README.md).
 The command line applies it on Linux; elsewhere (or with another libc) it does nothing.
 """
 

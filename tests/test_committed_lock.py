@@ -4,7 +4,7 @@ re-run in a fresh clone from the committed code, must reproduce its recorded out
 `grid.json` (committed; `runs/` lives in DVC's cache) records every run's `episodes.csv` sha256,
 and `dvc.lock` the fixed episodes' hash. A stale record (outputs made by other code, or written
 with `dvc commit`) fails here. Bit-identical CPU results need the thread count each run was
-trained with and a CPU with the same kernels (README, What we guarantee): the grid records both;
+trained with and a CPU with the same kernels (docs/evaluation.md, Guarantees): the grid records both;
 on a CPU of another identity the run must agree within its recorded interval.
 """
 
@@ -66,7 +66,7 @@ def test_a_committed_run_reproduces_bit_for_bit_in_a_fresh_clone(tmp_path):
     produced = sha256(clone / "runs" / RUN / "episodes.csv")
     if record.get("cpu") == cpu_identity():
         assert produced == run["episodes_csv_sha256"], "grid.json records a result this code does not reproduce"
-    else:  # other kernels round differently (README, What we guarantee): the same result within its interval
+    else:  # other kernels round differently (docs/evaluation.md, Guarantees): the same result within its interval
         accuracy = json.loads((clone / "runs" / RUN / "metrics.json").read_text())["accuracy"]
         assert abs(accuracy - run["accuracy"]) <= run["ci95"], (
             f"on this CPU ({cpu_identity()['model']}) the run scores {accuracy:.4f}, outside the recorded "

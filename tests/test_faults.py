@@ -23,7 +23,7 @@ from metabench import MetabenchError, checkpoint, files
 from metabench.cli import app
 from metabench.data import store
 
-pytestmark = pytest.mark.fault  # every case here is one of the fault suite (README, What we guarantee)
+pytestmark = pytest.mark.fault  # every case here is one of the fault suite (docs/evaluation.md, Guarantees)
 runner = CliRunner()
 PARAMS = (
     "run:\n  iterations: 10\n  val_every: 5\n  val_episodes: 10\n  test_episodes: 20\n  queries: 5\n"

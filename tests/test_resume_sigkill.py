@@ -109,7 +109,7 @@ def test_sigkill_at_a_random_moment_then_the_same_command_gives_identical_metric
 
     pd.testing.assert_frame_equal(resumed_log, reference_log)
     assert resumed == reference, f"killed {delay:.2f} s after the first state was saved"
-    for name in BYTE_IDENTICAL:  # README, What we guarantee: these files, byte for byte
+    for name in BYTE_IDENTICAL:  # docs/evaluation.md, Guarantees: these files, byte for byte
         assert resumed_bytes[name] == (run_dir / name).read_bytes(), name
 
 
