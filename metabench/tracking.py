@@ -68,7 +68,13 @@ RESULTS = {
 # first (``accuracy``, ``accuracy_ci95``); every other number says what it measures in a prefix
 # (``train/``, ``val/``, ``test/``, and ``cost.``, ``system/``).
 METRIC_NAMES = {
-    "test": {"accuracy": "accuracy", "ci95": "accuracy_ci95"},
+    # metrics.json repeats the checkpoint's validation numbers: the same names as in training
+    "test": {
+        "accuracy": "accuracy",
+        "ci95": "accuracy_ci95",
+        "best_val_accuracy": "val/best_accuracy",
+        "best_iteration": "val/best_iteration",
+    },
     "training": {
         "val_accuracy": "val/accuracy",
         "best_val_accuracy": "val/best_accuracy",
@@ -203,8 +209,18 @@ class Tracker:
             self.run_id = run.info.run_id
             files.write_json(record, {"run_id": self.run_id, "tracking_uri": tracking_uri()})
             self._log_params(params)
+            self._reserve_headline()
 
         self._safely("starting the run", begin)
+
+    def _reserve_headline(self) -> None:
+        """MLflow's run page lists a run's metrics in the order they were first logged, and a run
+        trains before it is tested; so the test accuracy and its interval are logged first, as
+        NaN (not evaluated yet), and evaluation replaces them with their values."""
+        from mlflow.entities import Metric
+
+        names = [metric_name(key, "test") for key in ("accuracy", "ci95")]
+        self._send_metrics([Metric(name, float("nan"), self.start_ms, 0) for name in names])
 
     def attach(self) -> bool:
         """Reopen the MLflow run recorded in the run directory (for evaluate/profile)."""

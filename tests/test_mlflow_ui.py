@@ -1,12 +1,15 @@
 """The real MLflow UI, served on 127.0.0.1, in headless Chromium: the experiment of a tracked
 run opens on its runs (not on the GenAI traces page) and lists the run by name."""
 
+import json
+import re
 import shutil
 import time
 
 import pytest
 
 from metabench.runner import evaluate_run, train_run
+from metabench.tracking import run_link
 from tests.test_tracking import Server, config
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -63,6 +66,22 @@ def test_the_experiment_page_lists_the_tracked_runs(tmp_path, data, monkeypatch)
             driver.save_screenshot(str(tmp_path / "mlflow-ui.png"))
             assert all(name in text for name in names), text[:2000]
             assert "Start tracing" not in text and "GenAI" not in driver.current_url
+
+            # the run's page, through the link the report gives: the test accuracy is the first metric
+            run_id = json.loads((run.run_dir / "mlflow_run.json").read_text())["run_id"]
+            driver.get(run_link(run_id, server.url))
+            deadline, text = time.monotonic() + 90, ""
+            while time.monotonic() < deadline:
+                text = driver.execute_script("return document.body.innerText")
+                if "accuracy_ci95" in text and "train/loss" in text:
+                    break
+                time.sleep(1)
+            driver.save_screenshot(str(tmp_path / "mlflow-run.png"))
+            assert run.run_id in text, text[:2000]
+            listed = text.split("Model metrics (", 1)[1].split("Parameters (", 1)[0].split()
+            metrics = [word for word in listed if re.fullmatch(r"accuracy|accuracy_ci95|[a-z]+/[a-z_]+", word)]
+            assert metrics[:2] == ["accuracy", "accuracy_ci95"], metrics
+            assert listed[listed.index("accuracy") + 1] != "NaN"  # the evaluated value, not the placeholder
         finally:
             driver.quit()
     finally:
