@@ -132,6 +132,10 @@ def ranked(table: pd.DataFrame, dataset: str, bold: str = "**{}**") -> pd.DataFr
     frame = pd.DataFrame(rows).sort_values("_order").drop(columns="_order")
     shared = frame["avg. rank"].duplicated(keep=False)
     frame["avg. rank"] = [f"{v:.1f}" + (" =" if tie else "") for v, tie in zip(frame["avg. rank"], shared)]
+    if len(settings) > 1:  # several values in a cell: say which is which
+        ways = {w for w, _ in settings}
+        order = " / ".join(f"{k}-shot" if len(ways) == 1 else _setting(w, k) for w, k in settings)
+        frame = frame.rename(columns={"train s": f"train s ({order})"})
     if not part["published"].notna().any():
         frame = frame.drop(columns="published")  # no published figure for any method here
     elif len(settings) > 1:

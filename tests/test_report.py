@@ -330,14 +330,14 @@ def test_main_table_states_its_order_marks_ties_and_gives_each_budget_in_every_f
     markdown = (tmp_path / "reports" / "leaderboard.md").read_text()
     header, *rows = _main_rows(markdown)
     assert header[:3] == ["method", "5-way 1-shot", "5-way 5-shot"]
-    column = {name: header.index(name) for name in ("avg. rank", "budget (steps × tasks)", "train s")}
+    column = {name: header.index(name) for name in ("avg. rank", "budget (steps × tasks)", "train s (1-shot / 5-shot)")}
     by_method = {row[0].rstrip(" ‡"): row for row in rows}
     assert [row[column["avg. rank"]] for row in rows] == ["2.0 ="] * 3
     board = pd.read_csv(tmp_path / "reports" / "leaderboard.csv").groupby("algorithm")["accuracy"].mean()
     assert [row[0].rstrip(" ‡") for row in rows] == list(board.sort_values(ascending=False).index)
     assert by_method["maml"][column["budget (steps × tasks)"]] == "400 × 8"  # meta-batch 8
     assert by_method["protonet"][column["budget (steps × tasks)"]] == "300 × 1"
-    assert by_method["anil"][column["train s"]] == "12"
+    assert by_method["anil"][column["train s (1-shot / 5-shot)"]] == "12"  # the same in both: one value
     assert "rows are ordered by average rank" in markdown and "= marks an average rank" in markdown
 
     order = [row[0] for row in rows]
