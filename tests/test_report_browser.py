@@ -27,7 +27,7 @@ def test_every_figure_renders_and_no_request_fails(tmp_path):
     from metabench.report import build
 
     every = tuple(sorted(name for name, cls in REGISTRY.items() if cls.trained))  # the real leaderboard's width
-    runs_dir = make_runs(tmp_path, algorithms=every)
+    runs_dir = make_runs(tmp_path, algorithms=every, seeds=(0,))  # one seed, as the default leaderboard
     build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
     page = (tmp_path / "reports" / "leaderboard.html").resolve()
     assert "http://" not in page.read_text() and "https://" not in page.read_text()
@@ -78,6 +78,28 @@ def test_every_figure_renders_and_no_request_fails(tmp_path):
             "return performance.getEntriesByType('resource').filter(r => !r.name.startsWith('data:')).map(r => r.name)"
         )
         assert resources == []
+        # what a reader sees: emphasis rendered, the budget beside the scores, captions that say what is drawn
+        seen = driver.execute_script(
+            """
+            const section = Array.from(document.querySelectorAll('h2')).find(h => h.textContent === 'How the numbers are computed');
+            let strong = 0, raw = false;
+            for (let e = section.nextElementSibling; e && e.tagName !== 'H2'; e = e.nextElementSibling) {
+              strong += e.querySelectorAll('strong').length;
+              raw = raw || e.textContent.includes('**');
+            }
+            const main = document.querySelector('table');
+            return {
+              strong: strong, raw: raw,
+              header: Array.from(main.querySelectorAll('th')).map(th => th.textContent),
+              budgets: Array.from(main.querySelectorAll('tbody tr')).map(tr => tr.children[4].textContent),
+              captions: Array.from(document.querySelectorAll('figcaption')).map(c => c.textContent),
+            };
+            """
+        )
+        assert seen["strong"] >= 3 and not seen["raw"]
+        assert seen["header"][4] == "budget (steps × tasks)" and all(" × " in b for b in seen["budgets"])
+        assert "with one seed: its accuracy ± the 95% interval over the shared test episodes" in seen["captions"][0]
+        assert "grey dots" not in seen["captions"][0]  # one seed: no seed dots are drawn, none promised
         shot = tmp_path / "page.png"
         driver.save_screenshot(str(shot))
     finally:
