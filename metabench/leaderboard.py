@@ -98,6 +98,12 @@ def _budget(row) -> str:
     return f"{int(iterations):,} × {int(per_step)}"
 
 
+def _seconds(row) -> str:
+    """Meta-training seconds per run, or – when not recorded."""
+    seconds = row.get("train_seconds", float("nan"))
+    return "–" if seconds != seconds else f"{seconds:.0f}"
+
+
 def _per_setting(values: list[str]) -> str:
     """One value when every setting has it, else one per setting in column order."""
     return values[0] if len(set(values)) == 1 else " / ".join(values)
@@ -118,12 +124,7 @@ def ranked(table: pd.DataFrame, dataset: str, bold: str = "**{}**") -> pd.DataFr
             row[_setting(ways, shots)] = _cell(r, bold) if r is not None else "–"
         row["avg. rank"] = round(float(group["rank"].mean()), 1)
         row["budget (steps × tasks)"] = _per_setting([_budget(r) for r in present])
-        row["train s"] = _per_setting(
-            [
-                f"{r['train_seconds']:.0f}" if r.get("train_seconds", float("nan")) == r.get("train_seconds") else "–"
-                for r in present
-            ]
-        )
+        row["train s"] = _per_setting([_seconds(r) for r in present])
         row["seeds"] = str(int(group["seeds"].max()))
         published_values = [by_setting[s]["published"] if s in by_setting else float("nan") for s in settings]
         row["published"] = " / ".join("–" if v != v else f"{v:g}" for v in published_values)

@@ -10,7 +10,7 @@ import yaml
 from metabench.algorithms import REGISTRY, TaskShape, build_algorithm
 from metabench.board import leaderboard_runs
 from metabench.config import load_params, resolve_run
-from metabench.pipeline import BEHAVIOUR_FILE
+from metabench.pipeline import BEHAVIOUR_FILE, profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = sorted((ROOT / "pipelines").glob("*/params.yaml")) + [ROOT / "params.yaml"]
@@ -38,7 +38,7 @@ def test_every_run_of_the_profile_validates_and_builds(path):
 # is written into a copy of the project, DVC resolves every stage, and each stage's command is
 # parsed by the real command line and checked to write exactly the outputs the stage declares.
 
-NAMES = sorted(p.parent.name for p in (ROOT / "pipelines").glob("*/params.yaml"))
+NAMES = profiles(ROOT)
 
 
 def project_copy(target: Path) -> Path:
