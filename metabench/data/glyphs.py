@@ -253,7 +253,8 @@ def _candidates(config: GlyphsConfig, fonts: list[Path]) -> list[tuple[str, int,
 def _distinct(candidates: list, references: list, threshold: float) -> list:
     """The candidates whose reference render is not blank and correlates below ``threshold``
     with every render kept before it (so no two classes look alike)."""
-    kept, kept_vectors = [], []
+    kept = []
+    kept_vectors = None  # one row per kept render, filled in place (stacking them anew each time is quadratic)
     for candidate, reference in zip(candidates, references):
         if reference is None:
             continue
@@ -263,10 +264,12 @@ def _distinct(candidates: list, references: list, threshold: float) -> list:
         if norm == 0:
             continue
         vector /= norm
-        if kept_vectors and float(np.max(np.stack(kept_vectors) @ vector)) >= threshold:
+        if kept_vectors is None:
+            kept_vectors = np.empty((len(candidates), vector.size))
+        if kept and float(np.max(kept_vectors[: len(kept)] @ vector)) >= threshold:
             continue
+        kept_vectors[len(kept)] = vector
         kept.append(candidate)
-        kept_vectors.append(vector)
     return kept
 
 
