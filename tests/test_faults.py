@@ -648,11 +648,15 @@ def test_a_deleted_manifest_is_refused_by_readers_and_the_grid_checks_and_restor
 
 
 # -- byte-identical means byte-identical -----------------------------------------------------
-def test_a_continued_training_writes_the_checkpoint_bytes_of_the_uninterrupted_one_and_a_no_op_writes_nothing(work):
+def test_a_continued_training_writes_the_checkpoint_bytes_of_the_uninterrupted_one_and_a_no_op_writes_nothing(
+    work, monkeypatch
+):
     """`train --iterations 5` then `--iterations 10` against `--iterations 10` at once, in the same
     folder: the same checkpoint.pt, config.json, episodes.csv and metrics.json bytes;
     train_log.csv and train_summary.json equal but for their wall-clock seconds. A second
-    `train` of a finished run leaves every file untouched."""
+    `train` of a finished run leaves every file untouched. (MLflow off: the subject is the run's
+    files; what MLflow records of a restarted run is test_a_killed_run_is_closed_when_it_starts_again's.)"""
+    monkeypatch.setenv("METABENCH_TRACKING", "off")
     run = work / "runs" / "glyphs-maml-5w1s-seed0"
     outputs = []
     for steps in (("10",), ("5", "10")):

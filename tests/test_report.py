@@ -3,6 +3,7 @@
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,8 @@ import pytest
 from metabench import stats
 from metabench.report import build
 from metabench.run_folder import RunFolder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_runs(root, algorithms=("protonet", "maml"), seeds=(0, 1, 2), shots=(1, 5), episodes=600):
@@ -380,3 +383,32 @@ def test_figure_captions_say_what_is_drawn(tmp_path, seeds):
         assert "grey dots are the seeds" in accuracy and "band = range of seeds" in curves
     with Image.open(tmp_path / "reports" / "figures" / "accuracy.png") as image:
         assert image.width > 500
+
+
+def test_the_cost_figure_labels_every_point_with_no_two_labels_overlapping():
+    """On the committed leaderboard's numbers (5-shot scores crowd within half a point): one
+    panel per setting and cost axis, every method's name once per panel, no two names overlapping."""
+    import matplotlib.pyplot as plt
+
+    from metabench.report.figures import cost_figure
+
+    table = pd.read_csv(ROOT / "reports" / "leaderboard.csv")
+    for i, row in table.iterrows():
+        profile = ROOT / "profiles" / f"{row['dataset']}-{row['algorithm']}-{row['ways']}w{row['shots']}s.json"
+        table.loc[i, "adaptation_tasks_per_second"] = json.loads(profile.read_text())["adaptation_tasks_per_second"]
+    fig = cost_figure(table)
+    renderer = fig.canvas.get_renderer()
+    assert len(fig.axes) == 2 * table["shots"].nunique()
+    for ax in fig.axes:
+        labels = [text for text in ax.texts if text.get_text() in set(table["algorithm"])]
+        setting = table[table["shots"] == int(ax.get_title().split("-way ")[1].split("-shot")[0])]
+        assert sorted(text.get_text() for text in labels) == sorted(setting["algorithm"]), ax.get_title()
+        boxes = [text.get_window_extent(renderer) for text in labels]
+        overlapping = [
+            (labels[a].get_text(), labels[b].get_text())
+            for a in range(len(boxes))
+            for b in range(a + 1, len(boxes))
+            if boxes[a].overlaps(boxes[b])
+        ]
+        assert not overlapping, (ax.get_title(), overlapping)
+    plt.close(fig)

@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from adjustText import adjust_text
+from matplotlib import ticker
 
 from metabench.report.runs import Runs
 
@@ -92,54 +94,52 @@ def _figure_accuracy(table: pd.DataFrame, references: pd.DataFrame, path: Path) 
 
 
 def _figure_cost(table: pd.DataFrame, path: Path) -> None:
-    """Accuracy against test-time adaptation throughput and against meta-training time, both log
-    x: one colour and marker per shot setting, each point labelled with its method."""
+    fig = cost_figure(table)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cost_figure(table: pd.DataFrame) -> plt.Figure:
+    """Accuracy against test-time adaptation throughput and against meta-training time (log x),
+    one row per setting: settings differ by far more than methods do (5-shot scores crowd into a
+    few points), so each row gets its own accuracy axis. Every point is labelled with its method;
+    adjustText moves the labels apart (deterministically) and draws a leader where one moved."""
     axes_of = {
         "adaptation_tasks_per_second": "test-time adaptation (tasks/s, log scale)",
         "train_seconds": "meta-training time per run (s, log scale)",
     }
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), squeeze=False)
-    shots = sorted(table["shots"].unique())
-    colours = dict(zip(shots, sns.color_palette("colorblind")))
-    markers = dict(zip(shots, MARKERS))
-    for ax, (column, label) in zip(axes[0], axes_of.items()):
-        data = table[table[column].notna()] if column in table else table.iloc[0:0]
-        if data.empty:
-            ax.text(0.5, 0.5, "no profiles yet (run the profile stage)", ha="center", va="center")
-            ax.set_xticks([])
-        for k, group in data.groupby("shots"):
-            ax.scatter(
-                group[column],
-                100 * group["accuracy"],
-                s=40,
-                marker=markers[k],
-                color=colours[k],
-                label=f"{group['ways'].iloc[0]}-way {k}-shot",
-                zorder=3,
-            )
-            for i, (_, row) in enumerate(group.sort_values("accuracy").iterrows()):
-                ax.annotate(
-                    row["algorithm"],
-                    (row[column], 100 * row["accuracy"]),
-                    xytext=(5, 4 if i % 2 else -9),  # alternate above and below: neighbours stay legible
-                    textcoords="offset points",
-                    fontsize=7,
-                    color=colours[k],
-                )
-        if not data.empty:
+    settings = sorted({(int(w), int(k)) for w, k in zip(table["ways"], table["shots"])})
+    fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4.2 * len(settings)), squeeze=False)
+    colours = dict(zip(settings, sns.color_palette("colorblind")))
+    labelled = []
+    for row, setting in zip(axes, settings):
+        group = table[(table["ways"] == setting[0]) & (table["shots"] == setting[1])]
+        for ax, (column, label) in zip(row, axes_of.items()):
+            data = group[group[column].notna()] if column in group else group.iloc[0:0]
+            ax.set_title(f"{setting[0]}-way {setting[1]}-shot", fontsize=10)
+            ax.set_xlabel(label)
+            ax.set_ylabel("test accuracy (%)")
+            if data.empty:
+                ax.text(0.5, 0.5, "no profiles yet (run the profile stage)", ha="center", va="center")
+                ax.set_xticks([])
+                continue
+            ax.scatter(data[column], 100 * data["accuracy"], s=36, color=colours[setting], zorder=3)
             ax.set_xscale("log")
-            ax.margins(x=0.15)  # room for the labels of the outermost points
-        ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy (%)")
-    legend = {}
-    for ax in axes[0]:
-        for handle, text in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(text, handle)
-    if legend:
-        fig.legend(legend.values(), legend.keys(), loc="upper center", ncol=len(legend), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            # ticks at 1, 2 and 5 of each decade, as plain numbers: less than two decades would
+            # otherwise print overlapping minor labels such as 2×10¹ 3×10¹ 4×10¹
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
+            texts = [
+                ax.text(x, 100 * y, name, fontsize=8, color=colours[setting])
+                for x, y, name in zip(data[column], data["accuracy"], data["algorithm"])
+            ]
+            labelled.append((ax, texts, list(data[column]), list(100 * data["accuracy"])))
+    fig.tight_layout()  # first: adjustText places labels in the final layout's display space
+    for ax, texts, x, y in labelled:
+        adjust_text(texts, x=x, y=y, ax=ax, arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
+    return fig
 
 
 def _figure_curves(curves: pd.DataFrame, path: Path) -> None:
@@ -259,8 +259,9 @@ FIGURES: dict[str, Figure] = {
     ),
     "cost": Figure(
         "accuracy_vs_cost.png",
-        "Accuracy against test-time adaptation throughput (left) and meta-training time (right); "
-        "one colour per setting, each point labelled with its method.",
+        "Accuracy against test-time adaptation throughput (left) and meta-training time (right), "
+        "one row per setting with its own accuracy axis; each point labelled with its method, a grey "
+        "leader where the label had to move.",
         lambda data, path: _figure_cost(data.table, path),
     ),
     "curves": Figure(
