@@ -11,7 +11,7 @@ help:
 	@echo "make check        what CI runs: lint, the benchmark gate, then every test (slow end-to-end ones too)"
 	@echo "make pipelines    regenerate dvc.yaml (and each profile pipeline written before) after editing a params.yaml"
 	@echo "make leaderboard  install into .venv (if needed) and run the default pipeline (dvc repro)"
-	@echo "make experiments  dvc exp show, narrowed to the headline metrics and the leaderboard's params"
+	@echo "make experiments  dvc exp show, narrowed to the headline metrics, the leaderboard's params and what differs"
 	@echo "make mlflow-ui    browse tracked runs at http://127.0.0.1:5000"
 	@echo "make mlflow-server  one tracking server for many workers (MLFLOW_HOST/MLFLOW_PORT; export MLFLOW_TRACKING_URI)"
 	@echo "make benchmarks   the benchmark gate, then the ungated benchmarks (compare with benchmarks/baseline/<cpu>)"
@@ -83,8 +83,10 @@ leaderboard: $(STAMP)
 
 # dvc exp show lists every param and dependency (over a hundred columns); this keeps what a
 # reader compares: the headline accuracies (reports/summary.json) and the leaderboard's params
+# always (--keep protects them), and of the rest what differs between the rows (--only-changed):
+# after `dvc exp run -S algorithms.maml.hyper.inner_lr=0.1`, that param and MAML's accuracies
 experiments: $(STAMP)
-	$(RUN) dvc exp show --no-pager --md --precision 4 --drop '.*' --keep 'Experiment|Created|.*_[0-9]+w[0-9]+s|leaderboard\..*'
+	$(RUN) dvc exp show --no-pager --md --only-changed --keep 'Experiment|Created|.*_[0-9]+w[0-9]+s|leaderboard\..*'
 
 # The first GPU that is available validates the CUDA path in minutes: tests/test_gpu.py (skipped
 # without CUDA), then the same short MAML and ProtoNet runs on both devices, compared.

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,17 @@ def test_dvc_reads_the_pipeline_from_committed_revisions(repo):
     change = params["params.yaml"]["algorithms.fomaml.hyper.meta_batch"]
     assert (change["old"], change["new"]) == (2, 3)
     sh_json(repo, "dvc", "metrics", "diff", "HEAD", "--json")  # loads HEAD's metrics without error
+
+
+def test_make_experiments_shows_the_headline_metrics_and_the_param_the_experiment_changed(repo):
+    line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "$(RUN) dvc exp show" in line)
+    table = sh(repo, "dvc", *shlex.split(line.split("dvc", 1)[1]), stdout_only=True)
+    header, _, *rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in table.strip().splitlines()]
+    assert {"protonet_5w1s", "fomaml_5w1s", "leaderboard.seeds"} <= set(header)
+    assert "algorithms.fomaml.hyper.meta_batch" in header  # what the experiment of the test above changed
+    assert "run.queries" not in header and "algorithms.protonet.hyper.hidden" not in header  # unchanged
+    batches = {row[0]: row[header.index("algorithms.fomaml.hyper.meta_batch")] for row in rows}
+    assert batches["workspace"] == "3" and "2" in batches.values(), batches
 
 
 def _stages_run(output: str) -> set[str]:
