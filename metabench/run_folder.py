@@ -152,14 +152,19 @@ class RunFolder:
 
     def mlflow_run_id(self) -> str:
         """The MLflow run id ``mlflow_run.json`` records ("" when the run was never tracked)."""
+        return self.mlflow_run()[0]
+
+    def mlflow_run(self) -> tuple[str, str]:
+        """The MLflow run id and experiment id ``mlflow_run.json`` records ("" for either not
+        recorded: a run never tracked, or tracked before records named the experiment)."""
         saved = _read_record(self.path / MLFLOW_RUN)
         if saved is None:
-            return ""
-        if not isinstance(saved.get("run_id"), str):
+            return "", ""
+        if not isinstance(saved.get("run_id"), str) or not isinstance(saved.get("experiment_id", ""), str):
             raise MetabenchError(
                 f"{self.path / MLFLOW_RUN} is damaged; delete it and run `metabench track {self.path}` to send the run again"
             )
-        return saved["run_id"]
+        return saved["run_id"], saved.get("experiment_id", "")
 
     def read_config(self) -> dict | None:
         """``config.json``, or None when missing; ``{}`` when unreadable (never taken as current)."""

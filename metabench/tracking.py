@@ -202,7 +202,10 @@ class Tracker:
                     self.client.set_terminated(previous.info.run_id, "KILLED")
             run = self.client.create_run(experiment_id, start_time=self.start_ms, run_name=name, tags=tags)
             self.run_id = run.info.run_id
-            files.write_json(record, {"run_id": self.run_id, "tracking_uri": tracking_uri()})
+            # the experiment id too: the UI's full run route opens in its model-training view (run_link)
+            files.write_json(
+                record, {"run_id": self.run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri()}
+            )
             self._log_params(params)
             self._reserve_headline()
 
@@ -508,11 +511,14 @@ def _resend(run_dir: Path) -> str | None:
 UI = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves the default store
 
 
-def run_link(run_id: str, uri: str | None = None) -> str:
-    """The MLflow UI's page of one run (its ``#/runs/<id>`` route finds the experiment): on the
-    tracking server itself when runs go to one, else at `make mlflow-ui`'s address."""
+def run_link(run_id: str, uri: str | None = None, experiment_id: str = "") -> str:
+    """The MLflow UI's page of one run: on the tracking server itself when runs go to one, else at
+    `make mlflow-ui`'s address. With the experiment id, the full route in the model-training view
+    (MLflow 3.17 opens ``#/runs/<id>``, the route for runs recorded without it, in its GenAI view)."""
     uri = uri or tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
+    if experiment_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     return f"{base}/#/runs/{run_id}"
 
 

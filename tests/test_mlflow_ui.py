@@ -68,8 +68,8 @@ def test_the_experiment_page_lists_the_tracked_runs(tmp_path, data, monkeypatch)
             assert "Start tracing" not in text and "GenAI" not in driver.current_url
 
             # the run's page, through the link the report gives: the test accuracy is the first metric
-            run_id = json.loads((run.run_dir / "mlflow_run.json").read_text())["run_id"]
-            driver.get(run_link(run_id, server.url))
+            record = json.loads((run.run_dir / "mlflow_run.json").read_text())
+            driver.get(run_link(record["run_id"], server.url, record["experiment_id"]))
             deadline, text = time.monotonic() + 90, ""
             while time.monotonic() < deadline:
                 text = driver.execute_script("return document.body.innerText")
@@ -78,6 +78,8 @@ def test_the_experiment_page_lists_the_tracked_runs(tmp_path, data, monkeypatch)
                 time.sleep(1)
             driver.save_screenshot(str(tmp_path / "mlflow-run.png"))
             assert run.run_id in text, text[:2000]
+            # the model-training view (its sidebar lists Models), not the GenAI one (Judges, Evaluation runs)
+            assert "Models" in text and "Judges" not in text, text[:2000]
             listed = text.split("Model metrics (", 1)[1].split("Parameters (", 1)[0].split()
             metrics = [word for word in listed if re.fullmatch(r"accuracy|accuracy_ci95|[a-z]+/[a-z_]+", word)]
             assert metrics[:2] == ["accuracy", "accuracy_ci95"], metrics

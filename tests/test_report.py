@@ -355,14 +355,20 @@ def test_main_table_states_its_order_marks_ties_and_gives_each_budget_in_every_f
 
 
 def test_every_mlflow_run_is_a_link_to_its_page_in_the_report(tmp_path):
-    runs_dir = make_runs(tmp_path, algorithms=("protonet",), seeds=(0,), shots=(1,))
-    run_id = "0123456789abcdef0123456789abcdef"
-    (runs_dir / "glyphs-protonet-5w1s-seed0" / "mlflow_run.json").write_text(json.dumps({"run_id": run_id}))
+    """Seed 0 recorded its experiment: the full route, in the UI's model-training view. Seed 1 was
+    tracked before records named the experiment: the short route, which MLflow resolves."""
+    runs_dir = make_runs(tmp_path, algorithms=("protonet",), seeds=(0, 1), shots=(1,))
+    run_id, older = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
+    record = {"run_id": run_id, "experiment_id": "7", "tracking_uri": "sqlite:///mlflow.db"}
+    (runs_dir / "glyphs-protonet-5w1s-seed0" / "mlflow_run.json").write_text(json.dumps(record))
+    (runs_dir / "glyphs-protonet-5w1s-seed1" / "mlflow_run.json").write_text(json.dumps({"run_id": older}))
     build(runs_dir, tmp_path / "profiles", tmp_path / "reports")
+    full = f"http://127.0.0.1:5000/#/experiments/7/runs/{run_id}?workflowType=machine_learning"
     page = (tmp_path / "reports" / "leaderboard.html").read_text()
-    assert f"<a href='http://127.0.0.1:5000/#/runs/{run_id}'>01234567</a>" in page
+    assert f"<a href='{full}'>01234567</a>" in page
+    assert f"<a href='http://127.0.0.1:5000/#/runs/{older}'>fedcba98</a>" in page
     markdown = (tmp_path / "reports" / "leaderboard.md").read_text()
-    assert f"[01234567](http://127.0.0.1:5000/#/runs/{run_id})" in markdown
+    assert f"[01234567]({full})" in markdown and f"[fedcba98](http://127.0.0.1:5000/#/runs/{older})" in markdown
 
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)], ids=["one_seed", "three_seeds"])
@@ -412,3 +418,29 @@ def test_the_cost_figure_labels_every_point_with_no_two_labels_overlapping():
         ]
         assert not overlapping, (ax.get_title(), overlapping)
     plt.close(fig)
+
+
+def test_the_cost_figure_is_the_same_on_a_slow_machine(monkeypatch):
+    """Label placement stops after a number of steps, not after adjustText's default second: a
+    machine where each step seems to take a minute draws the same labels."""
+    import io
+    import itertools
+
+    import adjustText
+    import matplotlib.pyplot as plt
+
+    from metabench.report.figures import cost_figure
+
+    table = pd.read_csv(ROOT / "reports" / "leaderboard.csv").assign(adaptation_tasks_per_second=float("nan"))
+
+    def png() -> bytes:
+        fig = cost_figure(table)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=60)
+        plt.close(fig)
+        return buffer.getvalue()
+
+    quick = png()
+    clock = itertools.count(step=60.0)
+    monkeypatch.setattr(adjustText, "timer", lambda: next(clock))
+    assert png() == quick

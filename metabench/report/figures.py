@@ -103,7 +103,7 @@ def cost_figure(table: pd.DataFrame) -> plt.Figure:
     """Accuracy against test-time adaptation throughput and against meta-training time (log x),
     one row per setting: settings differ by far more than methods do (5-shot scores crowd into a
     few points), so each row gets its own accuracy axis. Every point is labelled with its method;
-    adjustText moves the labels apart (deterministically) and draws a leader where one moved."""
+    adjustText moves the labels apart and draws a leader where one moved."""
     axes_of = {
         "adaptation_tasks_per_second": "test-time adaptation (tasks/s, log scale)",
         "train_seconds": "meta-training time per run (s, log scale)",
@@ -138,7 +138,8 @@ def cost_figure(table: pd.DataFrame) -> plt.Figure:
             labelled.append((ax, texts, list(data[column]), list(100 * data["accuracy"])))
     fig.tight_layout()  # first: adjustText places labels in the final layout's display space
     for ax, texts, x, y in labelled:
-        adjust_text(texts, x=x, y=y, ax=ax, arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
+        # a step limit, not adjustText's default one-second time limit: the same labels on every machine
+        adjust_text(texts, x=x, y=y, ax=ax, iter_lim=1000, arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
     return fig
 
 

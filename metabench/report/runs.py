@@ -86,7 +86,7 @@ def load_runs(
             config = folder.read_json_verified(CONFIG, retrain)
             metrics.update(_budget(config, run_dir))
             hyper.setdefault(metrics["algorithm"], config.get("hyper", {}))
-        metrics["mlflow_run_id"] = folder.mlflow_run_id()
+        metrics["mlflow_run_id"], metrics["mlflow_experiment_id"] = folder.mlflow_run()
         rows.append(metrics)
         episodes[metrics["run_id"]] = accuracies
         if trained:

@@ -42,7 +42,9 @@ def aggregate(runs: Runs) -> pd.DataFrame:
             "train_seconds": float(group["train_seconds"].mean()) if "train_seconds" in group else float("nan"),
             **_budget(group),
             "transductive": bool(group["transductive"].iloc[0]),
-            "mlflow_run_ids": [r for r in group.sort_values("seed")["mlflow_run_id"] if r],
+            "mlflow_runs": [  # (experiment id, run id) of each tracked seed
+                (e, r) for e, r in group.sort_values("seed")[["mlflow_experiment_id", "mlflow_run_id"]].values if r
+            ],
             "seed_accuracies": list(group.sort_values("seed")["accuracy"]),
             **_open(runs, group),
         }

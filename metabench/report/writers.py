@@ -95,12 +95,13 @@ def cost_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown_link(run_id: str) -> str:
-    return f"[{run_id[:8]}]({tracking.run_link(run_id)})"
+def markdown_link(experiment_id: str, run_id: str) -> str:
+    return f"[{run_id[:8]}]({tracking.run_link(run_id, experiment_id=experiment_id)})"
 
 
-def html_link(run_id: str) -> str:
-    return f"<a href='{html.escape(tracking.run_link(run_id))}'>{html.escape(run_id[:8])}</a>"
+def html_link(experiment_id: str, run_id: str) -> str:
+    link = tracking.run_link(run_id, experiment_id=experiment_id)
+    return f"<a href='{html.escape(link)}'>{html.escape(run_id[:8])}</a>"
 
 
 def leaderboard_table(table: pd.DataFrame, link=markdown_link) -> pd.DataFrame:
@@ -123,7 +124,7 @@ def leaderboard_table(table: pd.DataFrame, link=markdown_link) -> pd.DataFrame:
                 row[f"{setting} adapt tasks/s"] = f"{r['adaptation_tasks_per_second']:.1f}"
         row["seeds"] = int(group["seeds"].max())
         row["transductive"] = "yes" if group["transductive"].iloc[0] else "no"
-        row["MLflow runs"] = " ".join(link(run_id) for ids in group["mlflow_run_ids"] for run_id in ids)
+        row["MLflow runs"] = " ".join(link(*run) for runs in group["mlflow_runs"] for run in runs)
         rows.append(row)
     return pd.DataFrame(rows)
 
