@@ -20,8 +20,6 @@ from matplotlib import ticker
 
 from metabench.report.runs import Runs
 
-MARKERS = "os^Dv<>pP*XhH8d"
-
 
 def _accuracy_caption(data: Figures) -> str:
     seeds = data.table["seeds"]
