@@ -150,10 +150,6 @@ class RunFolder:
             raise MetabenchError(f"{self.path / name} is not a metabench table ({error!r}); {rebuild}") from error
         return table
 
-    def mlflow_run_id(self) -> str:
-        """The MLflow run id ``mlflow_run.json`` records ("" when the run was never tracked)."""
-        return self.mlflow_run()[0]
-
     def mlflow_run(self) -> tuple[str, str]:
         """The MLflow run id and experiment id ``mlflow_run.json`` records ("" for either not
         recorded: a run never tracked, or tracked before records named the experiment)."""

@@ -4,12 +4,13 @@ shows every headline metric with its value, `dvc dag` draws one pipeline."""
 
 import json
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.dvc_tables import make_experiments_args, markdown_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -31,10 +32,7 @@ def dvc(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_make_experiments_shows_every_headline_metric_and_the_leaderboard_params():
-    line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "$(RUN) dvc exp show" in line)
-    args = shlex.split(line.split("dvc", 1)[1])
-    table = dvc(*args).stdout
-    header, _, *rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in table.strip().splitlines()]
+    header, rows = markdown_rows(dvc(*make_experiments_args()).stdout)
     headline = json.loads((ROOT / "reports" / "summary.json").read_text())
     assert set(headline) <= set(header) and "leaderboard.seeds" in header
     workspace = dict(zip(header, next(row for row in rows if row[0] == "workspace")))

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from tests.dvc_tables import make_experiments_args, markdown_rows
 
 pytestmark = pytest.mark.slow  # real `dvc repro` in a temporary repository
 
@@ -133,9 +134,7 @@ def test_dvc_reads_the_pipeline_from_committed_revisions(repo):
 
 
 def test_make_experiments_shows_the_headline_metrics_and_the_param_the_experiment_changed(repo):
-    line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "$(RUN) dvc exp show" in line)
-    table = sh(repo, "dvc", *shlex.split(line.split("dvc", 1)[1]), stdout_only=True)
-    header, _, *rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in table.strip().splitlines()]
+    header, rows = markdown_rows(sh(repo, "dvc", *make_experiments_args(), stdout_only=True))
     assert {"protonet_5w1s", "fomaml_5w1s", "leaderboard.seeds"} <= set(header)
     assert "algorithms.fomaml.hyper.meta_batch" in header  # what the experiment of the test above changed
     assert "run.queries" not in header and "algorithms.protonet.hyper.hidden" not in header  # unchanged
