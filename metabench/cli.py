@@ -353,8 +353,10 @@ def evaluate(
 ) -> None:
     """Score a trained run on the fixed test episodes: mean accuracy and 95% interval.
 
-    The run is found as `train` placed it: give the same options and overrides. Prints
-    ``RUN_ID: accuracy ± interval %`` to stdout (metrics.json in the run folder has every number).
+    The run is found as `train` placed it: give the same options and overrides. A method with
+    batch norm is scored inductively and transductively from the same checkpoint; the headline
+    is its own mode. Prints ``RUN_ID: accuracy ± interval % (…, mode; other mode …)`` to stdout
+    (metrics.json in the run folder has every number).
     """
 
     config = _resolve(
@@ -380,9 +382,14 @@ def _evaluate_and_show(config) -> None:
 
     with _Bars(f"{config.run_id} ") as bars:
         metrics = api.evaluate(config, progress=bars.update)
+    others = "".join(
+        f"; {mode} {100 * scored['accuracy']:.2f} ± {100 * scored['ci95']:.2f} %"
+        for mode, scored in metrics["modes"].items()
+        if mode != metrics["scoring"]
+    )
     print(
         f"{config.run_id}: {100 * metrics['accuracy']:.2f} ± {100 * metrics['ci95']:.2f} % "
-        f"(95% interval, {metrics['episodes']} episodes)"
+        f"(95% interval, {metrics['episodes']} episodes, {metrics['scoring']}{others})"
     )
 
 

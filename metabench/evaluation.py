@@ -17,7 +17,8 @@ from metabench import MetabenchError, files, stats
 from metabench.algorithms import Algorithm
 from metabench.algorithms.base import EmbeddingAlgorithm
 from metabench.episodes import EpisodeIndices, ImageBank
-from metabench.run_folder import EPISODES, METRICS, RunFolder
+from metabench.run_folder import EPISODES, EPISODES_IN_MODE, METRICS, RunFolder
+from metabench.scoring import INDUCTIVE, check_modes
 
 # Images per forward pass when filling the embedding cache: on CPU, small batches keep the
 # activations in the processor's cache, which is faster than larger batches.
@@ -28,25 +29,54 @@ CACHE_LAYOUT = torch.channels_last
 SCORE_EPISODES = 100
 
 
+def scored_accuracies(
+    algorithm: Algorithm,
+    bank: ImageBank,
+    episodes: EpisodeIndices,
+    modes: tuple[str, ...],
+    progress=None,
+    cached: bool = True,
+) -> dict[str, np.ndarray]:
+    """Accuracy on the queries of each episode, in each scoring mode of ``modes`` (``metabench.scoring``).
+
+    An algorithm with a frozen per-image embedding is scored inductively from a cache of every
+    distinct image's embedding (``cached``); every other mode and algorithm, one episode at a
+    time, adapting once per episode for all those modes (``Algorithm.predict_modes``).
+    """
+    check_modes(modes, algorithm.scoring_modes(), algorithm.name)
+    found = {}
+    rest = tuple(modes)
+    if cached and isinstance(algorithm, EmbeddingAlgorithm) and INDUCTIVE in rest:
+        found[INDUCTIVE] = cached_episode_accuracies(algorithm, bank, episodes, progress)
+        rest = tuple(mode for mode in rest if mode != INDUCTIVE)
+    if rest:
+        with evaluation_mode(algorithm):
+            accuracies = {mode: np.empty(len(episodes)) for mode in rest}
+            for index in range(len(episodes)):
+                episode = bank.episodes(episodes[index : index + 1])
+                logits = algorithm.predict_modes(
+                    episode.support_x[0], episode.support_y[0], episode.query_x[0], episode.ways, rest
+                )
+                for mode in rest:
+                    accuracies[mode][index] = (logits[mode].argmax(1) == episode.query_y[0]).double().mean().item()
+                if progress:
+                    progress(1)
+        found.update(accuracies)
+    return {mode: found[mode] for mode in modes}
+
+
+def evaluation_passes(algorithm: Algorithm, modes: tuple[str, ...], cached: bool = True) -> int:
+    """How many times ``scored_accuracies`` goes over the episodes (its progress counts each)."""
+    split = cached and isinstance(algorithm, EmbeddingAlgorithm) and INDUCTIVE in modes and len(modes) > 1
+    return 2 if split else 1
+
+
 def episode_accuracies(
     algorithm: Algorithm, bank: ImageBank, episodes: EpisodeIndices, progress=None, cached: bool = True
 ) -> np.ndarray:
-    """Accuracy on the queries of each episode.
-
-    Algorithms with a frozen per-image embedding are scored from a cache of every distinct
-    image's embedding (``cached``); the rest, one episode at a time.
-    """
-    if cached and isinstance(algorithm, EmbeddingAlgorithm) and not algorithm.evaluates_transductively:
-        return cached_episode_accuracies(algorithm, bank, episodes, progress)
-    with evaluation_mode(algorithm):
-        accuracies = np.empty(len(episodes))
-        for index in range(len(episodes)):
-            episode = bank.episodes(episodes[index : index + 1])
-            logits = algorithm.predict(episode.support_x[0], episode.support_y[0], episode.query_x[0], episode.ways)
-            accuracies[index] = (logits.argmax(1) == episode.query_y[0]).double().mean().item()
-            if progress:
-                progress(1)
-    return accuracies
+    """Accuracy on the queries of each episode in the algorithm's own scoring mode (the headline)."""
+    mode = algorithm.headline_scoring
+    return scored_accuracies(algorithm, bank, episodes, (mode,), progress, cached)[mode]
 
 
 @contextlib.contextmanager
@@ -151,16 +181,36 @@ def summarise(accuracies: np.ndarray) -> dict[str, float]:
     return {"accuracy": mean, "ci95": half_width, "episodes": int(len(accuracies))}
 
 
-def write_results(run_dir: Path, accuracies: np.ndarray, extra: dict, timing: dict) -> dict:
-    """Write ``episodes.csv`` (one row per episode), ``metrics.json`` (with the episode count and
-    the sha256 of ``episodes.csv``) and ``eval_timing.json`` together, replacing an earlier
-    evaluation only once all three are on disk, then seal the folder; return the metrics."""
+def _episodes_table(accuracies: np.ndarray) -> bytes:
+    return pd.DataFrame({"episode": np.arange(len(accuracies)), "accuracy": accuracies}).to_csv(index=False).encode()
+
+
+def write_results(run_dir: Path, scored: dict[str, np.ndarray], headline: str, extra: dict, timing: dict) -> dict:
+    """Write ``episodes.csv`` (one row per episode, in the ``headline`` scoring mode), one
+    ``episodes.<mode>.csv`` per other mode of ``scored``, ``metrics.json`` (the headline's
+    summary with its episode count and the sha256 of ``episodes.csv``, and under ``modes`` every
+    mode's summary, file and sha256) and ``eval_timing.json`` together, replacing an earlier
+    evaluation only once all are on disk, then seal the folder; return the metrics."""
     folder = RunFolder(run_dir)
-    table = pd.DataFrame({"episode": np.arange(len(accuracies)), "accuracy": accuracies}).to_csv(index=False)
-    metrics = {**summarise(accuracies), **extra, "episodes_csv_sha256": files.sha256_bytes(table.encode())}
+    tables = {mode: _episodes_table(accuracies) for mode, accuracies in scored.items()}
+    names = {mode: EPISODES if mode == headline else EPISODES_IN_MODE[mode] for mode in scored}
+    modes = {
+        mode: {**summarise(scored[mode]), "file": names[mode], "episodes_csv_sha256": files.sha256_bytes(tables[mode])}
+        for mode in scored
+    }
+    metrics = {
+        **summarise(scored[headline]),
+        **extra,
+        "episodes_csv_sha256": modes[headline]["episodes_csv_sha256"],
+        "scoring": headline,
+        "modes": modes,
+    }
+    for name in (EPISODES, *EPISODES_IN_MODE.values()):
+        if name not in names.values():
+            (folder.path / name).unlink(missing_ok=True)  # an earlier evaluation's other mode
     files.write_together(
         {
-            folder.episodes: table,
+            **{folder.path / names[mode]: tables[mode].decode() for mode in scored},
             folder.metrics: json.dumps(metrics, indent=1) + "\n",
             folder.eval_timing: json.dumps(timing, indent=1) + "\n",
         }
@@ -170,8 +220,17 @@ def write_results(run_dir: Path, accuracies: np.ndarray, extra: dict, timing: di
 
 
 def read_results(run_dir: Path) -> tuple[dict, np.ndarray]:
-    """A run's ``metrics.json`` and per-episode accuracies, each checked against the run's
-    manifest, refused unless they agree and the headline numbers re-derive from the episodes."""
+    """A run's ``metrics.json`` and per-episode accuracies (the headline mode's), each checked
+    against the run's manifest, refused unless they agree and the headline numbers re-derive
+    from the episodes; every other mode's file is checked the same way."""
+    metrics, scored = read_scored_results(run_dir)
+    return metrics, scored[metrics.get("scoring", "")] if "modes" in metrics else scored[""]
+
+
+def read_scored_results(run_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A run's ``metrics.json`` and its per-episode accuracies in each scoring mode it was
+    scored in (``modes``; an evaluation from before scoring modes gives its one table under
+    ``""``), every file checked against the manifest and its summary re-derived."""
     folder = RunFolder(run_dir)
     rebuild = f"re-evaluate it (metabench evaluate, or dvc repro) or remove {folder.path}"
     try:
@@ -180,21 +239,51 @@ def read_results(run_dir: Path) -> tuple[dict, np.ndarray]:
         raise MetabenchError(f"{folder.metrics} is damaged ({type(error).__name__}); {rebuild}") from error
     if not isinstance(metrics, dict) or not {"accuracy", "ci95", "episodes", "run_id"} <= set(metrics):
         raise MetabenchError(f"{folder.metrics} is not a metabench metrics file; {rebuild}")
-    data = folder.read_verified(EPISODES, rebuild)
-    if metrics.get("episodes_csv_sha256") != files.sha256_bytes(data):
-        raise MetabenchError(f"{folder.episodes} does not match its metrics.json (sha256); {rebuild}")
+    headline = _read_episodes(folder, EPISODES, metrics, rebuild)
+    modes = metrics.get("modes")
+    if modes is None:
+        return metrics, {"": headline}
+    if not isinstance(modes, dict) or metrics.get("scoring") not in modes:
+        raise MetabenchError(f"{folder.metrics} lists no score for its headline mode; {rebuild}")
+    scored = {}
+    for mode, summary in modes.items():
+        if mode not in EPISODES_IN_MODE or not isinstance(summary, dict):
+            raise MetabenchError(f"{folder.metrics} has an unknown scoring mode {mode!r}; {rebuild}")
+        expected = EPISODES if mode == metrics["scoring"] else EPISODES_IN_MODE[mode]
+        if summary.get("file") != expected:
+            raise MetabenchError(
+                f"{folder.metrics} names {summary.get('file')!r} for {mode}, not {expected}; {rebuild}"
+            )
+        scored[mode] = headline if expected == EPISODES else _read_episodes(folder, expected, summary, rebuild)
+        if mode == metrics["scoring"]:
+            _check_summary(folder, summary, headline, rebuild)
+    return metrics, scored
+
+
+def _read_episodes(folder: RunFolder, name: str, summary: dict, rebuild: str) -> np.ndarray:
+    """Episode accuracies from the run's file ``name``, checked against the manifest and against
+    ``summary`` (its sha256, episode count, and mean and interval re-derived)."""
+    data = folder.read_verified(name, rebuild)
+    path = folder.path / name
+    if summary.get("episodes_csv_sha256") != files.sha256_bytes(data):
+        raise MetabenchError(f"{path} does not match its metrics.json (sha256); {rebuild}")
     try:
         accuracies = pd.read_csv(io.BytesIO(data))["accuracy"].to_numpy(dtype=float)
     except (ValueError, KeyError, pd.errors.ParserError) as error:
-        raise MetabenchError(f"{folder.episodes} is not an episodes table ({error}); {rebuild}") from error
-    if len(accuracies) != metrics["episodes"]:
+        raise MetabenchError(f"{path} is not an episodes table ({error}); {rebuild}") from error
+    _check_summary(folder, summary, accuracies, rebuild, path)
+    return accuracies
+
+
+def _check_summary(folder: RunFolder, summary: dict, accuracies: np.ndarray, rebuild: str, path=None) -> None:
+    path = path or folder.episodes
+    if len(accuracies) != summary.get("episodes"):
         raise MetabenchError(
-            f"{folder.episodes} has {len(accuracies)} episodes, metrics.json says {metrics['episodes']}; {rebuild}"
+            f"{path} has {len(accuracies)} episodes, metrics.json says {summary.get('episodes')}; {rebuild}"
         )
     derived = summarise(accuracies)
     for key in ("accuracy", "ci95"):
-        if not isinstance(metrics[key], float) or not np.isclose(metrics[key], derived[key], rtol=0, atol=1e-12):
+        if not isinstance(summary.get(key), float) or not np.isclose(summary[key], derived[key], rtol=0, atol=1e-12):
             raise MetabenchError(
-                f"{folder.metrics} says {key} {metrics[key]!r}, its episodes.csv gives {derived[key]!r}; {rebuild}"
+                f"{folder.metrics} says {key} {summary.get(key)!r}, {path.name} gives {derived[key]!r}; {rebuild}"
             )
-    return metrics, accuracies

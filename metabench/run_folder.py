@@ -7,8 +7,10 @@
 * ``state.pt``: everything needed to resume, written atomically at every validation;
 * ``checkpoint.pt``: the weights with the best validation accuracy, with what is needed to use them;
 * ``train_log.csv`` and ``train_summary.json``: per-update metrics, validations, training cost;
-* ``episodes.csv``, ``metrics.json`` and ``eval_timing.json``: test accuracy per episode, its
-  summary (with the identity of the weights it scored) and what evaluation cost;
+* ``episodes.csv``, ``metrics.json`` and ``eval_timing.json``: test accuracy per episode in the
+  method's own scoring mode, its summary (with the identity of the weights it scored and every
+  mode's score) and what evaluation cost; ``episodes.<mode>.csv``: the same episodes scored in
+  the other mode (``metabench.scoring``), for a method with batch norm;
 * ``system_metrics.csv``, ``mlflow_run.json``, ``tracking_pending``: the machine's load while it
   ran, and its MLflow run (``metabench.tracking``);
 * ``manifest.json``: the sha256 of every result file above (``SEALED``), written last and
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from metabench import MetabenchError, files, legacy
+from metabench.scoring import MODES
 
 CONFIG = "config.json"
 STATE = "state.pt"
@@ -38,14 +41,16 @@ TRAIN_SUMMARY = "train_summary.json"
 EPISODES = "episodes.csv"
 METRICS = "metrics.json"
 EVAL_TIMING = "eval_timing.json"
-EVALUATION_FILES = (EPISODES, METRICS, EVAL_TIMING)  # they describe one set of weights
+# the per-episode accuracies in a scoring mode other than the headline's (metabench.scoring)
+EPISODES_IN_MODE = {mode: f"episodes.{mode}.csv" for mode in MODES}
+EVALUATION_FILES = (EPISODES, *EPISODES_IN_MODE.values(), METRICS, EVAL_TIMING)  # they describe one set of weights
 SYSTEM_METRICS = "system_metrics.csv"  # the machine's load while the run ran (system_metrics)
 MLFLOW_RUN = "mlflow_run.json"  # the MLflow run this folder is tracked as (tracking)
 TRACKING_PENDING = "tracking_pending"  # tracking failed: `metabench track` sends the run again
 MANIFEST = "manifest.json"
 # the result files the manifest covers (state.pt and the checkpoint carry their own sha256 too;
 # the tracking files are the tracking store's business and change after the run)
-SEALED = (CONFIG, CHECKPOINT, TRAIN_LOG, TRAIN_SUMMARY, EPISODES, METRICS, EVAL_TIMING)
+SEALED = (CONFIG, CHECKPOINT, TRAIN_LOG, TRAIN_SUMMARY, EPISODES, *EPISODES_IN_MODE.values(), METRICS, EVAL_TIMING)
 IDENTITY_KEY = "identity"
 
 
@@ -211,14 +216,16 @@ class RunFolder:
         return recorded != current or (saved.get("config") or {}).get("iterations", 0) > iterations
 
     def evaluation_is_current(
-        self, metrics: dict[str, Any], current: dict, iterations: int | None, episodes: str
+        self, metrics: dict[str, Any], current: dict, iterations: int | None, episodes: str, modes: tuple[str, ...]
     ) -> bool:
         """Whether ``metrics`` (this folder's, checked) scored the run asked for: its identity,
-        its number of iterations (None for a reference method) and the test episodes' digest."""
+        its number of iterations (None for a reference method), the test episodes' digest and
+        every scoring mode asked for."""
         return (
             metrics.get(IDENTITY_KEY) == current
             and metrics.get("iterations") == iterations
             and metrics.get("episodes_sha256") == episodes
+            and sorted(metrics.get("modes") or {}) == sorted(modes)
         )
 
     def remove_evaluation(self) -> None:

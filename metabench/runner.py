@@ -24,7 +24,7 @@ from metabench.algorithms import get_algorithm
 from metabench.config import RunConfig
 from metabench.data import store
 from metabench.episodes import ImageBank
-from metabench.evaluation import episode_accuracies, write_results
+from metabench.evaluation import evaluation_passes, scored_accuracies, write_results
 from metabench.prepared import PreparedRun, evaluation_episodes, prepare
 from metabench.run_folder import TRAIN_SUMMARY, RunFolder
 from metabench.tracking import Tracker, run_tags
@@ -335,15 +335,17 @@ def _evaluate_locked(run: PreparedRun, folder: RunFolder, progress: Progress | N
     algorithm, training = _algorithm_to_evaluate(run, folder)
     episodes = run.episodes("test")
     bank = ImageBank(run.dataset.split("test"), run.device)
+    modes = algorithm.scoring_modes()  # every mode it has, from one checkpoint (metabench.scoring)
+    total = len(episodes) * evaluation_passes(algorithm, modes)
     done = [0]
 
     def tick(count: int) -> None:
         done[0] += count
         if progress:
-            progress("evaluate", done[0], len(episodes))
+            progress("evaluate", done[0], total)
 
     start = time.perf_counter()
-    accuracies = episode_accuracies(algorithm, bank, episodes, tick)
+    scored = scored_accuracies(algorithm, bank, episodes, modes, tick)
     extra = {
         "run_id": config.run_id,
         "algorithm": config.algorithm,
@@ -360,7 +362,7 @@ def _evaluate_locked(run: PreparedRun, folder: RunFolder, progress: Progress | N
     }
     seconds = round(time.perf_counter() - start, 3)
     timing = {"eval_seconds": seconds, "episodes_per_second": round(len(episodes) / max(seconds, 1e-9), 3)}
-    metrics = write_results(folder.path, accuracies, extra, timing)
+    metrics = write_results(folder.path, scored, algorithm.headline_scoring, extra, timing)
     tracker = Tracker(folder.path)
     if tracker.attach():
         tracker.log_final({**metrics, **timing}, kind="test")

@@ -50,9 +50,9 @@ def completed(config: RunConfig, threads: int) -> dict | None:
     except MetabenchError:
         return None
     iterations = config.iterations if run.algorithm_cls.trained else None
-    return (
-        metrics if folder.evaluation_is_current(metrics, current, iterations, run.episodes("test").digest()) else None
-    )
+    modes = run.algorithm_cls.scoring_modes()
+    digest = run.episodes("test").digest()
+    return metrics if folder.evaluation_is_current(metrics, current, iterations, digest, modes) else None
 
 
 def trained(config: RunConfig) -> bool:

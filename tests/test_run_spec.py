@@ -246,7 +246,7 @@ def test_evaluation_restores_the_training_mode_even_after_an_error():
     def fail(*args):
         raise RuntimeError("a failing episode")
 
-    algorithm.predict = fail
+    algorithm.predict_modes = fail
     with pytest.raises(RuntimeError):
         episode_accuracies(algorithm, bank, episodes)
     assert all(network.training for network in algorithm.networks().values())

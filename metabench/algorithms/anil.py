@@ -16,6 +16,7 @@ MAML's own inner learning rate (0.4) and its 1 training / 3 test steps overshoot
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from torch.func import functional_call
 
 from metabench import MetabenchError
 from metabench.algorithms.maml import MAML, MAMLHyper, Params
+from metabench.scoring import TRANSDUCTIVE, statistics_of_leading_rows
 
 
 @dataclass
@@ -76,14 +78,25 @@ class ANIL(MAML):
             self.model, self.parameters(), parts, hyper.inner_steps, hyper.inner_lr, hyper.first_order
         )
 
-    def predict(self, support_x, support_y, query_x, ways):
-        with torch.no_grad():
-            features = self.model.body(torch.cat([support_x, query_x]))
-        support, query = features[: len(support_x)], features[len(support_x) :]
-        with torch.enable_grad():
-            weight = self.model.head.weight.detach().requires_grad_()
-            bias = self.model.head.bias.detach().requires_grad_()
-            weight, bias = adapt_head(
-                weight, bias, support, support_y, self.hyper.test_inner_steps, self.hyper.inner_lr, True
+    def predict_modes(self, support_x, support_y, query_x, ways, modes):
+        """Transductive: support and queries embedded as one batch (the features the head adapts
+        on see the queries too). Inductive: every image normalised with the support set's
+        statistics, which leaves the support features those of the support set alone."""
+        logits = {}
+        for mode in modes:
+            together = (
+                contextlib.nullcontext()
+                if mode == TRANSDUCTIVE
+                else statistics_of_leading_rows([self.model], len(support_x))
             )
-        return F.linear(query, weight.detach(), bias.detach())
+            with torch.no_grad(), together:
+                features = self.model.body(torch.cat([support_x, query_x]))
+            support, query = features[: len(support_x)], features[len(support_x) :]
+            with torch.enable_grad():
+                weight = self.model.head.weight.detach().requires_grad_()
+                bias = self.model.head.bias.detach().requires_grad_()
+                weight, bias = adapt_head(
+                    weight, bias, support, support_y, self.hyper.test_inner_steps, self.hyper.inner_lr, True
+                )
+            logits[mode] = F.linear(query, weight.detach(), bias.detach())
+        return logits

@@ -23,9 +23,11 @@ of each parent, so bumping ``MAML.version`` retrains MAML and its subclasses and
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,6 +37,8 @@ import torch.nn.functional as F
 from metabench import MetabenchError, distributed
 from metabench.episodes import Episode
 from metabench.models import Classifier, build_backbone
+from metabench.models.conv4 import batch_statistics
+from metabench.scoring import INDUCTIVE, MODES, TRANSDUCTIVE, statistics_of_leading_rows
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,10 @@ class Algorithm(abc.ABC):
     name: ClassVar[str]
     paper: ClassVar[str]  # citation of the method
     adapts: ClassVar[str]  # one line: what changes at test time
-    transductive: ClassVar[bool]  # does a query's prediction depend on the other queries?
+    transductive: ClassVar[bool]  # does a query's prediction depend on the other queries (headline score)?
+    # where batch norm takes its statistics at test time: "running" (kept from training), "batch"
+    # (of the images it sees) or None (no batch norm): which scoring modes it has (metabench.scoring)
+    batch_norm: ClassVar[str | None] = "running"
     fixed_ways: ClassVar[bool] = False  # True when the model has a head of exactly test_ways outputs
     # False for a reference method with nothing to learn: it is only evaluated, once per setting
     trained: ClassVar[bool] = True
@@ -76,6 +83,25 @@ class Algorithm(abc.ABC):
         """Whether this instance's predictions depend on the other queries (``transductive``,
         unless a hyper-parameter chooses the scoring mode)."""
         return self.transductive
+
+    @property
+    def headline_scoring(self) -> str:
+        """The scoring mode of the headline score (``episodes.csv``): the method's own."""
+        return TRANSDUCTIVE if self.evaluates_transductively else INDUCTIVE
+
+    @classmethod
+    def scoring_modes(cls) -> tuple[str, ...]:
+        """The modes it can be scored in (``metabench.scoring``): both with batch norm, else inductive."""
+        return MODES if cls.batch_norm else (INDUCTIVE,)
+
+    def predict_modes(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, ways: int, modes: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        """Logits (n_query, ways) of one episode's queries in each of ``modes`` (``metabench.scoring``),
+        adapting once. By default the headline mode only, through ``predict``."""
+        if tuple(modes) != (self.headline_scoring,):
+            raise MetabenchError(f"{self.name} can only be scored {self.headline_scoring}")
+        return {self.headline_scoring: self.predict(support_x, support_y, query_x, ways)}
 
     @classmethod
     def training_queries(cls, hyper: Any, shots: int, queries: int) -> int:
@@ -203,6 +229,41 @@ def episodic_classifier(hyper: BackboneHyper, task: TaskShape) -> torch.nn.Modul
     return Classifier(body, body.out_features(task.image_size), task.test_ways)
 
 
+class EpisodeNormalised:
+    """Prediction for an algorithm that adapts a network without running statistics to each
+    episode (the MAML family, Reptile, the LSTM meta-learner): its batch norm normalises with the
+    statistics of the images it sees, so it is scored transductively (the queries together, as
+    its papers do) and inductively (every image with the support set's statistics) from one
+    adaptation. A mixin, listed before ``Algorithm``: it declares no behaviour version of its own,
+    so its code is part of the behaviour of each algorithm that uses it (their canaries cover it).
+    """
+
+    transductive = True
+    batch_norm = "batch"
+
+    def adapted(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network adapted to the support set, as a function from images to logits (called
+        under ``no_grad``; its batch norms are those of ``networks()``)."""
+        raise NotImplementedError(f"{self.name} defines neither adapted nor predict_modes")
+
+    def predict(self, support_x, support_y, query_x, ways):
+        return self.predict_modes(support_x, support_y, query_x, ways, (self.headline_scoring,))[self.headline_scoring]
+
+    def predict_modes(self, support_x, support_y, query_x, ways, modes):
+        forward = self.adapted(support_x, support_y, ways)
+        logits = {}
+        with torch.no_grad():
+            for mode in modes:
+                if mode == TRANSDUCTIVE:
+                    logits[mode] = forward(query_x)
+                else:
+                    with statistics_of_leading_rows(list(self.networks().values()), len(support_x)):
+                        logits[mode] = forward(torch.cat([support_x, query_x]))[len(support_x) :]
+        return logits
+
+
 class EmbeddingAlgorithm(Algorithm):
     """An algorithm whose test-time prediction sees images only through a per-image embedding.
 
@@ -238,9 +299,19 @@ class EmbeddingAlgorithm(Algorithm):
         """
         return torch.stack([self.predict_embedded(s, support_y, q, ways) for s, q in zip(support, query)])
 
-    @torch.no_grad()
     def predict(self, support_x, support_y, query_x, ways):
-        return self.predict_embedded(self.embed(support_x), support_y, self.embed(query_x), ways)
+        return self.predict_modes(support_x, support_y, query_x, ways, (self.headline_scoring,))[self.headline_scoring]
+
+    @torch.no_grad()
+    def predict_modes(self, support_x, support_y, query_x, ways, modes):
+        """Inductive: the networks as they are (evaluation mode: running statistics, per image).
+        Transductive: every batch norm on the statistics of its own batch, the support set and the
+        query set embedded as two batches (LearningToCompare_FSL's test)."""
+        logits = {}
+        for mode in modes:
+            with batch_statistics(list(self.networks().values())) if mode == TRANSDUCTIVE else contextlib.nullcontext():
+                logits[mode] = self.predict_embedded(self.embed(support_x), support_y, self.embed(query_x), ways)
+        return logits
 
     def query_loss(self, scores: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:
         """Training loss of the query scores ``predict_embedded`` gives (cross-entropy unless overridden)."""

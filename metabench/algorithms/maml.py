@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm, BackboneHyper, episodic_classifier
+from metabench.algorithms.base import Algorithm, BackboneHyper, EpisodeNormalised, episodic_classifier
 from metabench.episodes import Episode
 from metabench.models.conv4 import Conv4, vmap_safe
 
@@ -159,13 +159,12 @@ def vmaps_tasks(setting: str, device: torch.device, model: nn.Module) -> bool:
     return setting == "vmap" or (setting == "auto" and device.type == "cuda" and batchable)
 
 
-class MAML(Algorithm):
+class MAML(EpisodeNormalised, Algorithm):
     name = "maml"
     version = 1
     release_notes = {1: "Second-order MAML with batch-statistics Conv-4 (Finn et al. 2017), at 806d491."}
     paper = "Finn et al. 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks"
     adapts = "every weight, by a few SGD steps on the support set (second order)"
-    transductive = True
     fixed_ways = True
     data_parallel = True  # the meta-batch is split over torchrun ranks (metabench.distributed)
     Hyper = MAMLHyper
@@ -225,14 +224,14 @@ class MAML(Algorithm):
             self.model, self.parameters(), batch, hyper.inner_steps, self.inner_lr(), hyper.first_order
         )
 
-    def predict(self, support_x, support_y, query_x, ways):
+    def adapted(self, support_x, support_y, ways):
         with torch.enable_grad():
             params = {n: p.detach().requires_grad_() for n, p in self.parameters().items()}
             lr = self.inner_lr()
             lr = {n: v.detach() for n, v in lr.items()} if isinstance(lr, dict) else lr
             adapted = adapt(self.model, params, support_x, support_y, self.hyper.test_inner_steps, lr, True)
-        with torch.no_grad():
-            return functional_call(self.model, {n: p.detach() for n, p in adapted.items()}, (query_x,))
+        weights = {n: p.detach() for n, p in adapted.items()}
+        return lambda x: functional_call(self.model, weights, (x,))
 
 
 @dataclass

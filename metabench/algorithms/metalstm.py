@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metabench import MetabenchError
-from metabench.algorithms.base import Algorithm, BackboneHyper, episodic_classifier
+from metabench.algorithms.base import Algorithm, BackboneHyper, EpisodeNormalised, episodic_classifier
 
 
 @dataclass
@@ -133,13 +133,12 @@ def learn(meta: MetaLearner, model: nn.Module, theta: torch.Tensor, x, y, steps:
     return theta
 
 
-class MetaLSTM(Algorithm):
+class MetaLSTM(EpisodeNormalised, Algorithm):
     name = "metalstm"
     version = 1
     release_notes = {1: "LSTM meta-learner of Ravi & Larochelle 2017, at 806d491."}
     paper = "Ravi & Larochelle 2017, Optimization as a Model for Few-Shot Learning"
     adapts = "every weight, by a learned LSTM optimiser from a learned initialisation"
-    transductive = True
     fixed_ways = True
     data_parallel = True  # the meta-batch is split over torchrun ranks (metabench.distributed)
     Hyper = MetaLSTMHyper
@@ -163,15 +162,20 @@ class MetaLSTM(Algorithm):
         """θ_0: the learner's (meta-learned) initial parameters, flattened."""
         return torch.cat([p.reshape(-1) for p in self.model.parameters()])
 
-    def query_logits(self, theta, support_x, support_y, query_x) -> torch.Tensor:
+    def learned(self, theta, support_x, support_y) -> dict[str, torch.Tensor]:
+        """The learner's weights after the meta-learner's updates on the support set."""
         steps = self.hyper.steps_for(len(support_x) // self.task.test_ways)
         theta = learn(self.meta, self.model, theta, support_x, support_y, steps)
-        return functional_call(self.model, unflatten(theta, dict(self.model.named_parameters())), (query_x,))
+        return unflatten(theta, dict(self.model.named_parameters()))
+
+    def query_logits(self, theta, support_x, support_y, query_x) -> torch.Tensor:
+        return functional_call(self.model, self.learned(theta, support_x, support_y), (query_x,))
 
     def episode_loss(self, task):
         logits = self.query_logits(self.initial_theta(), task.support_x, task.support_y, task.query_x)
         return F.cross_entropy(logits, task.query_y), logits
 
     @torch.no_grad()
-    def predict(self, support_x, support_y, query_x, ways):
-        return self.query_logits(self.initial_theta(), support_x, support_y, query_x)
+    def adapted(self, support_x, support_y, ways):
+        weights = self.learned(self.initial_theta(), support_x, support_y)
+        return lambda x: functional_call(self.model, weights, (x,))

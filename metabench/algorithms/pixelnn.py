@@ -27,6 +27,7 @@ class PixelNN(EmbeddingAlgorithm):
     paper = "nearest neighbour in pixel space (reference; Vinyals et al. 2016, Table 1)"
     adapts = "nothing: stores the support images"
     trained = False
+    batch_norm = None  # no network: scored inductively only
     Hyper = PixelNNHyper
 
     def networks(self):

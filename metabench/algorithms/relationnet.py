@@ -17,9 +17,10 @@ linear layers N(0, 0.01²) with bias 1); and each network's gradient norm is cli
 before its Adam step. The reference never leaves training mode, so at test time its batch norms
 normalise with the statistics of the batch they see: the support set, the query set and the
 (class, query) pairs, each on its own (transductive: a query's score depends on the other
-queries). ``scoring: transductive`` scores exactly so; the default, ``inductive``, evaluates with
-running statistics, which keeps an image's embedding independent of its episode (and lets the
-evaluator score from cached embeddings). Name the mode beside any comparison with the paper.
+queries). Every run is scored both ways (``metabench.scoring``); ``scoring`` picks the headline
+mode: the default, ``inductive``, evaluates with running statistics, which keeps an image's
+embedding independent of its episode (and lets the evaluator score from cached embeddings);
+``transductive`` is the reference's. Name the mode beside any comparison with the paper.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import nn
 from metabench import MetabenchError
 from metabench.algorithms.base import BackboneHyper, EmbeddingAlgorithm
 from metabench.models import Conv4
-from metabench.models.conv4 import batch_statistics, conv_block
+from metabench.models.conv4 import conv_block
 
 
 @dataclass
@@ -47,9 +48,7 @@ class RelationNetHyper(BackboneHyper):
     unpadded_relation: bool = False  # relation convolutions unpadded (reference: miniImageNet yes, Omniglot no)
     clip_grad_norm: float = 0.5  # per network, before each step (reference: 0.5); 0: no clipping
     init: str = "reference"  # reference (the reference's weights_init) or torch (PyTorch's defaults)
-    scoring: str = (
-        "inductive"  # inductive (running statistics) or transductive (each set's batch statistics, the reference's)
-    )
+    scoring: str = "inductive"  # headline mode: inductive (running statistics) or transductive (each set's batch statistics, the reference's)
 
     def validate(self) -> None:
         if self.backbone != "conv4":
@@ -219,11 +218,3 @@ class RelationNet(EmbeddingAlgorithm):
     @property
     def evaluates_transductively(self) -> bool:
         return self.hyper.scoring == "transductive"
-
-    def predict(self, support_x, support_y, query_x, ways):
-        if not self.evaluates_transductively:
-            return super().predict(support_x, support_y, query_x, ways)
-        # the reference's test: the support set and the query set embedded as two batches, every
-        # batch norm on the statistics of its own batch (running statistics untouched)
-        with torch.no_grad(), batch_statistics([self.body, self.relation]):
-            return self.scores(self.body(support_x), support_y, self.body(query_x), ways)

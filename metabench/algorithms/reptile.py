@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from metabench import MetabenchError, distributed
-from metabench.algorithms.base import Algorithm, BackboneHyper, episodic_classifier
+from metabench.algorithms.base import Algorithm, BackboneHyper, EpisodeNormalised, episodic_classifier
 from metabench.algorithms.maml import Params, adapt
 from metabench.episodes import Episode
 
@@ -80,13 +80,12 @@ def inner_sgd(
     return {name: p.detach() for name, p in adapted.items()}
 
 
-class Reptile(Algorithm):
+class Reptile(EpisodeNormalised, Algorithm):
     name = "reptile"
     version = 1
     release_notes = {1: "Reptile with inner mini-batches of train_shots images (Nichol et al. 2018), at 806d491."}
     paper = "Nichol et al. 2018, On First-Order Meta-Learning Algorithms"
     adapts = "every weight, by many SGD steps on the support set (first order, no second derivatives)"
-    transductive = True
     fixed_ways = True
     data_parallel = True  # the batched update (not ``serial``) is split over torchrun ranks
     Hyper = ReptileHyper
@@ -151,8 +150,8 @@ class Reptile(Algorithm):
         loss = distributed.mean_over_ranks(losses, len(batch))
         return {"loss": loss.item(), "outer_lr": self.scheduler.get_last_lr()[0]}
 
-    def predict(self, support_x, support_y, query_x, ways):
-        adapted = inner_sgd(
+    def adapted(self, support_x, support_y, ways):
+        weights = inner_sgd(
             self.model,
             dict(self.model.named_parameters()),
             support_x,
@@ -160,5 +159,4 @@ class Reptile(Algorithm):
             self.hyper.test_inner_steps,
             self.hyper.inner_lr,
         )
-        with torch.no_grad():
-            return functional_call(self.model, adapted, (query_x,))
+        return lambda x: functional_call(self.model, weights, (x,))
