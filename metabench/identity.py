@@ -37,6 +37,16 @@ PROTOCOL_NOTES = {
     1: "Training loop, fixed episodes, evaluation and best-validation checkpoint selection as of 806d491.",
 }
 
+# What scoring a checkpoint computes beyond the protocol's headline episode accuracies: which
+# scoring modes (metabench.scoring) and files an evaluation writes. Not part of a run's identity:
+# a bump re-evaluates every run (the grid compares it with metrics.json) and retrains none.
+EVALUATION_VERSION = 2
+EVALUATION_NOTES = {
+    1: "The headline scoring mode only (episodes.csv), as of 806d491.",
+    2: "Every method with batch norm scored inductively and transductively from one checkpoint "
+    "(metabench.scoring): the other mode in episodes.<mode>.csv, both under metrics.json's modes.",
+}
+
 
 def algorithm_versions(cls: type[Algorithm]) -> dict[str, int]:
     """The declared version of ``cls`` and of every parent that declares one, by class name."""

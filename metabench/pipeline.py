@@ -25,7 +25,7 @@ import yaml
 
 from metabench import MetabenchError, plots, sources
 from metabench.algorithms import get_algorithm, list_algorithms
-from metabench.identity import PROTOCOL_VERSION, algorithm_versions
+from metabench.identity import EVALUATION_VERSION, PROTOCOL_VERSION, algorithm_versions
 from metabench.models import BACKBONES
 from metabench.params_check import load_checked
 
@@ -227,10 +227,11 @@ def pipeline_params(root: Path = sources.ROOT, wanted: list[str] = ()) -> list[P
 
 
 def behaviour_record() -> str:
-    """``behaviour.json``: the declared version of every algorithm (with its parents), backbone
-    and the shared protocol, as the pipelines' dependency on what the runs compute."""
+    """``behaviour.json``: the declared version of every algorithm (with its parents), backbone,
+    the shared protocol and evaluation, as the pipelines' dependency on what the runs compute."""
     record = {
         "protocol": PROTOCOL_VERSION,
+        "evaluation": EVALUATION_VERSION,
         "algorithms": {name: algorithm_versions(get_algorithm(name)) for name in list_algorithms()},
         "backbones": {name: cls.version for name, cls in sorted(BACKBONES.items())},
     }

@@ -68,6 +68,35 @@ PUBLISHED: dict[tuple[str, str, int, int], tuple[float, float | None, str]] = {
     ("miniimagenet", "protonet", 5, 5): (68.20, 0.66, "Snell et al. 2017"),
 }
 
+# The scoring mode (metabench.scoring) of each method's published figures, as the code that
+# produced them scores: (mode, where it is decided). A method missing here has no reference code
+# that says (Meta-SGD, ANIL, Matching Networks and the siamese net have none from their authors).
+PAPER_SCORING: dict[str, tuple[str, str]] = {
+    "maml": (
+        "transductive",
+        "cbfinn/maml utils.py: tf_layers.batch_norm left in training mode, batch statistics at test",
+    ),
+    "fomaml": ("transductive", "cbfinn/maml utils.py with --stop_grad (Nichol et al. 2018, Table 2: + Transduction)"),
+    "reptile": (
+        "inductive",
+        "openai/supervised-reptile reptile.py _test_predictions: each query with the support set "
+        "unless --transductive; the 95.39 row is the non-transductive one (Nichol et al. 2018, Table 2)",
+    ),
+    "relationnet": (
+        "transductive",
+        "floodsung/LearningToCompare_FSL omniglot_train_one_shot.py: never calls eval(), each set's batch statistics",
+    ),
+    "protonet": ("inductive", "jakesnell/prototypical-networks protonets/utils/model.py evaluate: model.eval()"),
+    "baseline": ("inductive", "wyharveychen/CloserLookFewShot save_features.py: model.eval() before the features"),
+    "baselinepp": ("inductive", "wyharveychen/CloserLookFewShot save_features.py: model.eval() before the features"),
+    "metaoptnet": ("inductive", "kjunelee/MetaOptNet test.py: embedding_net.eval()"),
+    "metalstm": (
+        "inductive",
+        "twitter/meta-learning-lstm model/lstm/meta-learner-lstm.lua: learner.set('evaluate') before the "
+        "test set, so queries use statistics gathered on the support set",
+    ),
+}
+
 PROTOCOLS = {
     "omniglot": "papers: 1,200 training characters + rotations as classes, 28×28; MAML 600 test tasks, "
     "ProtoNets 1,000 episodes and 60-way training",

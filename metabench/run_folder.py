@@ -216,16 +216,16 @@ class RunFolder:
         return recorded != current or (saved.get("config") or {}).get("iterations", 0) > iterations
 
     def evaluation_is_current(
-        self, metrics: dict[str, Any], current: dict, iterations: int | None, episodes: str, modes: tuple[str, ...]
+        self, metrics: dict[str, Any], current: dict, iterations: int | None, episodes: str, evaluation: int
     ) -> bool:
         """Whether ``metrics`` (this folder's, checked) scored the run asked for: its identity,
-        its number of iterations (None for a reference method), the test episodes' digest and
-        every scoring mode asked for."""
+        its number of iterations (None for a reference method), the test episodes' digest, with
+        the evaluation asked for (``identity.EVALUATION_VERSION``; 1 when not recorded)."""
         return (
             metrics.get(IDENTITY_KEY) == current
             and metrics.get("iterations") == iterations
             and metrics.get("episodes_sha256") == episodes
-            and sorted(metrics.get("modes") or {}) == sorted(modes)
+            and metrics.get("evaluation_version", 1) == evaluation
         )
 
     def remove_evaluation(self) -> None:

@@ -359,6 +359,7 @@ def _evaluate_locked(run: PreparedRun, folder: RunFolder, progress: Progress | N
         **training,
         "provenance": run.provenance(),
         "transductive": algorithm.evaluates_transductively,
+        "evaluation_version": identity.EVALUATION_VERSION,
     }
     seconds = round(time.perf_counter() - start, 3)
     timing = {"eval_seconds": seconds, "episodes_per_second": round(len(episodes) / max(seconds, 1e-9), 3)}

@@ -17,6 +17,7 @@ from metabench import MetabenchError, system_metrics
 from metabench.algorithms import get_algorithm
 from metabench.config import RunConfig
 from metabench.evaluation import read_results
+from metabench.identity import EVALUATION_VERSION
 from metabench.prepared import prepare
 from metabench.run_folder import RunFolder
 from metabench.runner import evaluate_run, train_run
@@ -37,8 +38,9 @@ class Outcome:
 
 def completed(config: RunConfig, threads: int) -> dict | None:
     """The run's metrics when its evaluation describes the run its spec asks for now (the same
-    identity: settings, data, behaviour versions, threads, platform; the same iterations and
-    test episodes); None when it has to run (again)."""
+    identity: settings, data, behaviour versions, threads, platform; the same iterations, test
+    episodes and evaluation version); None when it has to run (again: a run only re-evaluated
+    keeps its training)."""
     folder = RunFolder(config.run_dir)
     if not folder.metrics.is_file():
         return None
@@ -50,9 +52,8 @@ def completed(config: RunConfig, threads: int) -> dict | None:
     except MetabenchError:
         return None
     iterations = config.iterations if run.algorithm_cls.trained else None
-    modes = run.algorithm_cls.scoring_modes()
     digest = run.episodes("test").digest()
-    return metrics if folder.evaluation_is_current(metrics, current, iterations, digest, modes) else None
+    return metrics if folder.evaluation_is_current(metrics, current, iterations, digest, EVALUATION_VERSION) else None
 
 
 def trained(config: RunConfig) -> bool:

@@ -20,6 +20,7 @@ import seaborn as sns
 from metabench import files, leaderboard, plots
 from metabench.report.figures import FIGURES, Figures
 from metabench.report.runs import load_runs, split_references
+from metabench.report.scoring import scoring_table
 from metabench.report.statistics import aggregate, pairwise
 from metabench.report.writers import (
     cost_table,
@@ -62,8 +63,19 @@ def build(
     files.write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     costs = cost_table(table)
     intervals = intervals_table(table)
+    modes = scoring_table(runs)
     write_markdown(
-        out_dir / "leaderboard.md", ranking, board, pair_table, baselines, table, runs.hyper, runs, costs, intervals
+        out_dir / "leaderboard.md",
+        ranking,
+        board,
+        pair_table,
+        baselines,
+        table,
+        runs.hyper,
+        runs,
+        costs,
+        intervals,
+        modes,
     )
     write_html(
         out_dir / "leaderboard.html",
@@ -77,5 +89,6 @@ def build(
         runs,
         costs,
         intervals,
+        modes,
     )
     return summary

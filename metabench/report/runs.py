@@ -16,7 +16,7 @@ import pandas as pd
 from metabench import MetabenchError, files, stats
 from metabench.algorithms import REGISTRY
 from metabench.episodes import EpisodeIndices
-from metabench.evaluation import read_results
+from metabench.evaluation import read_scored_results
 from metabench.run_folder import CONFIG, METRICS, TRAIN_LOG, TRAIN_SUMMARY, RunFolder
 
 # what a profile records of where its numbers came from: not a cost, not a column of the report
@@ -40,6 +40,8 @@ class Runs:
     profiles: pd.DataFrame
     disjoint: dict[str, np.ndarray] = field(default_factory=dict)  # episodes sha256 -> image-disjoint episodes
     hyper: dict[str, dict] = field(default_factory=dict)  # algorithm -> resolved hyper-parameters (config.json)
+    # run_id -> scoring mode -> per-episode accuracy (metabench.scoring); {} for an evaluation from before modes
+    scored: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def disjoint_by_digest(episodes_dir: Path | None) -> dict[str, np.ndarray]:
@@ -63,7 +65,7 @@ def load_runs(
 ) -> Runs:
     """Read run outputs; with ``run_ids`` exactly those runs (a missing one is an error). The
     fixed episodes in ``episodes_dir`` give the open intervals (none without them)."""
-    rows, episodes, curves, hyper = [], {}, [], {}
+    rows, episodes, curves, hyper, scored = [], {}, [], {}, {}
     if run_ids is None:
         paths = sorted(Path(runs_dir).glob(f"*/{METRICS}"))
     else:
@@ -75,7 +77,9 @@ def load_runs(
             )
     for metrics_path in paths:
         run_dir = metrics_path.parent
-        metrics, accuracies = read_results(run_dir)  # refused unless episodes.csv is the one metrics.json describes
+        # refused unless every episodes file is the one metrics.json describes
+        metrics, by_mode = read_scored_results(run_dir)
+        accuracies = by_mode[metrics["scoring"]] if metrics.pop("modes", None) else by_mode[""]
         folder, retrain = RunFolder(run_dir), f"retrain the run or remove {run_dir}"
         trained = TRAIN_SUMMARY in (folder.sealed_names() or {})  # a reference method has no training
         if trained:
@@ -89,6 +93,7 @@ def load_runs(
         metrics["mlflow_run_id"], metrics["mlflow_experiment_id"] = folder.mlflow_run()
         rows.append(metrics)
         episodes[metrics["run_id"]] = accuracies
+        scored[metrics["run_id"]] = {mode: values for mode, values in by_mode.items() if mode}
         if trained:
             log = folder.read_table_verified(TRAIN_LOG, retrain, ("iteration",))
             if "val_accuracy" in log:
@@ -115,6 +120,7 @@ def load_runs(
         pd.DataFrame(profiles),
         disjoint_by_digest(episodes_dir),
         hyper,
+        scored,
     )
 
 

@@ -16,6 +16,7 @@ from metabench import files, leaderboard, published, tracking
 from metabench.algorithms import REGISTRY
 from metabench.report.figures import FIGURES
 from metabench.report.runs import Runs
+from metabench.report.scoring import NOTE as SCORING_NOTE
 from metabench.report.statistics import COST_COLUMNS
 
 FORMULAS = """\
@@ -39,8 +40,10 @@ FORMULAS = """\
   without replacement in effect; the same episodes for every method), whose accuracies are
   independent draws of the data too; it is wider, and it is the one to compare with a figure
   measured on other test images. Neither counts training randomness: that is the seeds' interval.
-- **Transductive**: MAML-family methods normalise with each episode's batch statistics, so a
-  query's prediction depends on the other queries; this is marked per algorithm.
+- **Transductive and inductive**: the MAML family, Reptile and the LSTM meta-learner keep no
+  running statistics and normalise with each batch's, so in their headline score a query's
+  prediction depends on the other queries (marked ‡). Every method with batch norm is also scored
+  in its other mode from the same checkpoint (section "Inductive and transductive").
 """
 
 INTERVALS_NOTE = (
@@ -161,7 +164,17 @@ def _episode_counts(runs: Runs) -> str:
 
 
 def write_markdown(
-    path, ranking, board, pairs, baselines, table, hyper, runs: Runs, costs: pd.DataFrame, intervals: pd.DataFrame
+    path,
+    ranking,
+    board,
+    pairs,
+    baselines,
+    table,
+    hyper,
+    runs: Runs,
+    costs: pd.DataFrame,
+    intervals: pd.DataFrame,
+    modes: pd.DataFrame,
 ) -> None:
     lines = [
         "# metabench leaderboard",
@@ -184,6 +197,15 @@ def write_markdown(
             "## Reference methods on the same episodes",
             "",
             baselines.to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+    if not modes.empty:
+        lines += [
+            "## Inductive and transductive",
+            "",
+            modes.to_markdown(index=False, disable_numparse=True),
+            "",
+            SCORING_NOTE,
             "",
         ]
     if not intervals.empty:
@@ -263,6 +285,7 @@ def write_html(
     runs: Runs,
     costs: pd.DataFrame,
     intervals: pd.DataFrame,
+    modes: pd.DataFrame,
 ) -> None:
     style = (
         "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
@@ -290,6 +313,13 @@ def write_html(
         )
     if not baselines.empty:
         parts += ["<h2>Reference methods on the same episodes</h2>", _scroll(baselines.to_html(index=False, border=0))]
+    if not modes.empty:
+        note = MarkdownIt("commonmark", {"html": False}).renderInline(SCORING_NOTE)
+        parts += [
+            "<h2>Inductive and transductive</h2>",
+            _scroll(modes.to_html(index=False, border=0)),
+            f"<p><small>{note}</small></p>",
+        ]
     if not intervals.empty:
         parts += [
             "<h2>Closed and open intervals</h2>",
