@@ -366,7 +366,10 @@ def _evaluate_locked(run: PreparedRun, folder: RunFolder, progress: Progress | N
     metrics = write_results(folder.path, scored, algorithm.headline_scoring, extra, timing)
     tracker = Tracker(folder.path)
     if tracker.attach():
-        tracker.log_final({**metrics, **timing}, kind="test")
-        tracker.log_artifacts([folder.episodes, folder.metrics])
+        by_mode = {
+            f"{key}_{mode}": scores[key] for mode, scores in metrics["modes"].items() for key in ("accuracy", "ci95")
+        }
+        tracker.log_final({**metrics, **by_mode, **timing}, kind="test")
+        tracker.log_artifacts([folder.path / scores["file"] for scores in metrics["modes"].values()] + [folder.metrics])
         tracker.finish()
     return metrics

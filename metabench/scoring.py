@@ -51,10 +51,17 @@ def check_modes(modes: tuple[str, ...], available: tuple[str, ...], algorithm: s
 
 def _norm_with_leading_statistics(norm: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, rows: int) -> torch.Tensor:
     """``norm`` applied to ``x`` with the batch statistics of its first ``rows`` images (biased
-    variance, as batch norm normalises), every row alike."""
-    dims = (0, *range(2, x.dim()))
-    variance, mean = torch.var_mean(x[:rows], dim=dims, unbiased=False)
-    return F.batch_norm(x, mean, variance, norm.weight, norm.bias, False, 0.0, norm.eps)
+    variance, as batch norm normalises), every row alike.
+
+    The statistics come from a training-mode ``F.batch_norm`` of those rows into fresh buffers
+    (momentum 1: the buffers become the batch's mean and unbiased variance), which on CPU is
+    about twice as fast as ``torch.var_mean`` over the batch and spatial dimensions."""
+    mean = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+    variance = torch.ones_like(mean)
+    F.batch_norm(x[:rows], mean, variance, None, None, True, 1.0, norm.eps)
+    count = x[:rows].numel() // x.shape[1]
+    biased = variance * ((count - 1) / count) if count > 1 else torch.zeros_like(variance)
+    return F.batch_norm(x, mean, biased, norm.weight, norm.bias, False, 0.0, norm.eps)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,7 @@ from metabench.run_folder import (
     TRAIN_SUMMARY,
     RunFolder,
 )
+from metabench.scoring import MODES
 
 EXPERIMENT = "metabench"  # prefix: one experiment per dataset, metabench-<dataset>
 # what the MLflow UI reads to open a training experiment on its runs (mlflow.experimentKind)
@@ -63,6 +64,8 @@ RESULTS = {
     "best_val_accuracy",
     "best_iteration",
     "train_seconds",
+    # each scoring mode's score (metabench.scoring), as ``test/accuracy_inductive`` and so on
+    *(f"{key}_{mode}" for mode in MODES for key in ("accuracy", "ci95")),
 }
 # The test accuracy and its interval are ``accuracy`` and ``accuracy_ci95``, first wherever MLflow
 # sorts metrics by name; its run page lists them in the order first logged, which
