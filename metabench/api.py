@@ -137,6 +137,7 @@ def predict(
     support_y: Any,
     query_x: Any,
     device: str = "cpu",
+    scoring: str | None = None,
 ) -> np.ndarray:
     """Class probabilities of ``query_x`` given a labelled support set (``metabench predict``).
 
@@ -145,10 +146,11 @@ def predict(
     (n_support,) int class indices 0 … ways − 1, ``query_x`` (n_query, channels, size, size).
     Returns (n_query, ways) float32 probabilities (softmax of the method's scores).
     A transductive method's answer for one query depends on the others (see the checkpoint's
-    algorithm in ``metabench algorithms``): classify queries together. To classify several
-    query sets with one checkpoint, ``load_model`` it once.
+    algorithm in ``metabench algorithms``): classify queries together, or pass
+    ``scoring="inductive"`` (``metabench.scoring``; None: the method's own mode). To classify
+    several query sets with one checkpoint, ``load_model`` it once.
     """
-    return load_model(checkpoint, device).predict(support_x, support_y, query_x)
+    return load_model(checkpoint, device).predict(support_x, support_y, query_x, scoring)
 
 
 def load_leaderboard(path: str | Path = "reports/leaderboard.csv") -> pd.DataFrame:

@@ -471,11 +471,16 @@ def predict(
     probabilities: bool = typer.Option(
         False, "--probabilities", help="Also print each class's probability (softmax of the method's scores)."
     ),
+    scoring: str | None = typer.Option(
+        None,
+        help="inductive (no image's answer depends on another) or transductive, for a method with "
+        "batch norm; default: the method's own mode.",
+    ),
 ) -> None:
     """Classify your own images: prints `image,predicted_class` CSV rows to standard output.
 
-    A transductive method's answer for one image depends on the other query images (its network
-    normalises with their batch statistics); it warns, once.
+    Scored transductively, one image's answer depends on the other query images (the network
+    normalises with their batch statistics); it warns, once, and `--scoring inductive` avoids it.
     """
     from metabench import api
     from metabench.folders import load_queries, load_support
@@ -484,11 +489,12 @@ def predict(
     channels, height, _ = model.image_shape
     support_x, support_y, class_names = load_support(support, channels, height)
     query_x, query_names = load_queries(query, channels, height)
-    scores = model.predict(support_x, support_y, query_x)
-    if model.transductive:
+    scores = model.predict(support_x, support_y, query_x, scoring)
+    if (scoring or ("transductive" if model.transductive else "inductive")) == "transductive":
         console.print(
-            f"[yellow]warning:[/yellow] {model.algorithm} is transductive: each prediction depends on the "
-            f"other {len(query_names) - 1} images in {query} (their batch statistics); classify them together"
+            f"[yellow]warning:[/yellow] {model.algorithm} is scored transductively: each prediction depends on the "
+            f"other {len(query_names) - 1} images in {query} (their batch statistics); classify them together, "
+            f"or pass --scoring inductive"
         )
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["image", "predicted_class", *([f"p_{name}" for name in class_names] if probabilities else [])])

@@ -44,8 +44,8 @@ def check_modes(modes: tuple[str, ...], available: tuple[str, ...], algorithm: s
     unknown = [mode for mode in modes if mode not in available]
     if unknown:
         raise MetabenchError(
-            f"{algorithm} cannot be scored {unknown[0]} (it can be: {', '.join(available)}); "
-            f"choose --scoring {' or '.join(available)}"
+            f"{algorithm} cannot be scored {unknown[0]!r}: it is scored {' or '.join(available)} "
+            f"(metabench.scoring); choose one of those"
         )
 
 

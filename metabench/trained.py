@@ -14,6 +14,7 @@ import torch
 from metabench import MetabenchError, checkpoint
 from metabench.algorithms import TaskShape, build_algorithm
 from metabench.config import resolve_device
+from metabench.scoring import check_modes
 
 
 def load_trained(checkpoint_path: Path, device: torch.device):
@@ -36,8 +37,10 @@ class TrainedModel:
     """A trained run loaded once (``load_model``), to classify any number of query sets.
 
     ``image_shape`` is (channels, height, width) as ``predict`` takes images; ``transductive``
-    says whether one query's answer depends on the other queries; ``fixed_ways`` is the number
-    of classes a fixed-way method (e.g. Relation Networks) was trained for, else None.
+    says whether one query's answer depends on the other queries in the method's own scoring
+    mode, ``scoring_modes`` which modes ``predict`` can take (``metabench.scoring``);
+    ``fixed_ways`` is the number of classes a fixed-way method (e.g. Relation Networks) was
+    trained for, else None.
     """
 
     def __init__(self, algorithm: Any, saved: dict, device: Any) -> None:
@@ -46,18 +49,22 @@ class TrainedModel:
         height, width, channels = saved["dataset"]["image_shape"]
         self.image_shape = (channels, height, width)
         self.transductive = algorithm.evaluates_transductively
+        self.scoring_modes = algorithm.scoring_modes()
         self.fixed_ways = algorithm.task.test_ways if algorithm.fixed_ways else None
 
-    def predict(self, support_x: Any, support_y: Any, query_x: Any) -> np.ndarray:
+    def predict(self, support_x: Any, support_y: Any, query_x: Any, scoring: str | None = None) -> np.ndarray:
         """Class probabilities of ``query_x`` given a labelled support set.
 
         Shapes: ``support_x`` (n_support, channels, size, size) float in [0, 1] as the dataset
         store gives images (``metabench.folders.load_support`` reads folders into this),
         ``support_y`` (n_support,) int class indices 0 … ways − 1, ``query_x`` (n_query,
-        channels, size, size). Returns (n_query, ways) float32 probabilities (softmax of the
-        method's scores). Input that does not fit the checkpoint is refused with a
-        ``MetabenchError`` that says what it takes.
+        channels, size, size). ``scoring``: ``inductive`` (no query's answer depends on another)
+        or ``transductive``, for a method with batch norm; None: the method's own mode. Returns
+        (n_query, ways) float32 probabilities (softmax of the method's scores). Input that does
+        not fit the checkpoint is refused with a ``MetabenchError`` that says what it takes.
         """
+        mode = scoring or self._algorithm.headline_scoring
+        check_modes((mode,), self.scoring_modes, self.algorithm)
         support_x = torch.as_tensor(np.asarray(support_x, dtype=np.float32), device=self._device)
         support_y = torch.as_tensor(np.asarray(support_y, dtype=np.int64), device=self._device)
         query_x = torch.as_tensor(np.asarray(query_x, dtype=np.float32), device=self._device)
@@ -76,7 +83,7 @@ class TrainedModel:
                 f"this {self.algorithm} checkpoint is {self.fixed_ways}-way but the support set has "
                 f"{ways} classes; give {self.fixed_ways} classes"
             )
-        scores = torch.as_tensor(self._algorithm.predict(support_x, support_y, query_x, ways))
+        scores = torch.as_tensor(self._algorithm.predict_modes(support_x, support_y, query_x, ways, (mode,))[mode])
         return torch.softmax(scores.detach().float(), dim=1).cpu().numpy()
 
 

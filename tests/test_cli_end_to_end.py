@@ -187,6 +187,14 @@ def test_predict_classifies_a_users_folders_of_any_size_and_mode(workdir, glyphs
         values = [float(v) for v in row[2:]]
         assert abs(sum(values) - 1) < 1e-4 and row[1] == f"class_{values.index(max(values))}"
         assert predictions[row[0]] == row[1]
+    assert "warning" not in shown.stderr  # protonet's own mode is inductive
+
+    # the other scoring mode of the same checkpoint: each set's batch statistics, with the warning
+    together = run_cli(
+        "predict", "--checkpoint", checkpoint, "--support", str(support), "--query", str(query), "--scoring", "transductive"
+    )
+    assert together.stdout.splitlines()[0] == "image,predicted_class" and len(together.stdout.splitlines()) == 16
+    assert "scored transductively" in together.stderr and "--scoring inductive" in together.stderr
 
 
 def test_version_prints_the_package_version_on_stdout():

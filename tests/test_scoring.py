@@ -75,7 +75,10 @@ def test_a_method_without_batch_norm_is_inductive_only_and_refuses_the_other_mod
     pixelnn = build_algorithm("pixelnn", {}, TaskShape(1, 28, 5, 5), "cpu")
     assert pixelnn.scoring_modes() == (INDUCTIVE,)
     bank, episodes = ImageBank(tiny_split(6, 4)), _episodes()
-    with pytest.raises(MetabenchError, match=r"^pixelnn cannot be scored transductive .*choose --scoring inductive$"):
+    with pytest.raises(
+        MetabenchError,
+        match=r"^pixelnn cannot be scored 'transductive': it is scored inductive \(metabench.scoring\); choose one of those$",
+    ):
         scored_accuracies(pixelnn, bank, episodes, MODES)
 
 
