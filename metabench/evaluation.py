@@ -40,6 +40,9 @@ def scored_accuracies(
 ) -> dict[str, np.ndarray]:
     """Accuracy on the queries of each episode, in each scoring mode of ``modes`` (``metabench.scoring``).
 
+    ``progress(count, mode)`` is told of every ``count`` episodes scored: in ``mode``'s own pass
+    over the episodes, or in all ``modes`` at once when ``mode`` is None.
+
     An algorithm with a per-image embedding (``cached``) is scored inductively from a cache of
     every distinct image's embedding, and transductively from each episode's embeddings, its
     head scoring ``SCORE_EPISODES`` episodes at once either way; every other algorithm one
@@ -50,9 +53,11 @@ def scored_accuracies(
     rest = tuple(modes)
     if cached and isinstance(algorithm, EmbeddingAlgorithm):
         if INDUCTIVE in rest:
-            found[INDUCTIVE] = cached_episode_accuracies(algorithm, bank, episodes, progress)
+            found[INDUCTIVE] = cached_episode_accuracies(algorithm, bank, episodes, _labelled(progress, INDUCTIVE))
         if TRANSDUCTIVE in rest:
-            found[TRANSDUCTIVE] = transductive_embedded_accuracies(algorithm, bank, episodes, progress)
+            found[TRANSDUCTIVE] = transductive_embedded_accuracies(
+                algorithm, bank, episodes, _labelled(progress, TRANSDUCTIVE)
+            )
         rest = ()
     if rest:
         with evaluation_mode(algorithm):
@@ -65,14 +70,14 @@ def scored_accuracies(
                 for mode in rest:
                     accuracies[mode][index] = (logits[mode].argmax(1) == episode.query_y[0]).double().mean().item()
                 if progress:
-                    progress(1)
+                    progress(1, None)
         found.update(accuracies)
     return {mode: found[mode] for mode in modes}
 
 
-def evaluation_passes(algorithm: Algorithm, modes: tuple[str, ...], cached: bool = True) -> int:
-    """How many times ``scored_accuracies`` goes over the episodes (its progress counts each)."""
-    return len(modes) if cached and isinstance(algorithm, EmbeddingAlgorithm) else 1
+def _labelled(progress, mode: str):
+    """``progress(count)`` of one mode's pass, reported as ``progress(count, mode)``."""
+    return (lambda count: progress(count, mode)) if progress else None
 
 
 def episode_accuracies(
@@ -80,7 +85,8 @@ def episode_accuracies(
 ) -> np.ndarray:
     """Accuracy on the queries of each episode in the algorithm's own scoring mode (the headline)."""
     mode = algorithm.headline_scoring
-    return scored_accuracies(algorithm, bank, episodes, (mode,), progress, cached)[mode]
+    counted = (lambda count, _mode: progress(count)) if progress else None
+    return scored_accuracies(algorithm, bank, episodes, (mode,), counted, cached)[mode]
 
 
 @contextlib.contextmanager

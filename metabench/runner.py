@@ -24,7 +24,7 @@ from metabench.algorithms import get_algorithm
 from metabench.config import RunConfig
 from metabench.data import store
 from metabench.episodes import ImageBank
-from metabench.evaluation import evaluation_passes, scored_accuracies, write_results
+from metabench.evaluation import scored_accuracies, write_results
 from metabench.prepared import PreparedRun, evaluation_episodes, prepare
 from metabench.run_folder import TRAIN_SUMMARY, RunFolder
 from metabench.tracking import Tracker, run_tags
@@ -336,13 +336,13 @@ def _evaluate_locked(run: PreparedRun, folder: RunFolder, progress: Progress | N
     episodes = run.episodes("test")
     bank = ImageBank(run.dataset.split("test"), run.device)
     modes = algorithm.scoring_modes()  # every mode it has, from one checkpoint (metabench.scoring)
-    total = len(episodes) * evaluation_passes(algorithm, modes)
-    done = [0]
+    done: dict[str, int] = {}
 
-    def tick(count: int) -> None:
-        done[0] += count
+    def tick(count: int, mode: str | None) -> None:
+        phase = f"evaluate {mode}" if mode else "evaluate"  # a pass over the episodes per mode, or one for all
+        done[phase] = done.get(phase, 0) + count
         if progress:
-            progress("evaluate", done[0], total)
+            progress(phase, done[phase], len(episodes))
 
     start = time.perf_counter()
     scored = scored_accuracies(algorithm, bank, episodes, modes, tick)

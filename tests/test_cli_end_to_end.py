@@ -191,7 +191,15 @@ def test_predict_classifies_a_users_folders_of_any_size_and_mode(workdir, glyphs
 
     # the other scoring mode of the same checkpoint: each set's batch statistics, with the warning
     together = run_cli(
-        "predict", "--checkpoint", checkpoint, "--support", str(support), "--query", str(query), "--scoring", "transductive"
+        "predict",
+        "--checkpoint",
+        checkpoint,
+        "--support",
+        str(support),
+        "--query",
+        str(query),
+        "--scoring",
+        "transductive",
     )
     assert together.stdout.splitlines()[0] == "image,predicted_class" and len(together.stdout.splitlines()) == 16
     assert "scored transductively" in together.stderr and "--scoring inductive" in together.stderr
@@ -322,7 +330,12 @@ def test_progress_reports_training_each_validation_and_evaluation_with_totals(wo
     validations = [done for phase, done, total in seen if phase == "validate" and total == config.val_episodes]
     assert validations.count(config.val_episodes) == config.iterations // config.val_every  # each one completes
     assert ("train", config.iterations, config.iterations) in seen
-    assert seen[-1] == ("evaluate", config.test_episodes, config.test_episodes)
+    # protonet: one pass per scoring mode (the embedding cache, then each episode's batch statistics)
+    evaluated = [report for report in seen if report[0].startswith("evaluate")]
+    assert [report for report in evaluated if report[1] == config.test_episodes] == [
+        ("evaluate inductive", config.test_episodes, config.test_episodes),
+        ("evaluate transductive", config.test_episodes, config.test_episodes),
+    ]
 
 
 def test_an_error_prints_its_text_verbatim_brackets_included(tmp_path):
