@@ -580,14 +580,15 @@ def profile(
 def summary(
     runs_dir: Path = typer.Option(Path("runs"), help="Where run outputs are."),
 ) -> None:
-    """Table of every evaluated run (accuracy ± 95% interval), reference methods included."""
+    """Table of every evaluated run (accuracy ± 95% interval: the headline, then each scoring mode), reference methods included."""
     from metabench.summary import table as results_table
 
     evaluated = results_table(runs_dir)
     if evaluated.empty:
         raise MetabenchError(f"no evaluated runs in {runs_dir}; run `metabench train` and `metabench evaluate` first")
     out = Table(title=f"results in {runs_dir} (95% interval over the shared test episodes)")
-    for column in ("dataset", "ways", "shots", "algorithm", "seed", "accuracy %", "episodes", "transductive"):
+    columns = ("dataset", "ways", "shots", "algorithm", "seed", "accuracy %", "episodes", "transductive")
+    for column in (*columns, "inductive %", "transductive %"):
         out.add_column(column)
     for row in evaluated.itertuples():
         out.add_row(
@@ -599,6 +600,12 @@ def summary(
             f"{100 * row.accuracy:.2f} ± {100 * row.ci95:.2f}",
             str(row.episodes),
             "yes" if row.transductive else "no",
+            *(
+                "–"
+                if getattr(row, f"accuracy_{mode}") != getattr(row, f"accuracy_{mode}")
+                else f"{100 * getattr(row, f'accuracy_{mode}'):.2f} ± {100 * getattr(row, f'ci95_{mode}'):.2f}"
+                for mode in ("inductive", "transductive")
+            ),
         )
     results.print(out)
 

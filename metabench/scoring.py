@@ -9,7 +9,8 @@ scored both ways from the same checkpoint, on the same episodes:
 
 * ``transductive``: the support set and the query set are each normalised with their own batch
   statistics, the queries together (cbfinn/maml's evaluation, supervised-reptile's
-  ``--transductive``, LearningToCompare_FSL's test, which never calls ``eval()``);
+  ``--transductive``, LearningToCompare_FSL's test, which never calls ``eval()``); ANIL's
+  embeds support and queries as one batch, as it always has;
 * ``inductive``: no query sees another. A network with running statistics uses them (the
   evaluation-mode default of every metric method's reference); one without normalises every
   image with the statistics of the support set alone, the labelled data a deployed model has

@@ -70,6 +70,10 @@ def test_train_then_evaluate_writes_metrics_above_chance(workdir, algorithm):
     # `metabench summary` tabulates the evaluated run on stdout (it once failed as soon as one existed)
     shown = run_cli("summary", "--runs-dir", str(workdir / "runs")).stdout
     assert f"{100 * metrics['accuracy']:.2f} ± {100 * metrics['ci95']:.2f}" in shown and algorithm in shown
+    # both scoring modes of the same checkpoint, the headline's among them
+    assert metrics["modes"][metrics["scoring"]]["accuracy"] == metrics["accuracy"]
+    for scored in metrics["modes"].values():
+        assert f"{100 * scored['accuracy']:.2f} ± {100 * scored['ci95']:.2f}" in shown
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_differs(workdir):

@@ -1,5 +1,7 @@
 """Reproduction pages (metabench/reproduction.py): written from a real trained and evaluated run."""
 
+import json
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -7,6 +9,7 @@ from typer.testing import CliRunner
 from metabench.cli import app
 from metabench.data import store
 from metabench.reproduction import still_rising
+from metabench.run_folder import RunFolder
 from tests.conftest import tiny_split
 
 PROFILE = """run:
@@ -48,6 +51,12 @@ def test_a_page_sets_the_papers_figure_beside_the_run_with_its_budget_curve_and_
     page = (profile / "pages" / "protonet.md").read_text()
     assert "pages/protonet.md" in out and (profile / "pages" / "protonet-5w1s.png").stat().st_size > 1000
     assert "| paper (Snell et al. 2017) | 98.80 |" in page
+    # like with like: the paper's figure is inductive (prototypical-networks evaluates in eval mode),
+    # so the page compares the run's inductive score, and shows the transductive one beside
+    assert "60-way training episodes" in page and "; inductive |" in page
+    assert "| metabench, this run, inductive | **" in page
+    assert "| metabench, the same checkpoint, transductive |" in page and "not compared with the paper" in page
+    assert "points**, both inductive. The paper's figure is inductive as its reference code scores" in page
     assert "60-way training episodes" in page  # the paper's protocol, in words
     assert "(95% interval over 30 test episodes, seed 0)" in page
     assert "12 outer steps × 1 task(s)" in page and "20,000 outer steps (0.1% of it trained here)" in page
@@ -56,6 +65,21 @@ def test_a_page_sets_the_papers_figure_beside_the_run_with_its_budget_curve_and_
     assert '"train_ways": 10' in page  # the resolved configuration
     index = (profile / "pages" / "README.md").read_text()
     assert "| [protonet](protonet.md) | 98.80 (Snell et al. 2017) |" in index and "| 12 of 20,000 |" in index
+    assert " (inductive) |" in index
+
+    # an evaluation from before scoring modes would compare across modes: refused in one line
+    run_dir = next((profile / "runs").iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("modes", "scoring"):
+        metrics.pop(key)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    RunFolder(run_dir).seal()
+    result = CliRunner().invoke(
+        app, ["reproduction", "--params", "paper.yaml", "--runs-dir", "runs", "--out-dir", "pages"]
+    )
+    assert result.exit_code != 0
+    assert str(result.exception).startswith(f"{run_dir.name} was not scored inductive, the mode of the paper's figure")
+    assert "\n" not in str(result.exception) and "metabench evaluate" in str(result.exception)
 
 
 def test_an_unevaluated_run_or_an_algorithm_without_a_paper_is_refused_in_one_line(profile, monkeypatch):
