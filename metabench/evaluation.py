@@ -242,9 +242,6 @@ def write_results(run_dir: Path, scored: dict[str, np.ndarray], headline: str, e
         "scoring": headline,
         "modes": modes,
     }
-    for name in (EPISODES, *EPISODES_IN_MODE.values()):
-        if name not in names.values():
-            (folder.path / name).unlink(missing_ok=True)  # an earlier evaluation's other mode
     files.write_together(
         {
             **{folder.path / names[mode]: tables[mode].decode() for mode in scored},
@@ -252,6 +249,9 @@ def write_results(run_dir: Path, scored: dict[str, np.ndarray], headline: str, e
             folder.eval_timing: json.dumps(timing, indent=1) + "\n",
         }
     )
+    for name in EPISODES_IN_MODE.values():
+        if name not in names.values():
+            (folder.path / name).unlink(missing_ok=True)  # an earlier evaluation's other mode
     folder.seal()
     return metrics
 

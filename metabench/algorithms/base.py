@@ -57,9 +57,10 @@ class Algorithm(abc.ABC):
     paper: ClassVar[str]  # citation of the method
     adapts: ClassVar[str]  # one line: what changes at test time
     transductive: ClassVar[bool]  # does a query's prediction depend on the other queries (headline score)?
-    # where batch norm takes its statistics at test time: "running" (kept from training), "batch"
-    # (of the images it sees) or None (no batch norm): which scoring modes it has (metabench.scoring)
-    batch_norm: ClassVar[str | None] = "running"
+    # where batch norm takes its statistics at test time: "running" (kept from training; set by
+    # EmbeddingAlgorithm), "batch" (of the images it sees; EpisodeNormalised) or None (no batch
+    # norm, or a method that scores only its own way): which scoring modes it has (metabench.scoring)
+    batch_norm: ClassVar[str | None] = None
     fixed_ways: ClassVar[bool] = False  # True when the model has a head of exactly test_ways outputs
     # False for a reference method with nothing to learn: it is only evaluated, once per setting
     trained: ClassVar[bool] = True
@@ -91,8 +92,8 @@ class Algorithm(abc.ABC):
 
     @classmethod
     def scoring_modes(cls) -> tuple[str, ...]:
-        """The modes it can be scored in (``metabench.scoring``): both with batch norm, else inductive."""
-        return MODES if cls.batch_norm else (INDUCTIVE,)
+        """The modes it can be scored in (``metabench.scoring``): both with batch norm, else its own."""
+        return MODES if cls.batch_norm else (TRANSDUCTIVE if cls.transductive else INDUCTIVE,)
 
     def predict_modes(
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, ways: int, modes: tuple[str, ...]
@@ -275,6 +276,7 @@ class EmbeddingAlgorithm(Algorithm):
     """
 
     transductive = False
+    batch_norm = "running"
     version = 1
     release_notes = {1: "Embed support and query in one batch, score with the test-time head, at 806d491."}
 
