@@ -124,8 +124,10 @@ def evaluate(
     """Score a trained run (or a reference method) on the fixed test episodes (``metabench evaluate``).
 
     Returns ``metrics.json``'s content: ``accuracy`` (mean over episodes), ``ci95`` (half-width
-    of the 95% interval over episodes), ``episodes`` and the run's identity; the per-episode
-    accuracies are in ``<run_dir>/episodes.csv``.
+    of the 95% interval over episodes), ``episodes`` and the run's identity, in the method's own
+    scoring mode (``scoring``); ``modes`` has the same for each mode it was scored in (a method
+    with batch norm: ``inductive`` and ``transductive``). The per-episode accuracies are in
+    ``<run_dir>/episodes.csv`` and ``episodes.<other mode>.csv``.
     """
 
     return evaluate_run(_config(run, params, hyper, settings), progress)
