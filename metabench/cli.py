@@ -490,7 +490,7 @@ def predict(
     support_x, support_y, class_names = load_support(support, channels, height)
     query_x, query_names = load_queries(query, channels, height)
     scores = model.predict(support_x, support_y, query_x, scoring)
-    if (scoring or ("transductive" if model.transductive else "inductive")) == "transductive":
+    if (scoring or model.scoring) == "transductive":
         console.print(
             f"[yellow]warning:[/yellow] {model.algorithm} is scored transductively: each prediction depends on the "
             f"other {len(query_names) - 1} images in {query} (their batch statistics); classify them together, "

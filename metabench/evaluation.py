@@ -256,18 +256,25 @@ def write_results(run_dir: Path, scored: dict[str, np.ndarray], headline: str, e
     return metrics
 
 
+def mode_scores(metrics: dict) -> dict[str, float]:
+    """``accuracy_<mode>`` and ``ci95_<mode>`` of every scoring mode ``metrics`` holds, flat (a
+    table's columns, MLflow's metrics)."""
+    modes = metrics.get("modes") or {}
+    return {f"{key}_{mode}": scores[key] for mode, scores in modes.items() for key in ("accuracy", "ci95")}
+
+
 def read_results(run_dir: Path) -> tuple[dict, np.ndarray]:
     """A run's ``metrics.json`` and per-episode accuracies (the headline mode's), each checked
     against the run's manifest, refused unless they agree and the headline numbers re-derive
     from the episodes; every other mode's file is checked the same way."""
-    metrics, scored = read_scored_results(run_dir)
-    return metrics, scored[metrics.get("scoring", "")] if "modes" in metrics else scored[""]
+    metrics, headline, _ = read_scored_results(run_dir)
+    return metrics, headline
 
 
-def read_scored_results(run_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """A run's ``metrics.json`` and its per-episode accuracies in each scoring mode it was
-    scored in (``modes``; an evaluation from before scoring modes gives its one table under
-    ``""``), every file checked against the manifest and its summary re-derived."""
+def read_scored_results(run_dir: Path) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
+    """A run's ``metrics.json``, its per-episode accuracies in the headline mode, and those in
+    each scoring mode it was scored in (``modes``; none for an evaluation from before scoring
+    modes), every file checked against the manifest and its summary re-derived."""
     folder = RunFolder(run_dir)
     rebuild = f"re-evaluate it (metabench evaluate, or dvc repro) or remove {folder.path}"
     try:
@@ -279,7 +286,7 @@ def read_scored_results(run_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
     headline = _read_episodes(folder, EPISODES, metrics, rebuild)
     modes = metrics.get("modes")
     if modes is None:
-        return metrics, {"": headline}
+        return metrics, headline, {}
     if not isinstance(modes, dict) or metrics.get("scoring") not in modes:
         raise MetabenchError(f"{folder.metrics} lists no score for its headline mode; {rebuild}")
     scored = {}
@@ -294,7 +301,7 @@ def read_scored_results(run_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
         scored[mode] = headline if expected == EPISODES else _read_episodes(folder, expected, summary, rebuild)
         if mode == metrics["scoring"]:
             _check_summary(folder, summary, headline, rebuild)
-    return metrics, scored
+    return metrics, headline, scored
 
 
 def _read_episodes(folder: RunFolder, name: str, summary: dict, rebuild: str) -> np.ndarray:

@@ -24,7 +24,7 @@ from metabench.algorithms import get_algorithm
 from metabench.config import RunConfig
 from metabench.data import store
 from metabench.episodes import ImageBank
-from metabench.evaluation import scored_accuracies, write_results
+from metabench.evaluation import mode_scores, scored_accuracies, write_results
 from metabench.prepared import PreparedRun, evaluation_episodes, prepare
 from metabench.run_folder import TRAIN_SUMMARY, RunFolder
 from metabench.tracking import Tracker, run_tags
@@ -366,10 +366,7 @@ def _evaluate_locked(run: PreparedRun, folder: RunFolder, progress: Progress | N
     metrics = write_results(folder.path, scored, algorithm.headline_scoring, extra, timing)
     tracker = Tracker(folder.path)
     if tracker.attach():
-        by_mode = {
-            f"{key}_{mode}": scores[key] for mode, scores in metrics["modes"].items() for key in ("accuracy", "ci95")
-        }
-        tracker.log_final({**metrics, **by_mode, **timing}, kind="test")
+        tracker.log_final({**metrics, **mode_scores(metrics), **timing}, kind="test")
         tracker.log_artifacts([folder.path / scores["file"] for scores in metrics["modes"].values()] + [folder.metrics])
         tracker.finish()
     return metrics

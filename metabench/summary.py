@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from metabench.evaluation import read_results
+from metabench.evaluation import mode_scores, read_results
 from metabench.scoring import MODES
 
 COLUMNS = ["dataset", "algorithm", "ways", "shots", "seed", "accuracy", "ci95", "episodes", "transductive"]
@@ -19,13 +19,11 @@ MODE_COLUMNS = [f"{key}_{mode}" for mode in MODES for key in ("accuracy", "ci95"
 
 
 def _row(metrics: dict) -> dict:
-    modes = metrics.get("modes") or {}
-    scored = {
-        f"{key}_{mode}": modes[mode][key] if mode in modes else float("nan")
-        for mode in MODES
-        for key in ("accuracy", "ci95")
+    return {
+        **{key: metrics[key] for key in COLUMNS},
+        **dict.fromkeys(MODE_COLUMNS, float("nan")),
+        **mode_scores(metrics),
     }
-    return {**{key: metrics[key] for key in COLUMNS}, **scored}
 
 
 def table(runs_dir: Path) -> pd.DataFrame:

@@ -38,7 +38,7 @@ class TrainedModel:
 
     ``image_shape`` is (channels, height, width) as ``predict`` takes images; ``transductive``
     says whether one query's answer depends on the other queries in the method's own scoring
-    mode, ``scoring_modes`` which modes ``predict`` can take (``metabench.scoring``);
+    mode (``scoring``), ``scoring_modes`` which modes ``predict`` can take (``metabench.scoring``);
     ``fixed_ways`` is the number of classes a fixed-way method (e.g. Relation Networks) was
     trained for, else None.
     """
@@ -49,6 +49,7 @@ class TrainedModel:
         height, width, channels = saved["dataset"]["image_shape"]
         self.image_shape = (channels, height, width)
         self.transductive = algorithm.evaluates_transductively
+        self.scoring = algorithm.headline_scoring
         self.scoring_modes = algorithm.scoring_modes()
         self.fixed_ways = algorithm.task.test_ways if algorithm.fixed_ways else None
 
@@ -63,7 +64,7 @@ class TrainedModel:
         (n_query, ways) float32 probabilities (softmax of the method's scores). Input that does
         not fit the checkpoint is refused with a ``MetabenchError`` that says what it takes.
         """
-        mode = scoring or self._algorithm.headline_scoring
+        mode = scoring or self.scoring
         check_modes((mode,), self.scoring_modes, self.algorithm)
         support_x = torch.as_tensor(np.asarray(support_x, dtype=np.float32), device=self._device)
         support_y = torch.as_tensor(np.asarray(support_y, dtype=np.int64), device=self._device)

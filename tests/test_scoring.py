@@ -113,8 +113,9 @@ def test_results_keep_every_mode_checked_and_refuse_a_tampered_one(tmp_path):
     metrics = write_results(tmp_path, scored, TRANSDUCTIVE, {"run_id": "r"}, {"eval_seconds": 1.0})
     assert metrics["scoring"] == TRANSDUCTIVE and metrics["accuracy"] == pytest.approx(0.75)
     assert metrics["modes"][INDUCTIVE]["file"] == EPISODES_IN_MODE[INDUCTIVE]
-    saved, read = read_scored_results(tmp_path)
+    saved, headline, read = read_scored_results(tmp_path)
     assert saved == json.loads(json.dumps(metrics))
+    np.testing.assert_array_equal(headline, scored[TRANSDUCTIVE])
     for mode in MODES:
         np.testing.assert_array_equal(read[mode], scored[mode])
     other = tmp_path / EPISODES_IN_MODE[INDUCTIVE]

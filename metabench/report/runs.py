@@ -78,8 +78,8 @@ def load_runs(
     for metrics_path in paths:
         run_dir = metrics_path.parent
         # refused unless every episodes file is the one metrics.json describes
-        metrics, by_mode = read_scored_results(run_dir)
-        accuracies = by_mode[metrics["scoring"]] if metrics.pop("modes", None) else by_mode[""]
+        metrics, accuracies, by_mode = read_scored_results(run_dir)
+        metrics.pop("modes", None)  # a nested record, not a column: ``scored`` holds its episodes
         folder, retrain = RunFolder(run_dir), f"retrain the run or remove {run_dir}"
         trained = TRAIN_SUMMARY in (folder.sealed_names() or {})  # a reference method has no training
         if trained:
@@ -93,7 +93,7 @@ def load_runs(
         metrics["mlflow_run_id"], metrics["mlflow_experiment_id"] = folder.mlflow_run()
         rows.append(metrics)
         episodes[metrics["run_id"]] = accuracies
-        scored[metrics["run_id"]] = {mode: values for mode, values in by_mode.items() if mode}
+        scored[metrics["run_id"]] = by_mode
         if trained:
             log = folder.read_table_verified(TRAIN_LOG, retrain, ("iteration",))
             if "val_accuracy" in log:
